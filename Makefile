@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine with only Python:
+#   make demo   the whole pipeline on the small CPU profile (configs/demo.yaml)
+#   make test   the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PROFILE ?= configs/demo.yaml
+
+.PHONY: demo test bench clean-artifacts venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to the CPU wheel, so nothing pulls CUDA packages.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]" torch==2.13.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/brainstacks run --config $(PROFILE)
+
+test: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -ra
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_moe_lora.py
+	$(BIN)/python benchmarks/bench_data.py
+
+clean-artifacts:
+	rm -rf artifacts

@@ -1,0 +1,69 @@
+"""``brainstacks`` command line: thin commands over the flows and the catalog.
+
+Each sub-command imports its flow lazily (transformers and trl take seconds to
+import), so ``brainstacks --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+DEFAULT_PROFILE = "configs/demo.yaml"
+
+# sub-command -> (module:function, help). Each function takes the parsed args.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("flows.prepare_data:cli_prepare", "download, clean, decontaminate, validate and split domain data"),
+    "train": ("flows.continual_training:cli_train", "train one domain (its boosting rounds) or all domains in order"),
+    "run": ("flows.pipeline:cli_run", "the whole pipeline on a profile: prepare, base, continual training, report"),
+    "audit": ("flows.audit:cli_audit", "lineage: which data went into an artifact, which artifacts hold a record"),
+}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_PROFILE, help=f"profile YAML (default: {DEFAULT_PROFILE})")
+    p.add_argument("--artifact-root", default=None, help="override the profile's artifact_root")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="brainstacks",
+        description="Continual domain fine-tuning as frozen MoE-LoRA stacks, with lineage.",
+        epilog="Example: brainstacks run --config configs/demo.yaml",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("prepare", help=COMMANDS["prepare"][1], description=COMMANDS["prepare"][1])
+    _add_common(p)
+    p.add_argument("--domain", default=None, help="one domain (default: every domain of the profile)")
+    p = sub.add_parser("train", help=COMMANDS["train"][1], description=COMMANDS["train"][1])
+    _add_common(p)
+    p.add_argument("--domain", default=None, help="one domain (default: all, in curriculum order)")
+    p = sub.add_parser("run", help=COMMANDS["run"][1], description=COMMANDS["run"][1])
+    _add_common(p)
+    p.add_argument("--no-prefect", action="store_true", help="call the core directly, without Prefect")
+    p = sub.add_parser("audit", help=COMMANDS["audit"][1], description=COMMANDS["audit"][1])
+    _add_common(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--artifact", help="URI or version of an artifact: list everything upstream of it")
+    g.add_argument("--record", help="a record_id: list every artifact that contains it")
+    g.add_argument("--list", action="store_true", help="list every artifact in the catalog")
+    return parser
+
+
+def _resolve(target: str) -> Callable[[argparse.Namespace], int | None]:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``brainstacks`` console script."""
+    args = build_parser().parse_args(argv)
+    code = _resolve(COMMANDS[args.command][0])(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
