@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny seeded models built in memory, offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 2, vocab: int = 96):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden + 8,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return build_tiny_llama()
+
+
+@pytest.fixture
+def input_ids():
+    return torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(7))

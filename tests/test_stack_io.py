@@ -1,0 +1,98 @@
+"""Stack files: bit-exact round trip; corruption, wrong shapes and wrong base refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from brainstacks_core.inject import add_active_stack, freeze_active_stack, inject_stacks, stacked_layers
+from brainstacks_core.moe_lora import MoELoRAConfig
+from brainstacks_core.stack_io import StackFileError, attach_stack, load_stack, save_stack
+from conftest import build_tiny_llama
+
+CFG = MoELoRAConfig(num_experts=4, rank=4, alpha=8, frozen_dtype="float32")
+
+
+def _trained_model(seed=0, cfg=CFG, with_basis=True):
+    model = build_tiny_llama(seed=0)
+    inject_stacks(model, cfg)
+    layers = stacked_layers(model)
+    bases = {n: torch.linalg.qr(torch.randn(l.out_features, 2))[0].T.contiguous() for n, l in layers.items()}
+    add_active_stack(model, "chat-r1", bases=bases if with_basis else None, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.active.lora_B.copy_(torch.randn(layer.active.lora_B.shape, generator=g) * 0.2)
+    freeze_active_stack(model)
+    return model
+
+
+def test_round_trip_is_bit_exact(tmp_path, input_ids):
+    model = _trained_model()
+    path = tmp_path / "stacks" / "chat-r1.safetensors"
+    lineage = {"train_dataset": "abc123", "parents": [], "code_version": "x"}
+    saved = save_stack(path, model, "chat-r1", domain="chat", round_index=1, base_fingerprint="fp1", lineage=lineage)
+    assert not list(path.parent.glob("*.tmp")), "temp file left behind"
+    loaded = load_stack(path, base_fingerprint="fp1")
+    assert loaded.metadata["lineage"] == lineage and loaded.metadata["domain"] == "chat"
+    assert loaded.metadata["round"] == 1 and loaded.config == CFG
+    assert loaded.file_sha256 == saved.file_sha256
+    for name, layer in stacked_layers(model).items():
+        for part in ("lora_A", "lora_B", "router", "basis"):
+            assert torch.equal(loaded.tensors[f"{name}.{part}"], getattr(layer.frozen["chat-r1"], part))
+    expected = model(input_ids).logits
+    fresh = build_tiny_llama(seed=0)
+    inject_stacks(fresh, CFG)
+    attach_stack(fresh, loaded)
+    assert torch.equal(fresh(input_ids).logits, expected)
+
+
+def test_bf16_frozen_round_trip(tmp_path):
+    cfg = MoELoRAConfig(num_experts=4, rank=4, alpha=8, frozen_dtype="bfloat16")
+    model = _trained_model(cfg=cfg)
+    save_stack(tmp_path / "s.safetensors", model, "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+    loaded = load_stack(tmp_path / "s.safetensors")
+    name = next(iter(stacked_layers(model)))
+    assert loaded.tensors[f"{name}.lora_B"].dtype == torch.bfloat16
+    assert torch.equal(loaded.tensors[f"{name}.lora_B"], stacked_layers(model)[name].frozen["chat-r1"].lora_B)
+
+
+def test_flipped_byte_is_refused(tmp_path):
+    path = tmp_path / "s.safetensors"
+    save_stack(path, _trained_model(), "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01  # inside the last tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(StackFileError, match="checksum mismatch"):
+        load_stack(path)
+    data[3] ^= 0xFF  # header length
+    path.write_bytes(bytes(data))
+    with pytest.raises(StackFileError, match="not a readable"):
+        load_stack(path)
+
+
+def test_wrong_base_fingerprint_is_refused(tmp_path):
+    path = tmp_path / "s.safetensors"
+    save_stack(path, _trained_model(), "chat-r1", domain="chat", round_index=1, base_fingerprint="fp-A")
+    with pytest.raises(StackFileError, match="fp-A"):
+        load_stack(path, base_fingerprint="fp-B")
+
+
+def test_wrong_shape_is_refused(tmp_path):
+    path = tmp_path / "s.safetensors"
+    save_stack(path, _trained_model(), "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+    wider = build_tiny_llama(seed=0, hidden=48)
+    inject_stacks(wider, CFG)
+    with pytest.raises(StackFileError, match="does not fit"):
+        attach_stack(wider, load_stack(path))
+    deeper = build_tiny_llama(seed=0, layers=3)
+    inject_stacks(deeper, CFG)
+    with pytest.raises(StackFileError, match="layers do not match"):
+        attach_stack(deeper, load_stack(path))
+
+
+def test_never_unpickles(tmp_path):
+    path = tmp_path / "evil.safetensors"
+    torch.save({"x": torch.zeros(2)}, path)  # a pickle file with the right extension
+    with pytest.raises(StackFileError):
+        load_stack(path)
