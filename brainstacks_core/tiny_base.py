@@ -42,12 +42,13 @@ logger = logging.getLogger(__name__)
 BASE_MANIFEST = "brainstacks_base.json"
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>")
 # Zephyr/TinyLlama-style turns; {% generation %} lets trl build assistant-only masks.
+# transformers renders with trim_blocks, so a newline right after a tag is written as {{ '\n' }}.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
     "{{ raise_exception('unknown chat role: ' + message['role']) }}{% endif %}"
     "{% if message['role'] == 'assistant' %}<|assistant|>\n"
-    "{% generation %}{{ message['content'] }}</s>{% endgeneration %}\n"
+    "{% generation %}{{ message['content'] }}</s>{% endgeneration %}{{ '\\n' }}"
     "{% else %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
@@ -433,6 +434,8 @@ def load_base(
         root = Path(path_or_hub_config)
         if not (root / "config.json").is_file():
             raise FileNotFoundError(f"{root} is not a model folder (no config.json)")
+        if not any((root / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            raise FileNotFoundError(f"{root} has no tokenizer (tokenizer.json); save one beside the model")
         fingerprint = fingerprint_model_dir(root)
         manifest = _read_manifest(root)
         if manifest and manifest.get("fingerprint") != fingerprint:
