@@ -1,0 +1,272 @@
+"""The lineage catalog: one DuckDB file of artifacts, edges, row membership and metrics.
+
+Tables:
+    artifacts  one row per version (uri, kind, path, sha256, code version, config
+               hash, created/last-used time, Prefect run ids, metadata JSON)
+    edges      input version -> output version
+    members    which record_ids (from which source rows) are in a dataset version
+    metrics    named values per version (losses, forgetting matrix entries)
+    events     every time a version is recorded or re-used
+
+DuckDB allows one read-write process at a time, so every operation opens its own
+connection and closes it at once (no lock is held between calls). A lock conflict
+is retried with exponential backoff for up to ``timeout_s`` and then raised as
+:class:`CatalogLockedError` naming the file. Writes are single transactions, so a
+killed writer leaves the file as it was before the write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    version VARCHAR PRIMARY KEY, uri VARCHAR NOT NULL, kind VARCHAR NOT NULL, path VARCHAR, sha256 VARCHAR,
+    code_version VARCHAR NOT NULL, config_hash VARCHAR, created_at TIMESTAMP NOT NULL,
+    last_used_at TIMESTAMP NOT NULL, flow_run_id VARCHAR, task_run_id VARCHAR, metadata VARCHAR);
+CREATE TABLE IF NOT EXISTS edges (input_version VARCHAR NOT NULL, output_version VARCHAR NOT NULL,
+    PRIMARY KEY (input_version, output_version));
+CREATE TABLE IF NOT EXISTS members (dataset_version VARCHAR NOT NULL, record_id VARCHAR NOT NULL,
+    source_uri VARCHAR, source_version VARCHAR, source_row_key VARCHAR, split VARCHAR);
+CREATE TABLE IF NOT EXISTS metrics (version VARCHAR NOT NULL, name VARCHAR NOT NULL, value DOUBLE,
+    step INTEGER, metadata VARCHAR, recorded_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS events (version VARCHAR NOT NULL, event VARCHAR NOT NULL, event_at TIMESTAMP NOT NULL,
+    flow_run_id VARCHAR, task_run_id VARCHAR);
+"""
+_ART_COLS = ["version", "uri", "kind", "path", "sha256", "code_version", "config_hash", "created_at",
+             "last_used_at", "flow_run_id", "task_run_id", "metadata"]
+_MEMBER_COLS = ["record_id", "source_uri", "source_version", "source_row_key", "split"]
+
+
+class CatalogLockedError(RuntimeError):
+    """Another process held the catalog's write lock for longer than the timeout."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another process" in text
+
+
+def _row(cols: Sequence[str], values: Sequence[Any]) -> dict:
+    out = dict(zip(cols, values))
+    if out.get("metadata"):
+        out["metadata"] = json.loads(out["metadata"])
+    return out
+
+
+class Catalog:
+    """A DuckDB lineage catalog.
+
+    Args:
+        path: The DuckDB file (created with its schema on first write).
+        timeout_s: How long to retry a lock conflict before raising.
+    """
+
+    def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+
+    # ------------------------------------------------------------ connections
+    @contextlib.contextmanager
+    def _connect(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        if not write and not self.path.exists():
+            yield None
+            return
+        deadline, delay = time.monotonic() + self.timeout_s, 0.02
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                con = duckdb.connect(str(self.path), read_only=not write)
+                break
+            except (duckdb.IOException, duckdb.ConnectionException, duckdb.Error) as exc:
+                if not _is_lock_error(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise CatalogLockedError(
+                        f"catalog {self.path} is locked by another process (waited {self.timeout_s:.0f} s): {exc}"
+                    ) from exc
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+        try:
+            if write:
+                con.execute(_SCHEMA)
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._connect(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------ artifacts
+    def record_artifact(self, *, uri: str, version: str, kind: str, path: str | None, sha256: str | None,
+                        code_version: str, config_hash: str | None, inputs: Sequence[str] = (),
+                        metadata: dict | None = None, run_ids: dict | None = None) -> None:
+        """Record an artifact version and its input edges (idempotent on ``version``).
+
+        Recording a version that exists logs a ``used`` event and refreshes
+        ``last_used_at`` (so :meth:`latest` returns what the last run used).
+
+        Args:
+            uri: Stable identity, e.g. ``dataset://demo/math/train``.
+            version: Content version (primary key).
+            kind: ``source``, ``dataset``, ``stack``, ``router``, ...
+            path: Where the artifact lives, if it is a file.
+            sha256: Checksum of that file.
+            code_version: ``versioning.code_version()`` of the producer.
+            config_hash: Hash of the step config that produced it.
+            inputs: Versions of the upstream artifacts.
+            metadata: Any JSON-able details (counts, reports).
+            run_ids: ``{"flow_run_id": ..., "task_run_id": ...}`` under Prefect.
+        """
+        run_ids = run_ids or {}
+        now = _now()
+        meta = json.dumps(metadata, sort_keys=True, default=str) if metadata is not None else None
+        with self._transaction() as con:
+            exists = con.execute("SELECT uri FROM artifacts WHERE version = ?", [version]).fetchone()
+            if exists is None:
+                con.execute("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [version, uri, kind, path, sha256, code_version, config_hash, now, now,
+                             run_ids.get("flow_run_id"), run_ids.get("task_run_id"), meta])
+            else:
+                if exists[0] != uri:
+                    raise ValueError(f"version {version} is already recorded for {exists[0]}, not {uri}")
+                con.execute("UPDATE artifacts SET last_used_at = ? WHERE version = ?", [now, version])
+            for inp in dict.fromkeys(inputs):
+                con.execute("INSERT INTO edges VALUES (?, ?) ON CONFLICT DO NOTHING", [inp, version])
+            con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                        [version, "created" if exists is None else "used", now,
+                         run_ids.get("flow_run_id"), run_ids.get("task_run_id")])
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._connect(write=False) as con:
+            if con is None:
+                return []
+            try:
+                return con.execute(sql, list(params)).fetchall()
+            except duckdb.CatalogException:  # file exists but has no schema yet
+                return []
+
+    def get(self, version_or_uri: str) -> dict | None:
+        """The artifact with this version, else the latest version of this URI."""
+        rows = self._query(f"SELECT {', '.join(_ART_COLS)} FROM artifacts WHERE version = ?", [version_or_uri])
+        return _row(_ART_COLS, rows[0]) if rows else self.latest(version_or_uri)
+
+    def latest(self, uri: str) -> dict | None:
+        """The most recently recorded or used version of ``uri``."""
+        rows = self._query(f"SELECT {', '.join(_ART_COLS)} FROM artifacts WHERE uri = ? "
+                           "ORDER BY last_used_at DESC, created_at DESC LIMIT 1", [uri])
+        return _row(_ART_COLS, rows[0]) if rows else None
+
+    def list_artifacts(self, kind: str | None = None) -> list[dict]:
+        """Every artifact (optionally of one kind), oldest first."""
+        where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+        rows = self._query(f"SELECT {', '.join(_ART_COLS)} FROM artifacts {where} ORDER BY created_at, uri", params)
+        return [_row(_ART_COLS, r) for r in rows]
+
+    def _walk(self, start: str, direction: str) -> list[dict]:
+        a, b = ("input_version", "output_version") if direction == "up" else ("output_version", "input_version")
+        sql = f"""
+            WITH RECURSIVE walk(version, depth) AS (
+                SELECT {a}, 1 FROM edges WHERE {b} = ?
+                UNION
+                SELECT e.{a}, w.depth + 1 FROM edges e JOIN walk w ON e.{b} = w.version WHERE w.depth < 64)
+            SELECT {', '.join('a.' + c for c in _ART_COLS)}, MIN(w.depth) AS depth
+            FROM walk w JOIN artifacts a ON a.version = w.version
+            GROUP BY ALL ORDER BY depth, a.uri"""
+        return [_row(_ART_COLS + ["depth"], r) for r in self._query(sql, [start])]
+
+    def upstream(self, version_or_uri: str) -> list[dict]:
+        """Every artifact transitively upstream of one, each with its ``depth`` (1 = direct input)."""
+        art = self.get(version_or_uri)
+        return self._walk(art["version"], "up") if art else []
+
+    def downstream(self, version_or_uri: str) -> list[dict]:
+        """Every artifact transitively built from one, each with its ``depth``."""
+        art = self.get(version_or_uri)
+        return self._walk(art["version"], "down") if art else []
+
+    # ------------------------------------------------------------ rows
+    def record_members(self, dataset_version: str, rows: pd.DataFrame) -> None:
+        """Replace the row membership of a dataset version (one bulk insert).
+
+        Args:
+            dataset_version: The dataset's version.
+            rows: Columns record_id, source_uri, source_version, source_row_key, split.
+        """
+        missing = [c for c in _MEMBER_COLS if c not in rows.columns]
+        if missing:
+            raise ValueError(f"record_members: missing columns {missing}")
+        frame = rows[_MEMBER_COLS].astype(object).assign(dataset_version=dataset_version)
+        with self._transaction() as con:
+            con.register("incoming_members", frame)
+            con.execute("DELETE FROM members WHERE dataset_version = ?", [dataset_version])
+            con.execute("INSERT INTO members SELECT dataset_version, record_id, source_uri, source_version, "
+                        "source_row_key, split FROM incoming_members")
+            con.unregister("incoming_members")
+
+    def members(self, dataset_version: str) -> pd.DataFrame:
+        """The membership rows of one dataset version."""
+        rows = self._query(f"SELECT {', '.join(_MEMBER_COLS)} FROM members WHERE dataset_version = ?",
+                           [dataset_version])
+        return pd.DataFrame(rows, columns=_MEMBER_COLS)
+
+    def artifacts_containing(self, record_id: str) -> list[dict]:
+        """Datasets holding ``record_id`` (depth 0, with ``source_row_key``) and everything downstream."""
+        rows = self._query("SELECT DISTINCT dataset_version, source_uri, source_row_key, split "
+                           "FROM members WHERE record_id = ?", [record_id])
+        out: dict[str, dict] = {}
+        for version, src, key, split in rows:
+            art = self.get(version)
+            if art is None:
+                continue
+            out.setdefault(version, {**art, "depth": 0, "source_uri_of_record": src,
+                                     "source_row_key": key, "split": split})
+            for down in self.downstream(version):
+                if down["version"] not in out or out[down["version"]]["depth"] > down["depth"]:
+                    out[down["version"]] = down
+        return sorted(out.values(), key=lambda a: (a["depth"], a["uri"]))
+
+    # ------------------------------------------------------------ metrics
+    def record_metric(self, version: str, name: str, value: float, step: int | None = None,
+                      metadata: dict | None = None) -> None:
+        """Store one named value for an artifact version (loss, forgetting entry, ...)."""
+        meta = json.dumps(metadata, sort_keys=True, default=str) if metadata is not None else None
+        with self._transaction() as con:
+            con.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                        [version, name, float(value), step, meta, _now()])
+
+    def metrics(self, version: str) -> list[dict]:
+        """Every metric of a version, in recording order."""
+        cols = ["version", "name", "value", "step", "metadata", "recorded_at"]
+        rows = self._query(f"SELECT {', '.join(cols)} FROM metrics WHERE version = ? ORDER BY recorded_at", [version])
+        return [_row(cols, r) for r in rows]
+
+    def events(self, version: str) -> list[dict]:
+        """``created`` / ``used`` events of a version."""
+        cols = ["version", "event", "event_at", "flow_run_id", "task_run_id"]
+        return [dict(zip(cols, r)) for r in self._query(
+            f"SELECT {', '.join(cols)} FROM events WHERE version = ? ORDER BY event_at", [version])]

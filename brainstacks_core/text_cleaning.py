@@ -1,0 +1,197 @@
+"""Chat-template tokens: detect them, strip them, and parse templated conversations.
+
+Training rows must not carry another model's chat-template tokens: the base model's
+own template is applied at training time, and a second, foreign one teaches the
+stack to emit ``[INST]`` or ``<|im_end|>`` as text.
+
+Two entry points:
+
+* :func:`strip_chat_tokens` removes every known template token from a text.
+* :func:`parse_conversation` turns a whole templated conversation
+  (``<s>[INST] q [/INST] a </s>``, ChatML, Llama-3, Gemma, ...) into
+  ``(system, prompt, response)``; the pipeline prefers it over plain stripping.
+
+The rule for ambiguous tokens (documented, and tested on the code data):
+``<s>``, ``</s>``, ``<bos>`` and ``<eos>`` are also ordinary HTML or prose
+(``"<s>struck</s>"`` in a code answer), so they are treated as template tokens
+**only in a text that also contains an unambiguous template marker** (``[INST]``,
+``<|im_start|>``, ``<start_of_turn>``, ...). A text without any unambiguous marker
+is returned byte-identical, whatever it contains.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# (name, family, regex). Role-carrying markers capture the role in group "role".
+TEMPLATE_PATTERNS: tuple[tuple[str, str, str], ...] = (
+    ("llama2_inst", "llama2", r"\[INST\]"),
+    ("llama2_inst_end", "llama2", r"\[/INST\]"),
+    ("llama2_sys", "llama2", r"<<SYS>>"),
+    ("llama2_sys_end", "llama2", r"<</SYS>>"),
+    ("llama3_begin_of_text", "llama3", r"<\|begin_of_text\|>"),
+    ("llama3_end_of_text", "llama3", r"<\|end_of_text\|>"),
+    ("llama3_header", "llama3", r"<\|start_header_id\|>(?P<role>[^<|]{0,32})<\|end_header_id\|>"),
+    ("llama3_eot", "llama3", r"<\|eot_id\|>"),
+    ("chatml_start", "chatml", r"<\|im_start\|>(?P<role>[A-Za-z_]{0,32})"),
+    ("chatml_end", "chatml", r"<\|im_end\|>"),
+    ("gemma_start", "gemma", r"<start_of_turn>(?P<role>[A-Za-z_]{0,32})"),
+    ("gemma_end", "gemma", r"<end_of_turn>"),
+    ("mistral_system", "mistral", r"\[SYSTEM_PROMPT\]"),
+    ("mistral_system_end", "mistral", r"\[/SYSTEM_PROMPT\]"),
+    ("mistral_tools", "mistral", r"\[/?(?:AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]"),
+    ("phi3_role", "phi3", r"<\|(?P<role>user|assistant|system)\|>"),
+    ("phi3_end", "phi3", r"<\|end\|>"),
+    ("openassistant_role", "openassistant", r"<\|(?P<role>prompter)\|>"),
+    ("endoftext", "gpt", r"<\|endoftext\|>"),
+    ("deepseek_role", "deepseek", r"<｜(?P<role>User|Assistant)｜>"),
+    ("deepseek_bos", "deepseek", r"<｜begin▁of▁sentence｜>"),
+    ("deepseek_eos", "deepseek", r"<｜end▁of▁sentence｜>"),
+    ("deepseek_eot", "deepseek", r"<\|EOT\|>"),
+    ("command_r_turn", "command_r", r"<\|START_OF_TURN_TOKEN\|><\|(?P<role>USER|CHATBOT|SYSTEM)_TOKEN\|>"),
+    ("command_r_end", "command_r", r"<\|END_OF_TURN_TOKEN\|>"),
+    ("harmony_start", "harmony", r"<\|start\|>(?P<role>[a-z]{0,16})(?:<\|channel\|>[a-z]{0,16})?<\|message\|>"),
+    ("harmony_end", "harmony", r"<\|(?:end|return|call)\|>"),
+)
+
+# Ambiguous tokens: stripped only when an unambiguous marker is present (see module doc).
+AMBIGUOUS_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("bos_s", r"<s>"),
+    ("eos_s", r"</s>"),
+    ("gemma_bos", r"<bos>"),
+    ("gemma_eos", r"<eos>"),
+)
+
+_MARKERS = re.compile("|".join(f"(?:{rx})" for _, _, rx in TEMPLATE_PATTERNS).replace("?P<role>", ""))
+_ALL = re.compile(
+    "|".join(f"(?:{rx})" for _, _, rx in TEMPLATE_PATTERNS).replace("?P<role>", "")
+    + "|"
+    + "|".join(f"(?:{rx})" for _, rx in AMBIGUOUS_PATTERNS)
+)
+_PER_PATTERN = [(name, re.compile(rx)) for name, _, rx in TEMPLATE_PATTERNS]
+_BLANK_RUNS = re.compile(r"[ \t]*\n[ \t]*\n(?:[ \t]*\n)+")
+
+# Markers that open a turn, mapped to the role they open ("" = role captured).
+_TURN_OPENERS = re.compile(
+    r"(?P<inst>\[INST\])|(?P<inst_end>\[/INST\])|(?P<sys><<SYS>>)|(?P<sys_end><</SYS>>)"
+    r"|(?P<msys>\[SYSTEM_PROMPT\])|(?P<msys_end>\[/SYSTEM_PROMPT\])"
+    r"|<\|start_header_id\|>(?P<r1>[^<|]{0,32})<\|end_header_id\|>"
+    r"|<\|im_start\|>(?P<r2>[A-Za-z_]{0,32})"
+    r"|<start_of_turn>(?P<r3>[A-Za-z_]{0,32})"
+    r"|<\|(?P<r4>user|assistant|system|prompter)\|>"
+    r"|<｜(?P<r5>User|Assistant)｜>"
+    r"|<\|START_OF_TURN_TOKEN\|><\|(?P<r6>USER|CHATBOT|SYSTEM)_TOKEN\|>"
+    r"|<\|start\|>(?P<r7>[a-z]{0,16})(?:<\|channel\|>[a-z]{0,16})?<\|message\|>"
+)
+_ROLE_ALIASES = {
+    "user": "user", "human": "user", "prompter": "user",
+    "assistant": "assistant", "model": "assistant", "chatbot": "assistant", "gpt": "assistant",
+    "system": "system", "developer": "system",
+}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A templated conversation reduced to one SFT record.
+
+    Attributes:
+        system: The system prompt, or None.
+        prompt: Every turn before the last assistant turn (earlier turns labelled).
+        response: The last assistant turn.
+    """
+
+    system: str | None
+    prompt: str
+    response: str
+
+
+def has_chat_tokens(text: str) -> bool:
+    """True when ``text`` holds at least one unambiguous template marker."""
+    return _MARKERS.search(text) is not None
+
+
+def find_chat_tokens(text: str) -> list[str]:
+    """Names of the template patterns found in ``text`` (for reports and tests)."""
+    return [name for name, rx in _PER_PATTERN if rx.search(text)]
+
+
+def strip_chat_tokens(text: str) -> str:
+    """Remove chat-template tokens from ``text``.
+
+    A text without an unambiguous marker comes back unchanged (the same object,
+    byte-identical), so ``<s>`` inside code or HTML is never touched. Otherwise
+    every template token (role headers included) is removed, runs of blank lines
+    left behind are collapsed, and the ends are trimmed.
+
+    Args:
+        text: Any text.
+
+    Returns:
+        The text without template tokens.
+    """
+    if not has_chat_tokens(text):
+        return text
+    out = _ALL.sub("\n", text)
+    out = _BLANK_RUNS.sub("\n\n", out)
+    return "\n".join(line.rstrip() for line in out.strip().split("\n"))
+
+
+def _role_of(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    if kind in ("inst", "sys_end", "msys_end"):
+        return "user"
+    if kind == "inst_end":
+        return "assistant"
+    if kind in ("sys", "msys"):
+        return "system"
+    role = (match.group(kind) or "").strip().lower()
+    return _ROLE_ALIASES.get(role, role or "user")
+
+
+def parse_conversation(text: str) -> Conversation | None:
+    """Turn a whole templated conversation into ``(system, prompt, response)``.
+
+    Turns are cut at role markers; end-of-turn and BOS/EOS tokens are stripped from
+    each turn. The last assistant turn is the response; earlier user/assistant turns
+    form the prompt (labelled ``User:``/``Assistant:`` when there is more than one).
+
+    Args:
+        text: A templated text.
+
+    Returns:
+        The conversation, or None when ``text`` has no template marker or no
+        non-empty user and assistant turn (the caller then strips tokens instead).
+    """
+    if not has_chat_tokens(text):
+        return None
+    turns: list[list[str]] = []  # [role, text]
+    matches = list(_TURN_OPENERS.finditer(text))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        body = strip_chat_tokens_unconditional(text[m.end():end])
+        if not body:
+            continue
+        role = _role_of(m)
+        if turns and turns[-1][0] == role:
+            turns[-1][1] += "\n\n" + body
+        else:
+            turns.append([role, body])
+    system = "\n\n".join(t[1] for t in turns if t[0] == "system") or None
+    dialog = [t for t in turns if t[0] in ("user", "assistant")]
+    last = max((i for i, t in enumerate(dialog) if t[0] == "assistant"), default=None)
+    if last is None or not any(t[0] == "user" for t in dialog[:last]):
+        return None
+    before = dialog[:last]
+    if len(before) == 1:
+        prompt = before[0][1]
+    else:
+        prompt = "\n\n".join(f"{'User' if r == 'user' else 'Assistant'}: {t}" for r, t in before)
+    return Conversation(system=system, prompt=prompt, response=dialog[last][1])
+
+
+def strip_chat_tokens_unconditional(text: str) -> str:
+    """Remove every template token, ambiguous ones included (inside a known conversation)."""
+    out = _ALL.sub("\n", text)
+    out = _BLANK_RUNS.sub("\n\n", out)
+    return out.strip()
