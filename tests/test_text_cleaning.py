@@ -1,0 +1,102 @@
+"""strip_chat_tokens and parse_conversation: every template family, and byte identity."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from brainstacks_core import strip_chat_tokens
+from brainstacks_core.text_cleaning import TEMPLATE_PATTERNS, find_chat_tokens, has_chat_tokens, parse_conversation
+
+SHARED = Path(os.environ.get("BRAINSTACKS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# One example per pattern name: text with the token -> the pattern must be found and removed.
+EXAMPLES = {
+    "llama2_inst": "[INST] hi", "llama2_inst_end": "hi [/INST] yo", "llama2_sys": "<<SYS>> s",
+    "llama2_sys_end": "s <</SYS>> u", "llama3_begin_of_text": "<|begin_of_text|>hi",
+    "llama3_end_of_text": "hi<|end_of_text|>", "llama3_header": "<|start_header_id|>user<|end_header_id|>\n\nhi",
+    "llama3_eot": "hi<|eot_id|>", "chatml_start": "<|im_start|>user\nhi", "chatml_end": "hi<|im_end|>",
+    "gemma_start": "<start_of_turn>model\nhi", "gemma_end": "hi<end_of_turn>",
+    "mistral_system": "[SYSTEM_PROMPT]be kind", "mistral_system_end": "be kind[/SYSTEM_PROMPT]",
+    "mistral_tools": "[TOOL_CALLS] hi", "phi3_role": "<|user|>\nhi", "phi3_end": "hi<|end|>",
+    "openassistant_role": "<|prompter|>hi", "endoftext": "hi<|endoftext|>", "deepseek_role": "<｜User｜>hi",
+    "deepseek_bos": "<｜begin▁of▁sentence｜>hi", "deepseek_eos": "hi<｜end▁of▁sentence｜>", "deepseek_eot": "hi<|EOT|>",
+    "command_r_turn": "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>hi", "command_r_end": "hi<|END_OF_TURN_TOKEN|>",
+    "harmony_start": "<|start|>user<|message|>hi", "harmony_end": "hi<|end|>",
+}
+
+
+def test_at_least_twenty_patterns_all_exemplified():
+    names = [n for n, _, _ in TEMPLATE_PATTERNS]
+    assert len(names) >= 20
+    assert set(names) == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_pattern_is_found_and_stripped(name):
+    text = EXAMPLES[name]
+    assert name in find_chat_tokens(text)
+    out = strip_chat_tokens(text)
+    assert not has_chat_tokens(out), out
+    assert "hi" in out or "kind" in out or out == "s u" or "yo" in out or "s" in out
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 2+2? [/INST] 4 </s>", ("Be brief.", "What is 2+2?", "4")),
+    ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>"
+     "\n\nQ<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA<|eot_id|>", ("S", "Q", "A")),
+    ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA<|im_end|>", ("S", "Q", "A")),
+    ("<bos><start_of_turn>user\nQ<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>", (None, "Q", "A")),
+    ("<|user|>\nQ<|end|>\n<|assistant|>\nA<|end|>", (None, "Q", "A")),
+    ("<|system|>\nS</s>\n<|user|>\nQ</s>\n<|assistant|>\nA</s>", ("S", "Q", "A")),  # Zephyr / Tulu
+    ("<｜begin▁of▁sentence｜><｜User｜>Q<｜Assistant｜>A<｜end▁of▁sentence｜>", (None, "Q", "A")),  # DeepSeek
+    ("<s>[SYSTEM_PROMPT]S[/SYSTEM_PROMPT][INST]Q[/INST]A</s>", ("S", "Q", "A")),  # Mistral v7
+    ("<|START_OF_TURN_TOKEN|><|USER_TOKEN|>Q<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>A"
+     "<|END_OF_TURN_TOKEN|>", (None, "Q", "A")),
+])
+def test_whole_conversations_become_prompt_response(text, expected):
+    conv = parse_conversation(text)
+    assert conv is not None
+    assert (conv.system, conv.prompt, conv.response) == expected
+
+
+def test_multi_turn_keeps_earlier_turns_in_prompt():
+    conv = parse_conversation("<s>[INST] a [/INST] b </s><s>[INST] c [/INST] d </s>")
+    assert conv.prompt == "User: a\n\nAssistant: b\n\nUser: c" and conv.response == "d"
+
+
+def test_only_tokens_is_not_a_conversation_and_strips_to_empty():
+    assert parse_conversation("<s>[INST][/INST]</s>") is None
+    assert strip_chat_tokens("<|im_start|>user\n<|im_end|>").strip() == ""
+
+
+def test_text_without_markers_is_byte_identical_even_with_html_s():
+    for text in ['html = "<s>old price</s> new"', "<s>", "plain text\r\n  with spaces  ", "<bos> is a word here"]:
+        assert strip_chat_tokens(text) is text
+
+
+@pytest.mark.shared_data
+def test_code_data_is_untouched():
+    path = SHARED / "codealpaca" / "code_alpaca_2k.json"
+    if not path.is_file():
+        pytest.skip(f"shared data absent: {path}")
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    texts = [r[k] for r in rows for k in ("instruction", "input", "output")]
+    changed = [t for t in texts if strip_chat_tokens(t) != t]
+    assert changed == []
+
+
+@pytest.mark.shared_data
+def test_guanaco_rows_all_parse():
+    import pandas as pd
+
+    path = SHARED / "guanaco_llama2_1k" / "train-00000-of-00001-9ad84bb9cf65a42f.parquet"
+    if not path.is_file():
+        pytest.skip(f"shared data absent: {path}")
+    texts = pd.read_parquet(path)["text"].tolist()
+    convs = [parse_conversation(t) for t in texts]
+    assert sum(c is not None for c in convs) >= 0.99 * len(texts)
+    assert not any(has_chat_tokens(c.prompt + c.response) or "<s>" in c.response for c in convs if c)
