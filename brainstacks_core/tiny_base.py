@@ -14,6 +14,7 @@ References: Touvron et al. 2023 (Llama); Dettmers et al. 2023 (QLoRA, NF4).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -23,10 +24,12 @@ import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, TypeVar
+from urllib.parse import urlparse
 
 import torch
 from tqdm.auto import tqdm
@@ -62,6 +65,10 @@ def _from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed keys: {sorted(names)}")
+    missing = sorted(f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                     if f.name not in data and f.default is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"missing {cls.__name__} keys {missing}")
     return cls(**data)
 
 
@@ -172,6 +179,11 @@ class BaseModelInfo:
     revision: str | None = None
 
 
+def parse_base_config(section: Mapping[str, Any]) -> TinyBaseConfig | HubBaseConfig:
+    """Parse a profile's ``base`` section: ``HubBaseConfig`` if it names a ``repo_id``, else tiny."""
+    return HubBaseConfig.from_dict(section) if "repo_id" in section else TinyBaseConfig.from_dict(section)
+
+
 class BaseModelUnavailableError(RuntimeError):
     """A hub base cannot be fetched (offline, unknown repo or revision)."""
 
@@ -242,6 +254,22 @@ def _pack(tokenizer: PreTrainedTokenizerFast, texts: list[str], seq_len: int) ->
     return torch.tensor(stream[: n_blocks * seq_len], dtype=torch.long).view(n_blocks, seq_len)
 
 
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Run torch ops on one CPU thread, then restore the previous setting.
+
+    A tiny model gains nothing from intra-op threads, one thread makes the float
+    reductions (hence the weights and the fingerprint) identical on any core count,
+    and it avoids OpenMP stalls on a busy machine (30x slower seen on 2 cores).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def pretrain(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], config: TinyBaseConfig
 ) -> list[float]:
@@ -256,7 +284,14 @@ def pretrain(
     Returns:
         The training loss of every step (``config.pretrain_steps`` floats).
     """
-    blocks = _pack(tokenizer, list(texts), config.seq_len)  # (N, T)
+    with _single_threaded():
+        return _pretrain(model, tokenizer, list(texts), config)
+
+
+def _pretrain(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, texts: list[str], config: TinyBaseConfig
+) -> list[float]:
+    blocks = _pack(tokenizer, texts, config.seq_len)  # (N, T)
     gen = torch.Generator().manual_seed(config.seed)
     optim = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01)
     warmup = max(1, config.pretrain_steps // 10)
@@ -379,6 +414,57 @@ def _compute_dtype(name: str, device_map: Any) -> torch.dtype:
     return torch.float32 if on_cpu else torch.bfloat16
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub endpoint accepts a TCP connection (assumed yes behind a proxy)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _load_from_hub(hub: HubBaseConfig, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load from the local HF cache if the pinned snapshot is there, else download it.
+
+    A pinned commit never changes, so a cached snapshot is used without asking the
+    hub. Offline (``HF_HUB_OFFLINE``) or with the hub unreachable, a cache miss fails
+    at once instead of after the hub client's retries.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(local_only: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+        # The tokenizer first: small, so a missing repo fails before any weights download.
+        tokenizer = AutoTokenizer.from_pretrained(hub.repo_id, revision=hub.revision, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            hub.repo_id, revision=hub.revision, local_files_only=local_only, **kwargs
+        )
+        return model, tokenizer
+
+    def unavailable(reason: str, err: BaseException | None = None) -> BaseModelUnavailableError:
+        return BaseModelUnavailableError(
+            f"cannot load base model {hub.repo_id!r} at revision {hub.revision}: {reason}"
+            f"{f' ({err})' if err else ''}. Pre-download it on a machine with network access "
+            f"(`hf download {hub.repo_id} --revision {hub.revision}`, then copy the HF cache "
+            "or set HF_HOME to it), or point the profile's base section at a local model folder."
+        )
+
+    try:
+        return load(local_only=True)
+    except OSError as err:
+        if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
+            raise unavailable("not in the local cache and HF_HUB_OFFLINE is set", err) from err
+    if not _hub_reachable():
+        raise unavailable(f"not in the local cache and {os.environ.get('HF_ENDPOINT', 'https://huggingface.co')} "
+                          "is unreachable")
+    try:
+        return load(local_only=False)
+    except OSError as err:  # hub errors (not found, revision, connection) are all OSError
+        raise unavailable("download failed", err) from err
+
+
 def load_base(
     path_or_hub_config: str | os.PathLike[str] | HubBaseConfig,
     load_in_4bit: bool | None = None,
@@ -411,21 +497,9 @@ def load_base(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
         )
     if hub is not None:
-        offline = _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")
         if hub.attn_implementation:
             kwargs["attn_implementation"] = hub.attn_implementation
-        try:  # the tokenizer first: small, so a missing repo fails before any weights download
-            tokenizer = AutoTokenizer.from_pretrained(hub.repo_id, revision=hub.revision, local_files_only=offline)
-            model = AutoModelForCausalLM.from_pretrained(
-                hub.repo_id, revision=hub.revision, local_files_only=offline, **kwargs
-            )
-        except (OSError, ValueError) as err:
-            raise BaseModelUnavailableError(
-                f"cannot load base model {hub.repo_id!r} at revision {hub.revision}"
-                f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {err}. Pre-download it on a "
-                f"machine with network access (`hf download {hub.repo_id} --revision {hub.revision}`, "
-                "then copy the HF cache), or point the profile's base section at a local model folder."
-            ) from err
+        model, tokenizer = _load_from_hub(hub, kwargs)
         info = BaseModelInfo(
             hub.repo_id, content_hash({"repo_id": hub.repo_id, "revision": hub.revision}),
             dataclasses.asdict(hub), "hub", hub.revision,

@@ -20,6 +20,7 @@ from brainstacks_core.tiny_base import (
     build_tiny_llama,
     fingerprint_model_dir,
     load_base,
+    parse_base_config,
     pretrain,
     train_tokenizer,
 )
@@ -73,6 +74,14 @@ def test_hub_config_refuses_unpinned_revision(revision):
         HubBaseConfig(repo_id="TinyLlama/TinyLlama-1.1B-Chat-v1.0", revision=revision)
     with pytest.raises(ValueError, match="unknown HubBaseConfig keys"):
         HubBaseConfig.from_dict({"repo_id": "x/y", "revision": "a" * 40, "branch": "main"})
+    with pytest.raises(ValueError, match=r"missing HubBaseConfig keys \['revision'\]"):
+        parse_base_config({"repo_id": "x/y"})
+
+
+def test_parse_base_config_dispatches_on_repo_id():
+    hub = parse_base_config({"repo_id": "x/y", "revision": "a" * 40, "load_in_4bit": False})
+    assert hub == HubBaseConfig(repo_id="x/y", revision="a" * 40, load_in_4bit=False)
+    assert parse_base_config({"pretrain_steps": 5}) == TinyBaseConfig(pretrain_steps=5)
 
 
 def test_tokenizer_round_trips_and_is_deterministic(corpus):
@@ -131,7 +140,9 @@ def test_build_tiny_llama_has_configured_shapes(corpus):
 def test_pretrain_lowers_the_loss(corpus):
     tok = train_tokenizer(corpus, CFG.vocab_size)
     model = build_tiny_llama(CFG, tok)
+    threads = torch.get_num_threads()
     losses = pretrain(model, tok, corpus, CFG)
+    assert torch.get_num_threads() == threads  # the single-threaded section restores the setting
     assert len(losses) == CFG.pretrain_steps and all(map(torch.isfinite, torch.tensor(losses)))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, (first, last)
@@ -215,6 +226,22 @@ def test_hub_load_offline_fails_fast_with_a_clear_message(monkeypatch):
     message = str(err.value)
     for part in ("brainstacks-test/does-not-exist", config.revision, "HF_HUB_OFFLINE", "hf download", "local model folder"):
         assert part in message
+
+
+def test_hub_load_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a local port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert not tiny_base._hub_reachable()
+    start = time.monotonic()
+    with pytest.raises(BaseModelUnavailableError, match=f"127.0.0.1:{port} is unreachable"):
+        load_base(HubBaseConfig(repo_id="brainstacks-test/does-not-exist", revision="f" * 40))
+    assert time.monotonic() - start < 10
 
 
 def test_load_base_rejects_a_folder_without_a_model_or_tokenizer(built, tmp_path):
