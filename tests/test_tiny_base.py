@@ -263,3 +263,20 @@ def test_tiny_models_build_and_forward(name):
         found = [m for n, m in model.named_modules() if n.endswith("." + proj)]
         assert len(found) == 2 and all(isinstance(m, torch.nn.Linear) for m in found), proj
     torch.testing.assert_close(TINY_MODELS[name](seed=1).state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+def test_trl_sft_masks_exactly_the_assistant_answer(built, tmp_path):
+    """The chat template's contract with trl: assistant-only loss on ``messages`` rows."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok, _ = load_base(built.path)
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"what {i}?"},
+                          {"role": "assistant", "content": "a red ball."}]} for i in range(4)]
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                     gradient_checkpointing=False, max_length=64, per_device_train_batch_size=4,
+                     assistant_only_loss=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        assert tok.decode(ids[labels != -100]) == "a red ball.</s>"
