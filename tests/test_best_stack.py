@@ -84,7 +84,7 @@ def test_aux_loss_changes_the_router_during_trl_training(tmp_path):
         add_active_stack(model, "s", seed=0)
         grads = []
         trainer = StackSFTTrainer(model=model, args=make_sft_config(
-            SFTSettings(max_steps=3, eval_steps=100, batch_size=8, learning_rate=1e-2, warmup_steps=0), tmp_path),
+            SFTSettings(max_steps=3, eval_steps=2, batch_size=8, learning_rate=1e-2, warmup_steps=0), tmp_path),
             train_dataset=to_sft_dataset(df), eval_dataset=to_sft_dataset(df.head(8)), processing_class=tok,
             aux_loss_coef=coef)
         layer = next(iter(stacked_layers(model).values()))
