@@ -95,5 +95,5 @@ def test_aux_loss_changes_the_router_during_trl_training(tmp_path):
         assert len(grads) == 3 and (grads[0] > 0) == (coef > 0), grads
         assert all(g > 0 for g in grads[1:])
         logged = [h for h in trainer.state.log_history if "task_loss" in h]
-        assert logged and ("aux_loss" in logged[0]) == (coef > 0)
+        assert logged and "aux_loss" in logged[0]  # logged apart from the task loss, whatever the coefficient
     assert not torch.equal(routers[0.0], routers[0.01]), "the aux loss did not change the router"
