@@ -152,7 +152,7 @@ def finalize_domain(profile: Profile, cfg: DataConfig, domain: str, ingested: di
     result = steps.finalize(rows[rows["domain"] == domain], cfg, steps.benchmark_index(cfg, profile.store))
     own_q = pd.read_parquet(Path(ingested[domain]["folder"]) / "quarantine.parquet")
     quarantine = pd.concat([q for q in (own_q, result.quarantine) if not q.empty] or [own_q], ignore_index=True)
-    kw_drop = kw_dropped[kw_dropped["from_domain"] == domain].assign(reason_kind="keyword")
+    kw_drop = kw_dropped[kw_dropped["from_domain"] == domain]
     dropped = pd.concat([steps.as_dropped(kw_drop, "keyword")] + result.dropped, ignore_index=True)
     my_moves = moves[(moves["from_domain"] == domain) | (moves["to_domain"] == domain)]
     counts = {"in": int(ingested[domain]["n_in"]), "moved_in": int((moves["to_domain"] == domain).sum()),
