@@ -61,21 +61,23 @@ def inject_stacks(model: nn.Module, config: MoELoRAConfig, targets: Sequence[str
         ValueError: no module matched the targets.
     """
     targets = tuple(targets or config.targets)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    matches = [(name, module) for name, module in model.named_modules()
+               if not isinstance(module, StackedMoELoRALayer) and ".base_layer" not in name
+               and ".active." not in name and name_matches(name, targets) and _is_linear(module)]
+    if not matches:
+        raise ValueError(f"no module matched targets {list(targets)}; linear modules are e.g. "
+                         f"{[n for n, m in model.named_modules() if _is_linear(m)][:5]}")
+    adapters = {id(p) for m in model.modules() if isinstance(m, StackedMoELoRALayer) and m.active is not None
+                for p in m.active.parameters()}
+    for p in model.parameters():  # the base is frozen; an existing active stack stays trainable
+        if id(p) not in adapters:
+            p.requires_grad_(False)
     replaced: list[str] = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, StackedMoELoRALayer) or ".base_layer" in name:
-            continue
-        if not name_matches(name, targets) or not _is_linear(module):
-            continue
+    for name, module in matches:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, StackedMoELoRALayer(module, config))
         replaced.append(name)
-    if not replaced:
-        raise ValueError(f"no module matched targets {list(targets)}; linear modules are e.g. "
-                         f"{[n for n, m in model.named_modules() if _is_linear(m)][:5]}")
     log.info("injected %d stacked MoE-LoRA layers", len(replaced))
     return replaced
 

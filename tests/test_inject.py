@@ -182,8 +182,6 @@ def test_inject_over_linear4bit_trains_only_the_stack(tmp_path):
                for name, layer in layers.items())
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: inject_stacks sets requires_grad=False on every model parameter, "
-                   "the active stacks' included, before it knows whether anything matched")
 def test_reinjecting_keeps_the_active_stack_trainable():
     model = tiny_llama()
     inject_stacks(model, CFG)
