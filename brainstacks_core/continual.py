@@ -140,7 +140,7 @@ def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: Trai
     """
     order = [d.domain for d in data]
     by_name = {d.domain: d for d in data}
-    cfg_hash = config_hash({"training": dataclasses.replace(cfg, domains=None), "moe": moe})
+    cfg_hash = config_hash({"training": dataclasses.replace(cfg, domains=None, ablation=True), "moe": moe})
     manifest = _read_manifest(ctx, cfg_hash, order)
     _reattach(model, ctx, manifest)
     for i, d in enumerate(data):

@@ -29,6 +29,8 @@ class Profile(BaseModel):
         base: The base-model section.
         moe: The MoE-LoRA section.
         training: The training section (rounds, steps, null space, ...).
+        router: The meta-router section (later stages).
+        experiment1: Experiment 1 settings (domain, lora_rank); empty = skipped.
         source_path: The YAML file the profile came from.
     """
 
@@ -42,6 +44,7 @@ class Profile(BaseModel):
     moe: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     router: dict[str, Any] = Field(default_factory=dict)
+    experiment1: dict[str, Any] = Field(default_factory=dict)
     source_path: Path | None = None
 
     @property

@@ -37,6 +37,8 @@ class TrainingConfig:
             matrix (None = all).
         sft: trainer settings of each round.
         seed: seed of stack initialisation.
+        ablation: the pipeline also trains a run without null space (run "no-null-space")
+            for the forgetting comparison.
     """
 
     domains: tuple[str, ...] | None = None
@@ -50,6 +52,7 @@ class TrainingConfig:
     eval_rows: int | None = 256
     sft: SFTSettings = field(default_factory=SFTSettings)
     seed: int = 0
+    ablation: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainingConfig":

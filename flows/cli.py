@@ -43,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None, help="one domain (default: all, in curriculum order)")
     p = sub.add_parser("run", help=COMMANDS["run"][1], description=COMMANDS["run"][1])
     _add_common(p)
-    p.add_argument("--no-prefect", action="store_true", help="call the core directly, without Prefect")
     p = sub.add_parser("audit", help=COMMANDS["audit"][1], description=COMMANDS["audit"][1])
     _add_common(p)
     g = p.add_mutually_exclusive_group(required=True)

@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
+from prefect.events import emit_event  # noqa: E402
 
 from brainstacks_core.data_config import load_data_config  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
@@ -45,6 +46,12 @@ def prepare_data(config_path: str, domain: str | None = None, artifact_root: str
     ingested = {d: ingest_task(config_path, artifact_root, d) for d in cfg.domains}
     assigned = assign_task(config_path, artifact_root, ingested)
     rows = {d: finalize_task(config_path, artifact_root, d, ingested, assigned) for d in ([domain] if domain else cfg.domains)}
+    for d, r in rows.items():  # a new dataset version starts retraining (prefect.yaml trigger)
+        if not r.get("cache_hit"):
+            emit_event(event="brainstacks.dataset.version.changed",
+                       resource={"prefect.resource.id": f"brainstacks.dataset.{profile.name}.{d}",
+                                 "brainstacks.profile": profile.name, "brainstacks.domain": d},
+                       payload={"version": r.get("version"), "domain": d, "config_path": config_path})
     create_table_artifact(key=f"data-counts-{profile.name}".replace("_", "-").lower(),
                           table=[{c: r.get(c) for c in COLUMNS} for r in rows.values()],
                           description=f"Prepared data of profile {profile.name}: every input row is in train, "

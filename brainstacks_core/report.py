@@ -1,0 +1,83 @@
+"""The profile report: round losses, forgetting matrix, Experiment 1, as markdown and PNG plots.
+
+Reads the runs' manifests and the Experiment 1 result from the artifact store,
+writes ``<store>/reports/`` and registers the report with its inputs (every
+stack of the runs), so the report's lineage reaches the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from brainstacks_core.io_utils import atomic_write_text, sha256_file
+from brainstacks_core.profile import Profile
+from brainstacks_core.versioning import code_version, content_hash
+
+log = logging.getLogger(__name__)
+RUN_LABELS = {"main": "null space", "no-null-space": "no null space"}
+
+
+def _manifest(profile: Profile, run_name: str) -> dict:
+    path = profile.store / "training" / run_name / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no training manifest at {path}: run `brainstacks train --config "
+                                f"{profile.source_path}` first")
+    return json.loads(path.read_text())
+
+
+def round_table(manifest: dict) -> str:
+    """Markdown: per domain, every round's validation loss before/after and its fate."""
+    lines = ["| domain | round | status | val loss before | val loss after | reason |", "|---|---|---|---|---|---|"]
+    for dom in manifest["domains_order"]:
+        for r in manifest["domains"].get(dom, {}).get("rounds", []):
+            lines.append(f"| {dom} | {r['round']} | {r['status']} | {r['loss_before']:.4f} | "
+                         f"{r['loss_after']:.4f} | {r['reason']} |")
+    return "\n".join(lines)
+
+
+def experiment1_summary(result: dict) -> str:
+    """Markdown lines for Experiment 1."""
+    moe, lora = result["moe_curve"], result["lora_curve"]
+    at = result.get("moe_reaches_lora_final_at")
+    return "\n".join([
+        f"Domain `{result['domain']}`, same data and steps. Trainable parameters: MoE-LoRA "
+        f"{result['moe_params']:,}, single LoRA r{result.get('lora_rank', 64)} {result['lora_params']:,}.",
+        "", "| step | MoE-LoRA val loss | single LoRA val loss |", "|---|---|---|",
+        *[f"| {a[0]} | {a[1]:.4f} | {b[1]:.4f} |" for a, b in zip(moe, lora)], "",
+        f"MoE-LoRA reaches single LoRA's final loss ({lora[-1][1]:.4f}) at step {at}." if at is not None else
+        f"MoE-LoRA did not reach single LoRA's final loss ({lora[-1][1]:.4f}) within {lora[-1][0]} steps.",
+        f"Wall time: MoE-LoRA {result['moe_seconds']:.1f} s, single LoRA {result['lora_seconds']:.1f} s."])
+
+
+def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
+    """Write plots and ``report.md`` for the given runs; returns {markdown, plots, path}."""
+    from brainstacks_core import plots
+
+    out_dir = profile.store / "reports"
+    manifests = {RUN_LABELS.get(r, r): _manifest(profile, r) for r in run_names}
+    png = [plots.plot_forgetting(manifests, out_dir / "forgetting.png")]
+    md = [f"# Brainstacks report: profile `{profile.name}`", ""]
+    for run, (label, m) in zip(run_names, manifests.items()):
+        png.append(plots.plot_round_losses(m, out_dir / f"rounds-{run}.png"))
+        md += [f"## Rounds ({label})", "", round_table(m), ""]
+    md += ["## Forgetting matrix (validation loss; isolated = own stacks only, ungated = all stacks)", "",
+           plots.forgetting_table(manifests), ""]
+    exp_dir = profile.store / "experiment1"
+    results = sorted(exp_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if exp_dir.exists() else []
+    if results:
+        result = json.loads(results[-1].read_text())
+        png.append(plots.plot_experiment1(result, out_dir / "experiment1.png"))
+        md += ["## Experiment 1: MoE-LoRA vs single LoRA", "", experiment1_summary(result), ""]
+    md += ["Plots: " + ", ".join(str(p) for p in png)]
+    text = "\n".join(md)
+    path = atomic_write_text(out_dir / "report.md", text + "\n")
+    if catalog is not None:
+        stacks = sorted({r["version"] for m in manifests.values() for d in m["domains"].values()
+                         for r in d["rounds"] if r.get("version")})
+        version = content_hash("report", stacks, text)
+        catalog.record_artifact(uri=f"report://{profile.name}", version=version, kind="report", path=str(path),
+                                sha256=sha256_file(path), code_version=code_version(), config_hash=None,
+                                inputs=stacks, metadata={"plots": [str(p) for p in png]}, run_ids=run_ids)
+    return {"markdown": text, "plots": [str(p) for p in png], "path": str(path)}

@@ -1,0 +1,171 @@
+"""Profile-level training entry points: base model, domain data, continual run.
+
+Glue between a profile (``configs/*.yaml``) and the core: which base to build or
+load (``base:``), the MoE-LoRA and training sections, the prepared data of each
+domain (read by version from the catalog) and where a run writes
+(``<store>/training/<run_name>/``). Prefect tasks call these functions and
+nothing else.
+
+``base:`` section::
+
+    base: {kind: tiny, tiny: {hidden_size: 64, ...}}                       # built locally (CPU profiles)
+    base: {kind: hub, hub: {repo_id: ..., revision: <40-hex sha>, load_in_4bit: true}}
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from brainstacks_core.boosting import DomainData
+from brainstacks_core.catalog import Catalog
+from brainstacks_core.continual import RunContext, run_continual
+from brainstacks_core.data_config import load_data_config
+from brainstacks_core.data_pipeline import load_prepared
+from brainstacks_core.inject import inject_stacks
+from brainstacks_core.moe_lora import MoELoRAConfig
+from brainstacks_core.profile import Profile
+from brainstacks_core.tiny_base import (BaseModelInfo, HubBaseConfig, TinyBaseConfig, build_tiny_base, corpus_hash,
+                                        load_base)
+from brainstacks_core.training_config import TrainingConfig
+from brainstacks_core.versioning import code_version, config_hash, content_hash
+
+log = logging.getLogger(__name__)
+
+
+def moe_config(profile: Profile) -> MoELoRAConfig:
+    return MoELoRAConfig.from_dict(profile.moe)
+
+
+def training_config(profile: Profile) -> TrainingConfig:
+    return TrainingConfig.from_dict(profile.training)
+
+
+def curriculum(profile: Profile) -> list[str]:
+    """Training order: ``training.domains`` if set, else the data section's domains."""
+    return list(training_config(profile).domains or load_data_config(profile).domains)
+
+
+def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | None = None) -> list[DomainData]:
+    """Each domain's latest prepared train/val data, with their catalog versions."""
+    out = []
+    for d in domains:
+        p = load_prepared(profile, d, catalog)
+        out.append(DomainData(d, pd.read_parquet(p.train_path), pd.read_parquet(p.val_path),
+                              p.train_uri_version, p.val_uri_version))
+    return out
+
+
+def ensure_base(profile: Profile, data: list[DomainData], catalog: Catalog | None = None,
+                run_ids: dict | None = None) -> BaseModelInfo:
+    """Build (tiny) or resolve (hub) the base model and register it in the catalog.
+
+    The tiny base is pretrained briefly on the training splits of every domain
+    (never on validation data), so its lineage lists those dataset versions.
+    """
+    kind = profile.base.get("kind", "tiny")
+    if kind == "hub":
+        hub = HubBaseConfig.from_dict(profile.base["hub"])
+        info = BaseModelInfo(path=hub.repo_id, fingerprint=content_hash("hub", hub.repo_id, hub.revision),
+                             config={"repo_id": hub.repo_id}, source="hub", revision=hub.revision)
+        inputs: list[str] = []
+    elif kind == "tiny":
+        cfg = TinyBaseConfig.from_dict(profile.base.get("tiny", {}))
+        texts = [f"{r.prompt}\n{r.response}" for d in data for r in d.train.itertuples()]
+        key = content_hash(cfg, corpus_hash(texts))
+        info = build_tiny_base(texts, cfg, profile.store / "base" / f"tiny-{key}")
+        inputs = [d.train_version for d in data]
+    else:
+        raise ValueError(f"{profile.source_path}: base.kind must be 'tiny' or 'hub', got {kind!r}")
+    if catalog is not None:
+        catalog.record_artifact(uri=f"base://{profile.name}", version=info.fingerprint, kind="base",
+                                path=str(info.path), sha256=None, code_version=code_version(),
+                                config_hash=config_hash(profile.base), inputs=inputs,
+                                metadata={"source": info.source, "revision": info.revision}, run_ids=run_ids)
+    return info
+
+
+def load_model(profile: Profile, info: BaseModelInfo):
+    """Load the base (4-bit NF4 on CUDA when the profile asks) and inject stack layers."""
+    if info.source == "hub":
+        hub = HubBaseConfig.from_dict(profile.base["hub"])
+        model, tok, _ = load_base(hub, device_map="auto" if torch.cuda.is_available() else "cpu")
+    else:
+        four_bit = bool(profile.base.get("load_in_4bit", False))
+        model, tok, _ = load_base(info.path, load_in_4bit=four_bit,
+                                  device_map="auto" if torch.cuda.is_available() else "cpu")
+    inject_stacks(model, moe_config(profile))
+    return model, tok
+
+
+def run_dir(profile: Profile, run_name: str) -> Path:
+    return profile.store / "training" / run_name
+
+
+def train_profile(profile: Profile, run_name: str = "main", null_space: bool | None = None,
+                  until_domain: str | None = None, catalog: Catalog | None = None,
+                  run_ids: dict | None = None) -> dict:
+    """Continual training of the profile's curriculum (resumable); returns the manifest.
+
+    Args:
+        profile: the profile.
+        run_name: run folder under ``<store>/training``.
+        null_space: overrides ``training.null_space`` (the ablation sets False).
+        until_domain: stop after this domain (the ``train_domain`` flow).
+        catalog: lineage catalog.
+        run_ids: orchestration run ids for the catalog.
+    """
+    import dataclasses
+
+    cfg = training_config(profile)
+    if null_space is not None:
+        cfg = dataclasses.replace(cfg, null_space=null_space)
+    order = curriculum(profile)
+    if until_domain is not None:
+        if until_domain not in order:
+            raise ValueError(f"domain {until_domain!r} is not in the curriculum {order}")
+        order = order[:order.index(until_domain) + 1]
+    data = load_domain_data(profile, order, catalog)
+    info = ensure_base(profile, load_domain_data(profile, curriculum(profile), catalog), catalog, run_ids)
+    model, tok = load_model(profile, info)
+    torch.manual_seed(profile.seed)
+    ctx = RunContext(profile.name, run_name, run_dir(profile, run_name), info.fingerprint,
+                     base_version=info.fingerprint, catalog=catalog, run_ids=run_ids)
+    return run_continual(model, tok, data, cfg, moe_config(profile), ctx)
+
+
+def run_experiment1_for_profile(profile: Profile, catalog: Catalog | None = None, run_ids: dict | None = None) -> dict:
+    """Experiment 1 on the profile's ``experiment1.domain``: cached by its inputs' versions.
+
+    Writes ``<store>/experiment1/<version>.json`` and registers it (kind "eval").
+    """
+    import json
+
+    from brainstacks_core.experiment1 import run_experiment1
+    from brainstacks_core.io_utils import atomic_write_json, sha256_file
+
+    spec = dict(profile.experiment1)
+    domain, rank = spec.get("domain", curriculum(profile)[0]), int(spec.get("lora_rank", 64))
+    (data,) = load_domain_data(profile, [domain], catalog)
+    info = ensure_base(profile, load_domain_data(profile, curriculum(profile), catalog), catalog, run_ids)
+    cfg, moe = training_config(profile), moe_config(profile)
+    version = content_hash("experiment1", data.train_version, data.val_version, info.fingerprint, cfg.sft, moe,
+                           rank, cfg.eval_rows, code_version())
+    path = profile.store / "experiment1" / f"{version}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    tok = load_base(info.path)[1]
+    val = data.val if cfg.eval_rows is None else data.val.head(cfg.eval_rows)
+    result = run_experiment1(lambda: load_base(info.path)[0], tok, data.train, val, cfg.sft, moe, lora_rank=rank)
+    out = {"domain": domain, "version": version, **result.to_dict()}
+    atomic_write_json(path, out)
+    if catalog is not None:
+        catalog.record_artifact(uri=f"eval://{profile.name}/experiment1", version=version, kind="eval",
+                                path=str(path), sha256=sha256_file(path), code_version=code_version(),
+                                config_hash=config_hash({"sft": cfg.sft, "moe": moe, "rank": rank}),
+                                inputs=[data.train_version, data.val_version, info.fingerprint],
+                                metadata={"domain": domain}, run_ids=run_ids)
+    return out

@@ -1,0 +1,68 @@
+"""Training flows: ``train_domain`` (one domain's rounds) and ``continual_training`` (all, in order).
+
+Both resume from the run's manifest: a crashed or cancelled run started again
+continues at the round where it stopped. ``train_domain`` is what the ``gpu``
+work pool runs per domain (prefect.yaml); ``continual_training`` sequences it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+from brainstacks_core.profile import load_profile  # noqa: E402
+from tasks.training import build_base_task, train_domain_task  # noqa: E402
+
+
+@flow(name="train-domain")
+def train_domain(config_path: str, domain: str, run_name: str = "main", null_space: bool | None = None,
+                 artifact_root: str | None = None) -> dict:
+    """Train one domain's boosting rounds on top of the run's frozen stacks.
+
+    Args:
+        config_path: profile YAML.
+        domain: the domain (earlier curriculum domains are resumed/trained first if missing).
+        run_name: run folder under ``<store>/training``.
+        null_space: override of ``training.null_space`` (False for the ablation).
+        artifact_root: override of the profile's artifact root.
+    """
+    build_base_task(config_path, artifact_root)
+    return train_domain_task(config_path, artifact_root, domain, run_name, null_space)
+
+
+@flow(name="continual-training")
+def continual_training(config_path: str, run_name: str = "main", null_space: bool | None = None,
+                       artifact_root: str | None = None) -> list[dict]:
+    """Every domain of the curriculum in order, then a summary artifact."""
+    from brainstacks_core.training_run import curriculum
+
+    profile = load_profile(config_path, artifact_root)
+    build_base_task(config_path, artifact_root)
+    results = [train_domain_task(config_path, artifact_root, d, run_name, null_space) for d in curriculum(profile)]
+    lines = [f"# Continual training `{profile.name}` / `{run_name}`", "",
+             "| domain | round | status | val loss before | val loss after |", "|---|---|---|---|---|"]
+    lines += [f"| {r['domain']} | {x['round']} | {x['status']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} |"
+              for r in results for x in r["rounds"]]
+    create_markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
+                             markdown="\n".join(lines), description="per-round validation losses")
+    return results
+
+
+def cli_train(args: argparse.Namespace) -> int:
+    """``brainstacks train --config PATH [--domain D]``."""
+    if args.domain:
+        r = train_domain(config_path=args.config, domain=args.domain, artifact_root=args.artifact_root)
+        results = [r]
+    else:
+        results = continual_training(config_path=args.config, artifact_root=args.artifact_root)
+    for r in results:
+        for x in r["rounds"]:
+            print(f"{r['domain']:>10} r{x['round']}  {x['status']:>9}  val loss {x['loss_before']:.4f} -> "
+                  f"{x['loss_after']:.4f}")
+    return 0

@@ -1,0 +1,55 @@
+"""The whole pipeline on a profile: ``brainstacks run --config configs/demo.yaml`` (``make demo``).
+
+prepare data -> base model -> continual training (with null space; and, when the
+profile asks for the ablation, without) -> Experiment 1 -> report (plots,
+markdown artifact, lineage). Every step is resumable and cached by version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+
+from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.continual_training import continual_training  # noqa: E402
+from flows.prepare_data import format_table, prepare_data  # noqa: E402
+from tasks.training import experiment1_task, report_task  # noqa: E402
+
+
+@flow(name="brainstacks-pipeline")
+def brainstacks_pipeline(config_path: str = "configs/demo.yaml", artifact_root: str | None = None) -> dict:
+    """Run every stage of the profile and return the report (paths, markdown)."""
+    profile = load_profile(config_path, artifact_root)
+    counts = prepare_data(config_path=config_path, artifact_root=artifact_root)
+    runs = ["main"]
+    continual_training(config_path=config_path, run_name="main", artifact_root=artifact_root)
+    from brainstacks_core.training_run import training_config
+
+    cfg = training_config(profile)
+    if cfg.null_space and cfg.ablation:
+        continual_training(config_path=config_path, run_name="no-null-space", null_space=False,
+                           artifact_root=artifact_root)
+        runs.append("no-null-space")
+    if profile.experiment1:
+        experiment1_task(config_path, artifact_root)
+    report = report_task(config_path, artifact_root, runs)
+    create_markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],
+                             description="Brainstacks report: round losses, forgetting matrix, Experiment 1")
+    report["data_counts"] = counts
+    return report
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """``brainstacks run --config PATH``: the whole pipeline, then print the report."""
+    report = brainstacks_pipeline(config_path=args.config, artifact_root=args.artifact_root)
+    print(format_table(report["data_counts"]))
+    print()
+    print(report["markdown"])
+    print(f"\nplots: {', '.join(report['plots'])}")
+    return 0

@@ -1,0 +1,68 @@
+"""Prefect tasks of the training stage: thin wrappers over ``brainstacks_core.training_run``.
+
+Inputs are the profile path and names; data is resolved by version from the
+catalog inside the core, so nothing large crosses a task boundary. Retries are
+safe: training resumes from the run's manifest and never retrains a finished round.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run, task_run
+
+from brainstacks_core.catalog import Catalog
+from brainstacks_core.profile import load_profile
+
+
+def _run_ids() -> dict:
+    return {"flow_run_id": str(flow_run.id) if flow_run.id else None,
+            "task_run_id": str(task_run.id) if task_run.id else None}
+
+
+@task(name="build-base", retries=1, retry_delay_seconds=5)
+def build_base_task(config_path: str, artifact_root: str | None) -> dict:
+    """Build (tiny) or resolve (hub) the base model; returns its identity."""
+    from brainstacks_core.training_run import curriculum, ensure_base, load_domain_data
+
+    profile = load_profile(config_path, artifact_root)
+    cat = Catalog(profile.catalog_path)
+    info = ensure_base(profile, load_domain_data(profile, curriculum(profile), cat), cat, _run_ids())
+    get_run_logger().info("base %s (%s) at %s", info.fingerprint, info.source, info.path)
+    return {"fingerprint": info.fingerprint, "path": str(info.path), "source": info.source}
+
+
+@task(name="train-domain", retries=1, retry_delay_seconds=10)
+def train_domain_task(config_path: str, artifact_root: str | None, domain: str, run_name: str = "main",
+                      null_space: bool | None = None) -> dict:
+    """Train one domain's boosting rounds (earlier domains must be done or are resumed first)."""
+    from brainstacks_core.training_run import train_profile
+
+    profile = load_profile(config_path, artifact_root)
+    manifest = train_profile(profile, run_name, null_space, until_domain=domain,
+                             catalog=Catalog(profile.catalog_path), run_ids=_run_ids())
+    entry = manifest["domains"][domain]
+    log = get_run_logger()
+    for r in entry["rounds"]:
+        log.info("%s round %d: %s, val loss %.4f -> %.4f (%s)", domain, r["round"], r["status"],
+                 r["loss_before"], r["loss_after"], r["reason"])
+    return {"domain": domain, "run": run_name, "rounds": [
+        {k: r[k] for k in ("round", "stack_id", "status", "loss_before", "loss_after", "version")}
+        for r in entry["rounds"]], "stop_reason": entry.get("stop_reason")}
+
+
+@task(name="experiment-1")
+def experiment1_task(config_path: str, artifact_root: str | None) -> dict:
+    """MoE-LoRA vs parameter-matched single LoRA on one domain (paper 4.1)."""
+    from brainstacks_core.training_run import run_experiment1_for_profile
+
+    profile = load_profile(config_path, artifact_root)
+    return run_experiment1_for_profile(profile, Catalog(profile.catalog_path), _run_ids())
+
+
+@task(name="report")
+def report_task(config_path: str, artifact_root: str | None, run_names: list[str]) -> dict:
+    """Plots and the markdown report of the profile's runs; returns paths and text."""
+    from brainstacks_core.report import build_report
+
+    profile = load_profile(config_path, artifact_root)
+    return build_report(profile, run_names, Catalog(profile.catalog_path), _run_ids())
