@@ -1,0 +1,75 @@
+"""Profile-level training: prepared data -> tiny base -> stacks, with lineage answered by the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from brainstacks_core.catalog import Catalog
+from brainstacks_core.data_pipeline import prepare_all
+from brainstacks_core.profile import load_profile
+from brainstacks_core.stack_io import load_stack
+from brainstacks_core.training_run import train_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mini_profile(tmp_path: Path) -> Path:
+    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    raw["name"] = "mini"
+    raw["data"]["domains"] = ["chat", "math"]
+    raw["data"]["sources"] = {"chat": [{"kind": "generated", "generator": "chat", "rows": 90}],
+                              "math": [{"kind": "generated", "generator": "math", "rows": 120}]}
+    raw["data"]["max_rows_per_domain"] = 120
+    raw["base"]["tiny"].update(vocab_size=512, hidden_size=32, intermediate_size=64, pretrain_steps=5,
+                               pretrain_batch_size=4, seq_len=64)
+    raw["moe"].update(rank=4)
+    raw["training"].update(max_rounds=1, null_space_k=4, eval_rows=16, null_space_val_rows=16,
+                           sft={"max_steps": 6, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.01,
+                                "warmup_steps": 0, "max_length": 96})
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    path = cfg_dir / "mini.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_train_profile_records_full_lineage(tmp_path):
+    profile = load_profile(_mini_profile(tmp_path), artifact_root=tmp_path / "artifacts")
+    cat = Catalog(profile.catalog_path)
+    prepare_all(profile, catalog=cat)
+    manifest = train_profile(profile, catalog=cat)
+    assert [d for d in manifest["domains_order"]] == ["chat", "math"]
+    frozen = [r for d in manifest["domains"].values() for r in d["rounds"] if r["status"] == "frozen"]
+    assert frozen, "no stack was frozen"
+    math_rounds = [r for r in manifest["domains"]["math"]["rounds"] if r["status"] == "frozen"]
+    stack = math_rounds[0] if math_rounds else frozen[-1]
+
+    # which data went into this stack? transitively: its datasets, their sources, the base and parent stacks
+    up = cat.upstream(stack["version"])
+    kinds = {a["kind"] for a in up}
+    assert {"dataset", "base"} <= kinds, kinds
+    assert any(a["kind"] in ("source", "generated") or a["uri"].startswith(("generated://", "file://")) for a in up)
+    uris = {a["uri"] for a in up}
+    assert f"dataset://mini/{stack['domain']}/train" in uris
+    if stack["domain"] == "math" and manifest["domains"]["math"].get("null_space"):
+        assert "dataset://mini/chat/val" in uris  # the null space came from chat's validation data
+        assert any(a["kind"] == "null_space" for a in up)
+
+    # and the other way: a training record leads to the stack that was trained on it
+    train = pd.read_parquet(cat.latest(f"dataset://mini/{stack['domain']}/train")["path"])
+    holders = {a["version"] for a in cat.artifacts_containing(train["record_id"].iloc[0])}
+    assert stack["version"] in holders
+
+    # the stack file carries the same lineage in its own metadata
+    sf = load_stack(stack["file"])
+    assert sf.metadata["lineage"]["train_dataset_version"] == cat.latest(
+        f"dataset://mini/{stack['domain']}/train")["version"]
+
+    # a second call resumes: nothing is retrained
+    again = train_profile(profile, catalog=cat)
+    assert again["domains"] == manifest["domains"]
