@@ -38,17 +38,19 @@ def round_table(manifest: dict) -> str:
 
 
 def experiment1_summary(result: dict) -> str:
-    """Markdown lines for Experiment 1."""
-    moe, lora = result["moe_curve"], result["lora_curve"]
+    """Markdown lines for Experiment 1 (``Experiment1Result.to_dict()`` plus ``domain``)."""
+    moe, lora = result["moe"], result["lora"]
     at = result.get("moe_reaches_lora_final_at")
+    lora_final = lora["val_curve"][-1][1]
     return "\n".join([
         f"Domain `{result['domain']}`, same data and steps. Trainable parameters: MoE-LoRA "
-        f"{result['moe_params']:,}, single LoRA r{result.get('lora_rank', 64)} {result['lora_params']:,}.",
+        f"{moe['trainable_params']:,}, single LoRA r{result.get('lora_rank', 64)} {lora['trainable_params']:,}.",
         "", "| step | MoE-LoRA val loss | single LoRA val loss |", "|---|---|---|",
-        *[f"| {a[0]} | {a[1]:.4f} | {b[1]:.4f} |" for a, b in zip(moe, lora)], "",
-        f"MoE-LoRA reaches single LoRA's final loss ({lora[-1][1]:.4f}) at step {at}." if at is not None else
-        f"MoE-LoRA did not reach single LoRA's final loss ({lora[-1][1]:.4f}) within {lora[-1][0]} steps.",
-        f"Wall time: MoE-LoRA {result['moe_seconds']:.1f} s, single LoRA {result['lora_seconds']:.1f} s."])
+        *[f"| {a[0]} | {a[1]:.4f} | {b[1]:.4f} |" for a, b in zip(moe["val_curve"], lora["val_curve"])], "",
+        f"MoE-LoRA reaches single LoRA's final loss ({lora_final:.4f}) at step {at} of "
+        f"{lora['val_curve'][-1][0]}." if at is not None else
+        f"MoE-LoRA did not reach single LoRA's final loss ({lora_final:.4f}) within {lora['val_curve'][-1][0]} steps.",
+        f"Wall time: MoE-LoRA {moe['seconds']:.1f} s, single LoRA {lora['seconds']:.1f} s."])
 
 
 def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
