@@ -99,9 +99,12 @@ def test_null_space_projection_same_in_training_and_frozen(tiny_llama, input_ids
     bases = {n: torch.linalg.qr(torch.randn(l.out_features, 4))[0].T.contiguous() for n, l in layers.items()}
     add_active_stack(tiny_llama, "p", bases=bases, seed=3)
     _randomise_active(tiny_llama, 3)
-    tiny_llama.eval()
     name, layer = next(iter(layers.items()))
     x = torch.randn(3, 4, layer.in_features)
+    tiny_llama.train()  # training mode: router noise on, the projection still holds
+    train_delta = layer(x) - layer.base_layer(x)
+    assert train_delta.abs().max() > 0 and (train_delta @ bases[name].T).abs().max() < 1e-5
+    tiny_llama.eval()
     active_delta = layer(x) - layer.base_layer(x)
     assert (active_delta @ bases[name].T).abs().max() < 1e-5
     freeze_active_stack(tiny_llama)

@@ -1,0 +1,67 @@
+"""The whole pipeline flow under Prefect on a mini profile: report, plots, run ids, resume, CLI help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from test_training_run import _mini_profile  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.mark.slow
+def test_pipeline_flow_end_to_end(harness, tmp_path):
+    from brainstacks_core.catalog import Catalog
+    from flows.pipeline import brainstacks_pipeline
+
+    cfg = _mini_profile(tmp_path)
+    root = tmp_path / "artifacts"
+    report = brainstacks_pipeline(config_path=str(cfg), artifact_root=str(root))
+    md = report["markdown"]
+    assert "## Rounds (null space)" in md and "## Rounds (no null space)" in md
+    assert "Forgetting matrix" in md and "Experiment 1" in md
+    for p in report["plots"]:
+        data = Path(p).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, p
+    store = root / "mini"
+    for run in ("main", "no-null-space"):
+        m = json.loads((store / "training" / run / "manifest.json").read_text())
+        assert all(m["domains"][d]["status"] == "done" for d in ("chat", "math"))
+        assert bool(m["domains"]["math"].get("null_space")) == (run == "main")
+    cat = Catalog(store / "catalog.duckdb")
+    stacks = cat.list_artifacts("stack")
+    assert stacks and all(s["flow_run_id"] for s in stacks)
+    rep = cat.latest("report://mini")
+    assert rep is not None and {a["kind"] for a in cat.upstream(rep["version"])} >= {"stack", "dataset", "base"}
+    # running it again recomputes nothing: same stacks, same report version
+    again = brainstacks_pipeline(config_path=str(cfg), artifact_root=str(root))
+    assert again["markdown"] == md
+    assert {s["version"] for s in cat.list_artifacts("stack")} == {s["version"] for s in stacks}
+
+
+def test_cli_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert out.returncode == 0
+    for cmd in ("prepare", "train", "run", "audit"):
+        assert cmd in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "audit"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert bad.returncode == 2 and "one of the arguments" in bad.stderr
