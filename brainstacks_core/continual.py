@@ -72,10 +72,12 @@ def _read_manifest(ctx: RunContext, cfg_hash: str, order: list[str]) -> dict:
             raise ValueError(f"{ctx.manifest_path}: {key} {m.get(key)!r} differs from this run's {fresh[key]!r}; "
                              f"the run's settings changed: start a new run name or delete {ctx.run_dir}")
     started = [d for d in m["domains_order"] if d in m["domains"]]
-    if order[:len(started)] != started:
-        raise ValueError(f"{ctx.manifest_path}: domains {started} were trained in that order; the new curriculum "
-                         f"{order} must start with them (a later domain may be added at the end)")
-    m["domains_order"] = order
+    n = min(len(order), len(started))
+    if order[:n] != started[:n]:
+        raise ValueError(f"{ctx.manifest_path}: domains {started} were trained in that order; the curriculum "
+                         f"{order} must agree with it (a later domain may be added at the end)")
+    if len(order) >= len(m["domains_order"]):
+        m["domains_order"] = order
     return m
 
 

@@ -138,9 +138,10 @@ def test_manifest_refuses_changed_settings(tmp_path):
     atomic_write_json(ctx.manifest_path, {"base_fingerprint": "fp", "config_hash": "h1", "domains_order": ["a", "b"],
                                           "domains": {"a": {"rounds": []}}, "forgetting": []})
     assert _read_manifest(ctx, "h1", ["a", "b", "c"])["domains_order"] == ["a", "b", "c"]
+    assert _read_manifest(ctx, "h1", ["a"])["domains_order"] == ["a", "b"]  # train_domain on a prefix
     with pytest.raises(ValueError, match="config_hash"):
         _read_manifest(ctx, "h2", ["a", "b"])
-    with pytest.raises(ValueError, match="must start with"):
+    with pytest.raises(ValueError, match="must agree"):
         _read_manifest(ctx, "h1", ["b", "a"])
 
 
