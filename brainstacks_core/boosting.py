@@ -61,7 +61,10 @@ class RoundRecord:
     version: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-shaped (lists, not tuples), so a reloaded manifest compares equal."""
+        d = asdict(self)
+        d["history"] = [[int(s), float(v)] for s, v in self.history]
+        return d
 
 
 def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int, cfg: TrainingConfig,

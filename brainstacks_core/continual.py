@@ -186,7 +186,8 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
         bases = compute_bases(model, tokenizer, frames, cfg.null_space_cfg, cfg.sft.max_length, seed=cfg.seed)
     parents = _stack_versions(manifest)
     inputs = [p.val_version for p in previous] + sorted(parents.values())
-    version = content_hash("null_space", inputs, cfg.null_space_cfg, cfg.null_space_val_rows)
+    version = content_hash("null_space", ctx.profile, ctx.run_name, inputs, cfg.null_space_cfg,
+                           cfg.null_space_val_rows)
     path = ctx.run_dir / "null_space" / f"{domain}-{version}.safetensors"
     checksum = save_bases(path, bases, {"domain": domain, "version": version, "code_version": code_version(),
                                         "inputs": ",".join(inputs)})
@@ -214,7 +215,7 @@ def _save_and_register(model, ctx: RunContext, d: DomainData, rec: RoundRecord, 
                     base_fingerprint=ctx.base_fingerprint, lineage=lineage)
     inputs = [d.train_version, d.val_version] + ([ctx.base_version] if ctx.base_version else []) \
         + ([ns_version] if ns_version else []) + sorted(parents.values())
-    rec.version = content_hash("stack", sf.metadata["tensor_sha256"], inputs)
+    rec.version = content_hash("stack", ctx.profile, ctx.run_name, sf.metadata["tensor_sha256"], inputs)
     rec.file, rec.file_sha256 = str(path), sf.file_sha256
     if ctx.catalog is not None:
         ctx.catalog.record_artifact(uri=f"stack://{ctx.profile}/{ctx.run_name}/{d.domain}/r{rec.round}",
@@ -233,7 +234,7 @@ def _record_forgetting(ctx: RunContext, manifest: dict, after: str, rows: list[d
         return
     stacks = sorted(_stack_versions(manifest).values())
     vals = [manifest["domains"][r["domain"]]["val_version"] for r in rows]
-    version = content_hash("forgetting", after, stacks, vals)
+    version = content_hash("forgetting", ctx.profile, ctx.run_name, after, stacks, vals)
     ctx.catalog.record_artifact(uri=f"eval://{ctx.profile}/{ctx.run_name}/forgetting/after-{after}", version=version,
                                 kind="eval", path=str(ctx.manifest_path), sha256=None, code_version=code_version(),
                                 config_hash=manifest["config_hash"], inputs=stacks + sorted(set(vals)),
