@@ -1,9 +1,8 @@
-"""The base model: a tiny Llama built locally for CPU work, or a pinned hub model.
+"""The tiny base model for CPU work (loading any base lives in ``base_loading``).
 
 What belongs here: training the tiny base's tokenizer (byte-level BPE with a chat
-template), building and briefly pretraining a tiny ``LlamaForCausalLM``, saving it
-atomically with its fingerprint, and loading any base (local folder or hub repo at a
-pinned revision, optionally 4-bit NF4) with every parameter frozen.
+template), building and briefly pretraining a tiny ``LlamaForCausalLM``, and saving
+it atomically with its fingerprint.
 
 A base's **fingerprint** is ``content_hash(config.json, {file: sha256})`` over its
 weight files and ``tokenizer.json`` (hub models: repo id + pinned revision). It is
@@ -24,12 +23,10 @@ import math
 import os
 import re
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, TypeVar
-from urllib.parse import urlparse
 
 import torch
 from tqdm.auto import tqdm
@@ -123,43 +120,6 @@ class TinyBaseConfig:
 
 
 @dataclass(frozen=True)
-class HubBaseConfig:
-    """A hub base model pinned to one commit.
-
-    Attributes:
-        repo_id: Hub repository, e.g. ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``.
-        revision: Full 40-hex commit sha; branches and tags move, so they are refused.
-        load_in_4bit: Quantize linear layers to NF4 (QLoRA) on load.
-        compute_dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA), ``"float32"``,
-            ``"bfloat16"`` or ``"float16"``.
-        attn_implementation: Passed to ``from_pretrained`` (``None``: library default).
-    """
-
-    repo_id: str
-    revision: str
-    load_in_4bit: bool = True
-    compute_dtype: str = "auto"
-    attn_implementation: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.repo_id:
-            raise ValueError("HubBaseConfig.repo_id is empty")
-        if not _SHA_RE.fullmatch(self.revision or ""):
-            raise ValueError(
-                f"HubBaseConfig.revision for {self.repo_id!r} must be a pinned 40-hex commit sha, "
-                f"got {self.revision!r}; branches like 'main' move and break reproducibility "
-                "(find the sha on the repo's 'Files and versions' page)."
-            )
-        if self.compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HubBaseConfig:
-        """Build from a profile's ``base`` section; unknown keys raise ``ValueError``."""
-        return _from_dict(cls, data)
-
-
-@dataclass(frozen=True)
 class BaseModelInfo:
     """Identity of a base model, recorded in lineage.
 
@@ -177,15 +137,6 @@ class BaseModelInfo:
     config: dict[str, Any]
     source: str
     revision: str | None = None
-
-
-def parse_base_config(section: Mapping[str, Any]) -> TinyBaseConfig | HubBaseConfig:
-    """Parse a profile's ``base`` section: ``HubBaseConfig`` if it names a ``repo_id``, else tiny."""
-    return HubBaseConfig.from_dict(section) if "repo_id" in section else TinyBaseConfig.from_dict(section)
-
-
-class BaseModelUnavailableError(RuntimeError):
-    """A hub base cannot be fetched (offline, unknown repo or revision)."""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -401,130 +352,3 @@ def build_tiny_base(texts: Iterable[str], config: TinyBaseConfig, out_dir: str |
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("built tiny base in %s (fingerprint %s)", out, fingerprint)
     return BaseModelInfo(str(out), fingerprint, dataclasses.asdict(config), "tiny", None)
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _compute_dtype(name: str, device_map: Any) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    on_cpu = device_map in ("cpu", {"": "cpu"}) or not torch.cuda.is_available()
-    return torch.float32 if on_cpu else torch.bfloat16
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the hub endpoint accepts a TCP connection (assumed yes behind a proxy)."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def _load_from_hub(hub: HubBaseConfig, kwargs: dict[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Load from the local HF cache if the pinned snapshot is there, else download it.
-
-    A pinned commit never changes, so a cached snapshot is used without asking the
-    hub. Offline (``HF_HUB_OFFLINE``) or with the hub unreachable, a cache miss fails
-    at once instead of after the hub client's retries.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    def load(local_only: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-        # The tokenizer first: small, so a missing repo fails before any weights download.
-        tokenizer = AutoTokenizer.from_pretrained(hub.repo_id, revision=hub.revision, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(
-            hub.repo_id, revision=hub.revision, local_files_only=local_only, **kwargs
-        )
-        return model, tokenizer
-
-    def unavailable(reason: str, err: BaseException | None = None) -> BaseModelUnavailableError:
-        return BaseModelUnavailableError(
-            f"cannot load base model {hub.repo_id!r} at revision {hub.revision}: {reason}"
-            f"{f' ({err})' if err else ''}. Pre-download it on a machine with network access "
-            f"(`hf download {hub.repo_id} --revision {hub.revision}`, then copy the HF cache "
-            "or set HF_HOME to it), or point the profile's base section at a local model folder."
-        )
-
-    try:
-        return load(local_only=True)
-    except OSError as err:
-        if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
-            raise unavailable("not in the local cache and HF_HUB_OFFLINE is set", err) from err
-    if not _hub_reachable():
-        raise unavailable(f"not in the local cache and {os.environ.get('HF_ENDPOINT', 'https://huggingface.co')} "
-                          "is unreachable")
-    try:
-        return load(local_only=False)
-    except OSError as err:  # hub errors (not found, revision, connection) are all OSError
-        raise unavailable("download failed", err) from err
-
-
-def load_base(
-    path_or_hub_config: str | os.PathLike[str] | HubBaseConfig,
-    load_in_4bit: bool | None = None,
-    device_map: Any = "cpu",
-) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, BaseModelInfo]:
-    """Load a base model and tokenizer with every parameter frozen.
-
-    Args:
-        path_or_hub_config: A local model folder (tiny base or pre-downloaded
-            snapshot) or a ``HubBaseConfig`` with a pinned revision.
-        load_in_4bit: Quantize linear layers to NF4 (``bnb.nn.Linear4bit``);
-            ``None`` uses the hub config's flag, or ``False`` for a folder.
-        device_map: Passed to ``from_pretrained``.
-
-    Returns:
-        ``(model, tokenizer, info)``; the model is in eval mode.
-
-    Raises:
-        BaseModelUnavailableError: The hub model cannot be fetched.
-        ValueError: A local base no longer matches its recorded fingerprint.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    hub = path_or_hub_config if isinstance(path_or_hub_config, HubBaseConfig) else None
-    quantize = (hub.load_in_4bit if hub else False) if load_in_4bit is None else load_in_4bit
-    dtype = _compute_dtype(hub.compute_dtype if hub else "auto", device_map)
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
-    if quantize:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-        )
-    if hub is not None:
-        if hub.attn_implementation:
-            kwargs["attn_implementation"] = hub.attn_implementation
-        model, tokenizer = _load_from_hub(hub, kwargs)
-        info = BaseModelInfo(
-            hub.repo_id, content_hash({"repo_id": hub.repo_id, "revision": hub.revision}),
-            dataclasses.asdict(hub), "hub", hub.revision,
-        )
-    else:
-        root = Path(path_or_hub_config)
-        if not (root / "config.json").is_file():
-            raise FileNotFoundError(f"{root} is not a model folder (no config.json)")
-        if not any((root / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-            raise FileNotFoundError(f"{root} has no tokenizer (tokenizer.json); save one beside the model")
-        fingerprint = fingerprint_model_dir(root)
-        manifest = _read_manifest(root)
-        if manifest and manifest.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"base in {root} was modified after it was built: fingerprint {fingerprint} "
-                f"!= recorded {manifest.get('fingerprint')}; rebuild it"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(root)
-        model = AutoModelForCausalLM.from_pretrained(root, **kwargs)
-        if manifest:
-            info = BaseModelInfo(str(root), fingerprint, manifest["config"], manifest["source"], manifest["revision"])
-        else:
-            config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-            info = BaseModelInfo(str(root), fingerprint, config, "local", None)
-    model.requires_grad_(False)
-    model.eval()
-    logger.info("loaded base %s (%s, 4-bit=%s, fingerprint %s)", info.path, info.source, quantize, info.fingerprint)
-    return model, tokenizer, info

@@ -28,8 +28,8 @@ from brainstacks_core.data_pipeline import load_prepared
 from brainstacks_core.inject import inject_stacks
 from brainstacks_core.moe_lora import MoELoRAConfig
 from brainstacks_core.profile import Profile
-from brainstacks_core.tiny_base import (BaseModelInfo, HubBaseConfig, TinyBaseConfig, build_tiny_base, corpus_hash,
-                                        load_base)
+from brainstacks_core.base_loading import HubBaseConfig, load_base
+from brainstacks_core.tiny_base import BaseModelInfo, TinyBaseConfig, build_tiny_base, corpus_hash
 from brainstacks_core.training_config import TrainingConfig
 from brainstacks_core.versioning import code_version, config_hash, content_hash
 

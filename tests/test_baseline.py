@@ -112,7 +112,8 @@ def test_wraps_a_4bit_base(tmp_path):
     import bitsandbytes as bnb
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
-    from brainstacks_core.tiny_base import load_base, train_tokenizer
+    from brainstacks_core.base_loading import load_base
+    from brainstacks_core.tiny_base import train_tokenizer
 
     TINY_MODELS["llama"]().save_pretrained(tmp_path)
     train_tokenizer(["the cat sees a red ball."] * 4, vocab_size=300).save_pretrained(tmp_path)

@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from brainstacks_core import tiny_base
+from brainstacks_core import base_loading, tiny_base
+from brainstacks_core.base_loading import BaseModelUnavailableError, HubBaseConfig, load_base, parse_base_config
 from brainstacks_core.tiny_base import (
     BASE_MANIFEST,
-    BaseModelUnavailableError,
-    HubBaseConfig,
     TinyBaseConfig,
     build_tiny_base,
     build_tiny_llama,
     fingerprint_model_dir,
-    load_base,
-    parse_base_config,
     pretrain,
     train_tokenizer,
 )
@@ -237,7 +234,7 @@ def test_hub_load_fails_fast_when_the_hub_is_unreachable(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    assert not tiny_base._hub_reachable()
+    assert not base_loading._hub_reachable()
     start = time.monotonic()
     with pytest.raises(BaseModelUnavailableError, match=f"127.0.0.1:{port} is unreachable"):
         load_base(HubBaseConfig(repo_id="brainstacks-test/does-not-exist", revision="f" * 40))
