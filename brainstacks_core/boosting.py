@@ -1,9 +1,10 @@
 """Inner loop: residual boosting rounds of one domain (Brainstacks section 3.3).
 
 Each round adds a fresh stack on top of every frozen stack, trains it with trl's
-SFTTrainer (+ load-balance loss) under BestStackCallback, then either freezes it
-(validation loss improved on the round's starting loss) or discards it (no
-improvement: it is never frozen, and the reason is recorded). Rounds continue
+SFTTrainer (+ load-balance loss) under BestStackCallback, then freezes it and
+measures the frozen stack (in its stored dtype): it is kept if the validation loss
+improved on the round's starting loss, else removed again and never written (the
+reason is recorded). Rounds continue
 while the gain is at least ``min_loss_delta``, up to ``max_rounds``.
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from brainstacks_core.best_stack import BestStackCallback
 from brainstacks_core.evaluation import completion_loss
-from brainstacks_core.inject import add_active_stack, drop_active_stack, freeze_active_stack
+from brainstacks_core.inject import add_active_stack, freeze_active_stack, remove_stack
 from brainstacks_core.moe_lora import MoELoRAConfig
 from brainstacks_core.sft import StackSFTTrainer, make_sft_config
 from brainstacks_core.sft_data import to_sft_dataset
@@ -101,18 +102,18 @@ def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int,
         trainer.train()
         train_log = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
     model.eval()
+    # measure what is kept: the frozen stack, in its stored dtype (bf16 on the paper profiles)
+    freeze_active_stack(model)
     loss_after = completion_loss(model, tokenizer, val, cfg.sft.max_length)
     rec = RoundRecord(domain=data.domain, round=round_index, stack_id=stack_id, status="frozen",
                       loss_before=loss_before, loss_after=loss_after, reason=callback.outcome.stop_reason,
                       history=callback.outcome.history, train_log=train_log)
     if not loss_after < loss_before:
-        drop_active_stack(model)
+        remove_stack(model, stack_id)
         rec.status = "discarded"
         rec.reason = f"no improvement: {loss_after:.4f} >= {loss_before:.4f} ({callback.outcome.stop_reason})"
         log.warning("%s discarded: %s", stack_id, rec.reason)
     else:
-        freeze_active_stack(model)
-        rec.seconds = time.time() - t0
         on_frozen(stack_id, rec)
         log.info("%s frozen: val loss %.4f -> %.4f", stack_id, loss_before, loss_after)
     rec.seconds = time.time() - t0

@@ -253,9 +253,15 @@ class Catalog:
     # ------------------------------------------------------------ metrics
     def record_metric(self, version: str, name: str, value: float, step: int | None = None,
                       metadata: dict | None = None) -> None:
-        """Store one named value for an artifact version (loss, forgetting entry, ...)."""
+        """Store one named value for an artifact version (loss, forgetting entry, ...).
+
+        Upsert on (version, name, step): recording the same metric again (a resumed
+        run) replaces it instead of duplicating it.
+        """
         meta = json.dumps(metadata, sort_keys=True, default=str) if metadata is not None else None
         with self._transaction() as con:
+            con.execute("DELETE FROM metrics WHERE version = ? AND name = ? AND step IS NOT DISTINCT FROM ?",
+                        [version, name, step])
             con.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                         [version, name, float(value), step, meta, _now()])
 

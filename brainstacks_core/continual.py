@@ -25,7 +25,7 @@ from brainstacks_core.inject import only_stacks, stack_ids
 from brainstacks_core.io_utils import atomic_write_json
 from brainstacks_core.moe_lora import MoELoRAConfig
 from brainstacks_core.null_space import compute_bases, load_bases, save_bases
-from brainstacks_core.stack_io import attach_stack, load_stack, save_stack
+from brainstacks_core.stack_io import attach_stack, load_stack, save_stack, stack_tensors, tensor_checksum
 from brainstacks_core.training_config import TrainingConfig
 from brainstacks_core.versioning import code_version, config_hash, content_hash
 
@@ -148,6 +148,10 @@ def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: Trai
     for i, d in enumerate(data):
         entry = manifest["domains"].setdefault(d.domain, {
             "status": "training", "rounds": [], "train_version": d.train_version, "val_version": d.val_version})
+        if (entry["train_version"], entry["val_version"]) != (d.train_version, d.val_version):
+            raise ValueError(f"{ctx.manifest_path}: {d.domain} was trained on data {entry['train_version']}/"
+                             f"{entry['val_version']}, now {d.train_version}/{d.val_version}: a run folder holds "
+                             f"one data version; train into a new folder")
         if entry["status"] == "done":
             log.info("%s: done in manifest, skipped", d.domain)
             continue
@@ -180,7 +184,13 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
         return None, None
     if entry.get("null_space"):
         ns = entry["null_space"]
-        return load_bases(ns["file"]), ns["version"]
+        if Path(ns["file"]).exists():
+            bases = load_bases(ns["file"])
+            if tensor_checksum(bases) != ns["tensor_sha256"]:
+                raise ValueError(f"{ns['file']}: null-space bases differ from the manifest's checksum "
+                                 f"{ns['tensor_sha256'][:12]}: the file was replaced")
+            return bases, ns["version"]
+        log.warning("%s: null-space file missing; recomputing it from the same frozen stacks and data", ns["file"])
     frames = [p.val.head(cfg.null_space_val_rows) for p in previous]
     with only_stacks(model, None):
         bases = compute_bases(model, tokenizer, frames, cfg.null_space_cfg, cfg.sft.max_length, seed=cfg.seed)
@@ -206,16 +216,18 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
 
 def _save_and_register(model, ctx: RunContext, d: DomainData, rec: RoundRecord, parents: dict[str, str],
                        ns_version: str | None, cfg_hash: str) -> None:
-    path = ctx.run_dir / "stacks" / d.domain / f"{rec.stack_id}.safetensors"
+    inputs = [d.train_version, d.val_version] + ([ctx.base_version] if ctx.base_version else []) \
+        + ([ns_version] if ns_version else []) + sorted(parents.values())
+    tensors_sha = tensor_checksum(stack_tensors(model, rec.stack_id)[0])
+    rec.version = content_hash("stack", ctx.profile, ctx.run_name, tensors_sha, inputs)
+    # the version is in the file name: a round retrained after a crash never overwrites a registered file
+    path = ctx.run_dir / "stacks" / d.domain / f"{rec.stack_id}-{rec.version[:10]}.safetensors"
     lineage = {"train_dataset_version": d.train_version, "val_dataset_version": d.val_version,
                "parent_stacks": parents, "null_space_version": ns_version, "base_version": ctx.base_version,
                "config_hash": cfg_hash, "run": ctx.run_name,
                "metrics": {"val_loss_before": rec.loss_before, "val_loss": rec.loss_after}}
     sf = save_stack(path, model, rec.stack_id, domain=d.domain, round_index=rec.round,
                     base_fingerprint=ctx.base_fingerprint, lineage=lineage)
-    inputs = [d.train_version, d.val_version] + ([ctx.base_version] if ctx.base_version else []) \
-        + ([ns_version] if ns_version else []) + sorted(parents.values())
-    rec.version = content_hash("stack", ctx.profile, ctx.run_name, sf.metadata["tensor_sha256"], inputs)
     rec.file, rec.file_sha256 = str(path), sf.file_sha256
     if ctx.catalog is not None:
         ctx.catalog.record_artifact(uri=f"stack://{ctx.profile}/{ctx.run_name}/{d.domain}/r{rec.round}",

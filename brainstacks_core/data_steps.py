@@ -19,7 +19,8 @@ from brainstacks_core.data_config import DataConfig, SourceConfig
 from brainstacks_core.decontamination import decontaminate
 from brainstacks_core.io_utils import sha256_file
 from brainstacks_core.sources import QUARANTINE_COLUMNS, normalise_source, quarantine_row, record_id, source_identity
-from brainstacks_core.text_cleaning import has_chat_tokens, parse_conversation, strip_chat_tokens
+from brainstacks_core.text_cleaning import (has_chat_tokens, parse_conversation, strip_chat_tokens,
+                                             strip_chat_tokens_unconditional)
 from data_contracts import (DecontaminatedRecords, NormalisedRecords, SplitRecords, StrippedRecords,
                             validate_or_quarantine)
 
@@ -55,8 +56,10 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 def strip_records(df: pd.DataFrame, max_chars: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Strip chat tokens (or parse a whole templated conversation) and enforce ``max_chars``.
 
-    Rows without template tokens are untouched. A changed row gets a new
-    ``record_id`` (the hash of what training will see).
+    Rows without template tokens are untouched. A row with an unambiguous marker
+    (``[INST]``, ``<|im_start|>``, ...) in any field is templated as a whole, so its
+    ambiguous tokens (``<s>``, ``</s>``) are removed from every field. A changed row
+    gets a new ``record_id`` (the hash of what training will see).
     """
     df = df.copy()
     mask = [has_chat_tokens(p) or has_chat_tokens(r) or (s is not None and has_chat_tokens(s))
@@ -64,11 +67,11 @@ def strip_records(df: pd.DataFrame, max_chars: int) -> tuple[pd.DataFrame, pd.Da
     for i in df.index[mask]:
         system, prompt, response = df.at[i, "system"], df.at[i, "prompt"], df.at[i, "response"]
         conv = parse_conversation(prompt) if not strip_chat_tokens(response).strip() else None
-        if conv is not None:
+        if conv is not None and not conv.trailing:  # with trailing turns: strip tokens, keep every word
             system, prompt, response = conv.system or system, conv.prompt, conv.response
-        else:
-            prompt, response = strip_chat_tokens(prompt), strip_chat_tokens(response)
-            system = strip_chat_tokens(system) if system is not None else None
+        else:  # the row is templated: ambiguous tokens (<s>, </s>) count in every field, not per field
+            prompt, response = strip_chat_tokens_unconditional(prompt), strip_chat_tokens_unconditional(response)
+            system = strip_chat_tokens_unconditional(system) if system is not None else None
         df.at[i, "system"], df.at[i, "prompt"], df.at[i, "response"] = system or None, prompt, response
         df.at[i, "record_id"] = record_id(system, prompt, response)
     too_long = pd.Series(False, index=df.index)

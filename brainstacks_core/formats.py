@@ -136,6 +136,9 @@ def template_text(row: dict) -> Triple:
     conv = parse_conversation(text)
     if conv is None:
         raise FormatError("text", "no templated user/assistant turn found", text[:200])
+    if conv.trailing:
+        raise FormatError("text", f"conversation ends with {conv.trailing} unanswered turn(s) after the last "
+                                  f"assistant reply", text[-200:])
     return conv.system, conv.prompt, conv.response
 
 

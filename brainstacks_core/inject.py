@@ -123,6 +123,12 @@ def drop_active_stack(model: nn.Module) -> None:
         layer.drop_active()
 
 
+def remove_stack(model: nn.Module, stack_id: str) -> None:
+    """Detach a frozen stack from every layer (e.g. a round that did not improve once frozen)."""
+    for layer in stacked_layers(model).values():
+        layer.remove_frozen(stack_id)
+
+
 def set_stack_weights(model: nn.Module, weights: dict[str, float]) -> None:
     """Set per-stack weights in every layer (0 = the stack is skipped)."""
     for layer in stacked_layers(model).values():

@@ -61,7 +61,10 @@ def top_directions(deltas: torch.Tensor, cfg: NullSpaceConfig) -> torch.Tensor:
     d = deltas.float()
     n, out = d.shape
     k = min(cfg.k, n, out)
-    if k == 0 or not torch.isfinite(d).all() or d.abs().max() == 0:
+    if not torch.isfinite(d).all():
+        raise ValueError("frozen-stack deltas contain NaN/inf: a frozen stack is corrupt or diverged; "
+                         "refusing to compute a null space from them")
+    if k == 0 or d.abs().max() == 0:  # a no-op stack claims no directions
         return torch.zeros(0, out)
     if min(n, out) <= cfg.full_svd_below:
         _, s, vh = torch.linalg.svd(d, full_matrices=False)

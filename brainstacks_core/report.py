@@ -20,7 +20,9 @@ RUN_LABELS = {"main": "null space", "no-null-space": "no null space"}
 
 
 def _manifest(profile: Profile, run_name: str) -> dict:
-    path = profile.store / "training" / run_name / "manifest.json"
+    from brainstacks_core.training_run import current_run_dir
+
+    path = current_run_dir(profile, run_name) / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"no training manifest at {path}: run `brainstacks train --config "
                                 f"{profile.source_path}` first")
@@ -51,6 +53,19 @@ def experiment1_summary(result: dict) -> str:
         f"{lora['val_curve'][-1][0]}." if at is not None else
         f"MoE-LoRA did not reach single LoRA's final loss ({lora_final:.4f}) within {lora['val_curve'][-1][0]} steps.",
         f"Wall time: MoE-LoRA {moe['seconds']:.1f} s, single LoRA {lora['seconds']:.1f} s."])
+
+
+def run_summary(profile: Profile, run_name: str) -> dict:
+    """One run's rounds and forgetting matrix as markdown, plus its heatmap PNG."""
+    from brainstacks_core import plots
+
+    label = RUN_LABELS.get(run_name, run_name)
+    m = _manifest(profile, run_name)
+    png = plots.plot_forgetting({label: m}, profile.store / "reports" / f"forgetting-{run_name}.png")
+    md = "\n".join([f"# Continual training `{profile.name}` / `{run_name}`", "", "## Rounds", "", round_table(m), "",
+                    "## Forgetting matrix (validation loss)", "", plots.forgetting_table({label: m}), "",
+                    f"Heatmap: {png}"])
+    return {"markdown": md, "plot": str(png)}
 
 
 def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:

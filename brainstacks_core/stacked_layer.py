@@ -126,6 +126,11 @@ class StackedMoELoRALayer(nn.Module):
         """Attach a frozen stack (e.g. loaded from a stack file)."""
         if stack_id in self.frozen or stack_id == self.active_id:
             raise ValueError(f"stack id {stack_id!r} already present in this layer")
+        mine, theirs = self.config, weights.config
+        for key in ("num_experts", "rank", "alpha", "top_k"):
+            if getattr(mine, key) != getattr(theirs, key):
+                raise ValueError(f"stack {stack_id!r} was trained with {key}={getattr(theirs, key)}, but this "
+                                 f"layer computes stacks with {key}={getattr(mine, key)}")
         e, r, n_in = weights.lora_A.shape
         if (e, r) != (self.config.num_experts, self.config.rank) or n_in != self.in_features:
             raise ValueError(f"stack {stack_id!r}: A shape {tuple(weights.lora_A.shape)} does not fit this layer")

@@ -99,11 +99,14 @@ class Conversation:
         system: The system prompt, or None.
         prompt: Every turn before the last assistant turn (earlier turns labelled).
         response: The last assistant turn.
+        trailing: turns after the last assistant turn (an unanswered user turn);
+            they are not in prompt/response, so callers must not drop them silently.
     """
 
     system: str | None
     prompt: str
     response: str
+    trailing: int = 0
 
 
 def has_chat_tokens(text: str) -> bool:
@@ -187,7 +190,7 @@ def parse_conversation(text: str) -> Conversation | None:
         prompt = before[0][1]
     else:
         prompt = "\n\n".join(f"{'User' if r == 'user' else 'Assistant'}: {t}" for r, t in before)
-    return Conversation(system=system, prompt=prompt, response=dialog[last][1])
+    return Conversation(system=system, prompt=prompt, response=dialog[last][1], trailing=len(dialog) - last - 1)
 
 
 def strip_chat_tokens_unconditional(text: str) -> str:

@@ -101,14 +101,35 @@ def load_model(profile: Profile, info: BaseModelInfo):
     return model, tok
 
 
-def run_dir(profile: Profile, run_name: str) -> Path:
-    return profile.store / "training" / run_name
+def run_key(base_fingerprint: str, data: list[DomainData]) -> str:
+    """Identity of a run's inputs: the base and every curriculum domain's data versions."""
+    return content_hash(base_fingerprint, [(d.domain, d.train_version, d.val_version) for d in data], length=12)
+
+
+def run_dir(profile: Profile, run_name: str, key: str) -> Path:
+    """``<store>/training/<run_name>/<key>``: new data or a new base start a new folder (a fresh run)."""
+    return profile.store / "training" / run_name / key
+
+
+def current_run_dir(profile: Profile, run_name: str) -> Path:
+    """The folder of the run's latest inputs (written by :func:`train_profile`)."""
+    import json
+
+    pointer = profile.store / "training" / run_name / "current.json"
+    if not pointer.exists():
+        raise FileNotFoundError(f"run {run_name!r} of profile {profile.name!r} has not trained yet ({pointer} "
+                                f"is missing): run `brainstacks train --config {profile.source_path}`")
+    return Path(json.loads(pointer.read_text())["dir"])
 
 
 def train_profile(profile: Profile, run_name: str = "main", null_space: bool | None = None,
                   until_domain: str | None = None, catalog: Catalog | None = None,
                   run_ids: dict | None = None) -> dict:
     """Continual training of the profile's curriculum (resumable); returns the manifest.
+
+    The run folder is keyed by the base fingerprint and every domain's data versions:
+    the same inputs resume (finished rounds are never retrained), changed data
+    trains a fresh run under the same stack URIs (new versions in the catalog).
 
     Args:
         profile: the profile.
@@ -128,11 +149,20 @@ def train_profile(profile: Profile, run_name: str = "main", null_space: bool | N
         if until_domain not in order:
             raise ValueError(f"domain {until_domain!r} is not in the curriculum {order}")
         order = order[:order.index(until_domain) + 1]
-    data = load_domain_data(profile, order, catalog)
-    info = ensure_base(profile, load_domain_data(profile, curriculum(profile), catalog), catalog, run_ids)
+    from brainstacks_core.io_utils import atomic_write_json
+
+    every = load_domain_data(profile, curriculum(profile), catalog)
+    data = [d for d in every if d.domain in order]
+    info = ensure_base(profile, every, catalog, run_ids)
+    key = run_key(info.fingerprint, every)
+    folder = run_dir(profile, run_name, key)
+    atomic_write_json(folder.parent / "current.json", {"key": key, "dir": str(folder),
+                                                       "base": info.fingerprint,
+                                                       "data": {d.domain: [d.train_version, d.val_version]
+                                                                for d in every}})
     model, tok = load_model(profile, info)
     torch.manual_seed(profile.seed)
-    ctx = RunContext(profile.name, run_name, run_dir(profile, run_name), info.fingerprint,
+    ctx = RunContext(profile.name, run_name, folder, info.fingerprint,
                      base_version=info.fingerprint, catalog=catalog, run_ids=run_ids)
     return run_continual(model, tok, data, cfg, moe_config(profile), ctx)
 

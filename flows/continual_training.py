@@ -17,7 +17,7 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
-from tasks.training import build_base_task, train_domain_task  # noqa: E402
+from tasks.training import build_base_task, run_summary_task, train_domain_task  # noqa: E402
 
 
 @flow(name="train-domain")
@@ -39,18 +39,16 @@ def train_domain(config_path: str, domain: str, run_name: str = "main", null_spa
 @flow(name="continual-training")
 def continual_training(config_path: str, run_name: str = "main", null_space: bool | None = None,
                        artifact_root: str | None = None) -> list[dict]:
-    """Every domain of the curriculum in order, then a summary artifact."""
+    """Every domain of the curriculum in order, then a markdown artifact of the rounds and forgetting matrix."""
     from brainstacks_core.training_run import curriculum
 
     profile = load_profile(config_path, artifact_root)
     build_base_task(config_path, artifact_root)
     results = [train_domain_task(config_path, artifact_root, d, run_name, null_space) for d in curriculum(profile)]
-    lines = [f"# Continual training `{profile.name}` / `{run_name}`", "",
-             "| domain | round | status | val loss before | val loss after |", "|---|---|---|---|---|"]
-    lines += [f"| {r['domain']} | {x['round']} | {x['status']} | {x['loss_before']:.4f} | {x['loss_after']:.4f} |"
-              for r in results for x in r["rounds"]]
+    summary = run_summary_task(config_path, artifact_root, run_name)
     create_markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
-                             markdown="\n".join(lines), description="per-round validation losses")
+                             markdown=summary["markdown"],
+                             description="per-round validation losses and the forgetting matrix")
     return results
 
 

@@ -66,3 +66,11 @@ def report_task(config_path: str, artifact_root: str | None, run_names: list[str
 
     profile = load_profile(config_path, artifact_root)
     return build_report(profile, run_names, Catalog(profile.catalog_path), _run_ids())
+
+
+@task(name="run-summary")
+def run_summary_task(config_path: str, artifact_root: str | None, run_name: str) -> dict:
+    """One run's round table and forgetting matrix (markdown + heatmap PNG)."""
+    from brainstacks_core.report import run_summary
+
+    return run_summary(load_profile(config_path, artifact_root), run_name)

@@ -42,10 +42,10 @@ def tiny_setup():
     return data, _tokenizer(data)
 
 
-def _model(tok):
+def _model(tok, moe: MoELoRAConfig | None = None):
     model = build_tiny_llama(TinyBaseConfig(vocab_size=384, hidden_size=48, intermediate_size=96,
                                             num_hidden_layers=2, seed=0), tok)
-    inject_stacks(model, MoELoRAConfig(num_experts=4, rank=4, alpha=8))
+    inject_stacks(model, moe or MoELoRAConfig(num_experts=4, rank=4, alpha=8))
     return model
 
 
@@ -143,6 +143,23 @@ def test_manifest_refuses_changed_settings(tmp_path):
         _read_manifest(ctx, "h2", ["a", "b"])
     with pytest.raises(ValueError, match="must agree"):
         _read_manifest(ctx, "h1", ["b", "a"])
+
+
+@pytest.mark.slow
+def test_round_loss_is_measured_on_the_frozen_bf16_stack(tiny_setup, tmp_path):
+    data, tok = tiny_setup
+    moe = MoELoRAConfig(num_experts=4, rank=4, alpha=8, frozen_dtype="bfloat16")
+    cfg = TrainingConfig(max_rounds=1, eval_rows=24, null_space=False,
+                         sft=SFTSettings(max_steps=6, eval_steps=3, learning_rate=1e-2, batch_size=8,
+                                         warmup_steps=0, max_length=64))
+    model = _model(tok, moe)
+    manifest = run_continual(model, tok, data[:1], cfg, moe, RunContext("t", "bf16", tmp_path, "fp"))
+    rec = manifest["domains"]["math"]["rounds"][0]
+    (row,) = [r for r in manifest["forgetting"] if r["domain"] == "math"]
+    assert rec["status"] == "frozen"
+    assert rec["loss_after"] == row["ungated"]  # the recorded loss is the stored (bf16) stack's loss
+    layer = next(iter(stacked_layers(model).values()))
+    assert layer.frozen["math-r1"].lora_B.dtype == torch.bfloat16
 
 
 @pytest.mark.slow

@@ -29,7 +29,8 @@ def test_pipeline_flow_end_to_end(harness, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, p
     store = root / "mini"
     for run in ("main", "no-null-space"):
-        m = json.loads((store / "training" / run / "manifest.json").read_text())
+        current = json.loads((store / "training" / run / "current.json").read_text())
+        m = json.loads((Path(current["dir"]) / "manifest.json").read_text())
         assert all(m["domains"][d]["status"] == "done" for d in ("chat", "math"))
         assert bool(m["domains"]["math"].get("null_space")) == (run == "main")
     cat = Catalog(store / "catalog.duckdb")

@@ -96,3 +96,12 @@ def test_never_unpickles(tmp_path):
     torch.save({"x": torch.zeros(2)}, path)  # a pickle file with the right extension
     with pytest.raises(StackFileError):
         load_stack(path)
+
+
+def test_stack_trained_with_another_moe_config_is_refused(tmp_path):
+    path = tmp_path / "s.safetensors"
+    save_stack(path, _trained_model(), "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+    other = build_tiny_llama(seed=0)
+    inject_stacks(other, MoELoRAConfig(num_experts=4, rank=4, alpha=16))  # same shapes, twice the scale
+    with pytest.raises(StackFileError, match="alpha"):
+        attach_stack(other, load_stack(path))

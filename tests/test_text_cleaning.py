@@ -41,7 +41,24 @@ def test_each_pattern_is_found_and_stripped(name):
     assert name in find_chat_tokens(text)
     out = strip_chat_tokens(text)
     assert not has_chat_tokens(out), out
-    assert "hi" in out or "kind" in out or out == "s u" or "yo" in out or "s" in out
+    content = {"llama2_inst_end": "hi yo", "llama2_sys": "s", "llama2_sys_end": "s u",
+               "mistral_system": "be kind", "mistral_system_end": "be kind"}.get(name, "hi")
+    assert " ".join(out.split()) == content, out  # every content word survives, nothing else does
+
+
+def test_ambiguous_tokens_are_stripped_across_a_templated_row():
+    """A row templated in one field has its </s> removed from the other field too."""
+    import pandas as pd
+
+    from brainstacks_core.data_steps import strip_records
+
+    row = {"record_id": "x", "domain": "chat", "source_uri": "file://f.json", "source_version": "v",
+           "source_row_key": "0", "prompt": "<s>[INST] What is 2+2? [/INST]", "response": "4 </s>", "system": None}
+    code = dict(row, record_id="y", prompt="Write HTML with <s>strike</s>.", response="<p><s>old</s></p>")
+    out, quarantined = strip_records(pd.DataFrame([row, code]), max_chars=1000)
+    assert quarantined.empty
+    assert out.loc[0, "prompt"] == "What is 2+2?" and out.loc[0, "response"] == "4"
+    assert out.loc[1, "prompt"] == code["prompt"] and out.loc[1, "response"] == code["response"]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -100,3 +117,14 @@ def test_guanaco_rows_all_parse():
     convs = [parse_conversation(t) for t in texts]
     assert sum(c is not None for c in convs) >= 0.99 * len(texts)
     assert not any(has_chat_tokens(c.prompt + c.response) or "<s>" in c.response for c in convs if c)
+
+
+def test_unanswered_trailing_turn_is_reported_not_dropped():
+    from brainstacks_core.formats import FormatError, template_text
+
+    text = "<s>[INST] Q1 [/INST] A1 </s><s>[INST] Q2 unanswered [/INST]"
+    conv = parse_conversation(text)
+    assert conv.response == "A1" and conv.trailing == 1
+    with pytest.raises(FormatError, match="unanswered"):
+        template_text({"text": text})
+    assert parse_conversation("<s>[INST] Q [/INST] A </s>").trailing == 0

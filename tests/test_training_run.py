@@ -73,3 +73,21 @@ def test_train_profile_records_full_lineage(tmp_path):
     # a second call resumes: nothing is retrained
     again = train_profile(profile, catalog=cat)
     assert again["domains"] == manifest["domains"]
+
+    # changed data (what the dataset-change trigger reacts to) trains a fresh run folder; the old one stays
+    import json
+
+    pointer = profile.store / "training" / "main" / "current.json"
+    old = json.loads(pointer.read_text())
+    raw = yaml.safe_load(profile.source_path.read_text())
+    raw["data"]["sources"]["chat"][0]["rows"] = 100
+    profile.source_path.write_text(yaml.safe_dump(raw))
+    changed = load_profile(profile.source_path, artifact_root=tmp_path / "artifacts")
+    prepare_all(changed, catalog=cat)
+    fresh = train_profile(changed, catalog=cat)
+    new = json.loads(pointer.read_text())
+    assert new["key"] != old["key"] and new["data"]["chat"] != old["data"]["chat"]
+    assert (Path(old["dir"]) / "manifest.json").exists() and Path(stack["file"]).exists()
+    assert fresh["domains"]["chat"]["train_version"] == new["data"]["chat"][0]
+    versions = {a["version"] for a in cat.list_artifacts("stack") if a["uri"] == "stack://mini/main/chat/r1"}
+    assert len(versions) == 2  # same URI, one version per data version
