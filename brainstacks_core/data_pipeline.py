@@ -247,14 +247,23 @@ def prepare_domain(profile: Profile, domain: str, catalog: Catalog | None = None
     return prepare_all(profile, [domain], catalog, run_ids)[domain]
 
 
-def load_prepared(profile: Profile, domain: str, catalog: Catalog | None = None) -> PreparedDataset:
-    """The latest prepared version of ``domain`` registered in the catalog.
+def load_prepared(profile: Profile, domain: str, catalog: Catalog | None = None,
+                  version: str | None = None) -> PreparedDataset:
+    """A prepared version of ``domain`` registered in the catalog: ``version`` (the
+    dataset version or its ``-train`` artifact version), or the latest.
 
     Raises:
-        LookupError: The domain has never been prepared for this profile.
+        LookupError: The domain (or that version of it) was never prepared for this profile.
     """
     cat = catalog or Catalog(profile.catalog_path)
-    art = cat.latest(f"dataset://{profile.name}/{domain}/train")
+    uri = f"dataset://{profile.name}/{domain}/train"
+    if version is None:
+        art = cat.latest(uri)
+    else:
+        art = cat.get(version if version.endswith("-train") else f"{version}-train")
+        if art is not None and art["uri"] != uri:
+            raise LookupError(f"version {version} is {art['uri']}, not {uri}")
     if art is None:
-        raise LookupError(f"no prepared dataset for {profile.name}/{domain}; run `brainstacks prepare`")
+        what = f"version {version} of " if version else ""
+        raise LookupError(f"no prepared dataset for {what}{profile.name}/{domain}; run `brainstacks prepare`")
     return _from_manifest(Path(art["path"]).parent / "manifest.json", cache_hit=True)

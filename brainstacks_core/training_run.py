@@ -49,11 +49,12 @@ def curriculum(profile: Profile) -> list[str]:
     return list(training_config(profile).domains or load_data_config(profile).domains)
 
 
-def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | None = None) -> list[DomainData]:
-    """Each domain's latest prepared train/val data, with their catalog versions."""
+def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | None = None,
+                     versions: dict[str, str] | None = None) -> list[DomainData]:
+    """Each domain's prepared train/val data (``versions[domain]`` if given, else the latest)."""
     out = []
     for d in domains:
-        p = load_prepared(profile, d, catalog)
+        p = load_prepared(profile, d, catalog, (versions or {}).get(d))
         out.append(DomainData(d, pd.read_parquet(p.train_path), pd.read_parquet(p.val_path),
                               p.train_uri_version, p.val_uri_version))
     return out
@@ -122,9 +123,14 @@ def current_run_dir(profile: Profile, run_name: str) -> Path:
     return Path(json.loads(pointer.read_text())["dir"])
 
 
+def resolve_data_versions(profile: Profile, catalog: Catalog | None = None) -> dict[str, str]:
+    """The latest dataset version of every curriculum domain (pin them once per run)."""
+    return {d.domain: d.train_version for d in load_domain_data(profile, curriculum(profile), catalog)}
+
+
 def train_profile(profile: Profile, run_name: str = "main", null_space: bool | None = None,
                   until_domain: str | None = None, catalog: Catalog | None = None,
-                  run_ids: dict | None = None) -> dict:
+                  run_ids: dict | None = None, data_versions: dict[str, str] | None = None) -> dict:
     """Continual training of the profile's curriculum (resumable); returns the manifest.
 
     The run folder is keyed by the base fingerprint and every domain's data versions:
@@ -138,6 +144,8 @@ def train_profile(profile: Profile, run_name: str = "main", null_space: bool | N
         until_domain: stop after this domain (the ``train_domain`` flow).
         catalog: lineage catalog.
         run_ids: orchestration run ids for the catalog.
+        data_versions: dataset version per domain (from :func:`resolve_data_versions`);
+            missing domains use the latest.
     """
     import dataclasses
 
@@ -151,7 +159,7 @@ def train_profile(profile: Profile, run_name: str = "main", null_space: bool | N
         order = order[:order.index(until_domain) + 1]
     from brainstacks_core.io_utils import atomic_write_json
 
-    every = load_domain_data(profile, curriculum(profile), catalog)
+    every = load_domain_data(profile, curriculum(profile), catalog, data_versions)
     data = [d for d in every if d.domain in order]
     info = ensure_base(profile, every, catalog, run_ids)
     key = run_key(info.fingerprint, every)

@@ -17,12 +17,12 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
-from tasks.training import build_base_task, run_summary_task, train_domain_task  # noqa: E402
+from tasks.training import build_base_task, resolve_data_task, run_summary_task, train_domain_task  # noqa: E402
 
 
 @flow(name="train-domain")
 def train_domain(config_path: str, domain: str, run_name: str = "main", null_space: bool | None = None,
-                 artifact_root: str | None = None) -> dict:
+                 data_versions: dict[str, str] | None = None, artifact_root: str | None = None) -> dict:
     """Train one domain's boosting rounds on top of the run's frozen stacks.
 
     Args:
@@ -30,10 +30,13 @@ def train_domain(config_path: str, domain: str, run_name: str = "main", null_spa
         domain: the domain (earlier curriculum domains are resumed/trained first if missing).
         run_name: run folder under ``<store>/training``.
         null_space: override of ``training.null_space`` (False for the ablation).
+        data_versions: dataset version per domain (``brainstacks audit --list`` shows them);
+            default: the latest prepared version of each, pinned at the start of the flow.
         artifact_root: override of the profile's artifact root.
     """
-    build_base_task(config_path, artifact_root)
-    return train_domain_task(config_path, artifact_root, domain, run_name, null_space)
+    versions = {**resolve_data_task(config_path, artifact_root), **(data_versions or {})}
+    build_base_task(config_path, artifact_root, versions)
+    return train_domain_task(config_path, artifact_root, domain, run_name, null_space, versions)
 
 
 @flow(name="continual-training")
@@ -43,8 +46,10 @@ def continual_training(config_path: str, run_name: str = "main", null_space: boo
     from brainstacks_core.training_run import curriculum
 
     profile = load_profile(config_path, artifact_root)
-    build_base_task(config_path, artifact_root)
-    results = [train_domain_task(config_path, artifact_root, d, run_name, null_space) for d in curriculum(profile)]
+    versions = resolve_data_task(config_path, artifact_root)  # pinned once: every domain trains on the same data
+    build_base_task(config_path, artifact_root, versions)
+    results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
+               for d in curriculum(profile)]
     summary = run_summary_task(config_path, artifact_root, run_name)
     create_markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
                              markdown=summary["markdown"],

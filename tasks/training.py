@@ -20,26 +20,37 @@ def _run_ids() -> dict:
 
 
 @task(name="build-base", retries=1, retry_delay_seconds=5)
-def build_base_task(config_path: str, artifact_root: str | None) -> dict:
+def build_base_task(config_path: str, artifact_root: str | None, data_versions: dict[str, str] | None = None) -> dict:
     """Build (tiny) or resolve (hub) the base model; returns its identity."""
     from brainstacks_core.training_run import curriculum, ensure_base, load_domain_data
 
     profile = load_profile(config_path, artifact_root)
     cat = Catalog(profile.catalog_path)
-    info = ensure_base(profile, load_domain_data(profile, curriculum(profile), cat), cat, _run_ids())
+    info = ensure_base(profile, load_domain_data(profile, curriculum(profile), cat, data_versions), cat, _run_ids())
     get_run_logger().info("base %s (%s) at %s", info.fingerprint, info.source, info.path)
     return {"fingerprint": info.fingerprint, "path": str(info.path), "source": info.source}
 
 
+@task(name="resolve-data-versions")
+def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, str]:
+    """Pin the latest dataset version of every curriculum domain for this run."""
+    from brainstacks_core.training_run import resolve_data_versions
+
+    profile = load_profile(config_path, artifact_root)
+    versions = resolve_data_versions(profile, Catalog(profile.catalog_path))
+    get_run_logger().info("data versions: %s", versions)
+    return versions
+
+
 @task(name="train-domain", retries=1, retry_delay_seconds=10)
 def train_domain_task(config_path: str, artifact_root: str | None, domain: str, run_name: str = "main",
-                      null_space: bool | None = None) -> dict:
+                      null_space: bool | None = None, data_versions: dict[str, str] | None = None) -> dict:
     """Train one domain's boosting rounds (earlier domains must be done or are resumed first)."""
     from brainstacks_core.training_run import train_profile
 
     profile = load_profile(config_path, artifact_root)
     manifest = train_profile(profile, run_name, null_space, until_domain=domain,
-                             catalog=Catalog(profile.catalog_path), run_ids=_run_ids())
+                             catalog=Catalog(profile.catalog_path), run_ids=_run_ids(), data_versions=data_versions)
     entry = manifest["domains"][domain]
     log = get_run_logger()
     for r in entry["rounds"]:

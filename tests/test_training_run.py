@@ -91,3 +91,14 @@ def test_train_profile_records_full_lineage(tmp_path):
     assert fresh["domains"]["chat"]["train_version"] == new["data"]["chat"][0]
     versions = {a["version"] for a in cat.list_artifacts("stack") if a["uri"] == "stack://mini/main/chat/r1"}
     assert len(versions) == 2  # same URI, one version per data version
+
+    # pinning the old data versions resumes the old run: nothing is trained
+    from brainstacks_core.training_run import resolve_data_versions
+
+    pinned = {d: v[0] for d, v in old["data"].items()}
+    assert resolve_data_versions(changed, cat) != pinned
+    back = train_profile(changed, catalog=cat, data_versions=pinned)
+    assert back["domains"] == manifest["domains"]
+    assert json.loads(pointer.read_text())["key"] == old["key"]
+    with pytest.raises(LookupError, match="no prepared dataset for version"):
+        train_profile(changed, catalog=cat, data_versions={"chat": "0000000000000000"})
