@@ -29,7 +29,7 @@ from brainstacks_core.catalog import Catalog
 from brainstacks_core.data_config import DataConfig, load_data_config
 from brainstacks_core.io_utils import atomic_write, atomic_write_json, sha256_file
 from brainstacks_core.profile import Profile
-from brainstacks_core.versioning import code_version, config_hash, content_hash
+from brainstacks_core.versioning import config_hash, content_hash, data_code_version
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def ingest_domain(profile: Profile, cfg: DataConfig, domain: str) -> dict:
     store = profile.store
     idents = [steps.identify(spec, cfg, store) for spec in cfg.sources[domain]]
     key = content_hash("ingest", domain, [(i.uri, i.version) for i in idents],
-                       [s.model_dump(mode="json") for s in cfg.sources[domain]], cfg.max_chars, code_version())
+                       [s.model_dump(mode="json") for s in cfg.sources[domain]], cfg.max_chars, data_code_version())
     folder = store / "staging" / "ingest" / domain / key
     if (folder / "meta.json").is_file():
         return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -118,7 +118,7 @@ def ingest_domain(profile: Profile, cfg: DataConfig, domain: str) -> dict:
 def assign_domains(profile: Profile, cfg: DataConfig, ingested: dict[str, dict]) -> dict:
     """Stage 2 over every domain of the run; returns its meta (cached under ``staging/assign``)."""
     key = content_hash("assign", sorted((d, m["key"]) for d, m in ingested.items()), cfg.lexicons,
-                       cfg.margin, cfg.min_score, cfg.domains, code_version())
+                       cfg.margin, cfg.min_score, cfg.domains, data_code_version())
     folder = profile.store / "staging" / "assign" / key
     if (folder / "meta.json").is_file():
         return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -137,7 +137,7 @@ def finalize_domain(profile: Profile, cfg: DataConfig, domain: str, ingested: di
     """Stage 3 for one domain: benchmark decontamination, dedup, cap, split, write, register."""
     evals = steps.eval_identities(cfg, profile.store)
     input_key = content_hash("final", assigned["key"], domain, [(e["name"], e["version"]) for e in evals],
-                             cfg.ngram, cfg.val_fraction, cfg.seed, cfg.max_rows_per_domain, code_version())
+                             cfg.ngram, cfg.val_fraction, cfg.seed, cfg.max_rows_per_domain, data_code_version())
     index_file = profile.store / "datasets" / domain / "_inputs" / f"{input_key}.json"
     if index_file.is_file():
         manifest_path = Path(json.loads(index_file.read_text(encoding="utf-8"))["manifest"])
@@ -173,7 +173,7 @@ def finalize_domain(profile: Profile, cfg: DataConfig, domain: str, ingested: di
     all_sources = {s["version"]: s for m in ingested.values() for s in m["sources"]}
     inputs = [s for v, s in all_sources.items() if v in used_sources or s in ingested[domain]["sources"]]
     manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts,
-                "code_version": code_version(), "config_hash": config_hash(_step_config(cfg)),
+                "code_version": data_code_version(), "config_hash": config_hash(_step_config(cfg)),
                 "train_path": str(train_path), "val_path": str(val_path), "quarantine_path": str(q_path),
                 "dropped_path": str(dropped_path), "moves_path": str(moves_path),
                 "sources": inputs, "eval_sets": evals,

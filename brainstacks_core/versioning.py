@@ -56,6 +56,32 @@ def config_hash(config: Any) -> str:
     return content_hash(config)
 
 
+# The modules that decide what a processed dataset contains. Data versions hash only these,
+# so editing training, plotting or orchestration code does not invalidate prepared data
+# (and, through the data versions, every stack trained on it).
+DATA_MODULES = ("brainstacks_core/benchmark_decontamination.py", "brainstacks_core/data_config.py",
+                "brainstacks_core/data_pipeline.py", "brainstacks_core/data_steps.py",
+                "brainstacks_core/decontamination.py", "brainstacks_core/formats.py", "brainstacks_core/sources.py",
+                "brainstacks_core/synthetic_data.py", "brainstacks_core/text_cleaning.py",
+                "brainstacks_core/versioning.py", "data_contracts")
+
+
+def _hash_paths(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(_PROJECT_ROOT)).encode())
+        digest.update(path.read_bytes())
+    return f"{PACKAGE_VERSION}+{digest.hexdigest()[:12]}"
+
+
+def _expand(entries: tuple[str, ...]) -> list[Path]:
+    out: list[Path] = []
+    for entry in entries:
+        p = _PROJECT_ROOT / entry
+        out.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``<package version>+<hash of the project's core source files>``.
@@ -63,9 +89,10 @@ def code_version() -> str:
     Only ``brainstacks_core`` and ``data_contracts`` count: orchestration code
     (tasks, flows, CLI) does not change what an artifact contains.
     """
-    digest = hashlib.sha256()
-    for package in _CODE_PACKAGES:
-        for path in sorted((_PROJECT_ROOT / package).rglob("*.py")):
-            digest.update(str(path.relative_to(_PROJECT_ROOT)).encode())
-            digest.update(path.read_bytes())
-    return f"{PACKAGE_VERSION}+{digest.hexdigest()[:12]}"
+    return _hash_paths(_expand(_CODE_PACKAGES))
+
+
+@functools.lru_cache(maxsize=1)
+def data_code_version() -> str:
+    """Like :func:`code_version`, over the data-path modules only (``DATA_MODULES``)."""
+    return _hash_paths(_expand(DATA_MODULES))

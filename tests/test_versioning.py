@@ -1,0 +1,45 @@
+"""Code versions: data versions hash exactly the modules that decide a dataset's content."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from brainstacks_core import versioning
+
+ROOT = Path(__file__).resolve().parents[1]
+# imported by the data path but cannot change what a dataset contains
+CONTENT_NEUTRAL = {"brainstacks_core/io_utils.py", "brainstacks_core/profile.py", "brainstacks_core/catalog.py",
+                   "brainstacks_core/__init__.py"}
+
+
+def _core_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                "brainstacks_core", "data_contracts"):
+            rel = node.module.replace(".", "/")
+            out.add(f"{rel}.py" if (ROOT / f"{rel}.py").exists() else f"{rel}/__init__.py")
+    return out
+
+
+def test_data_modules_cover_every_import_of_the_data_path():
+    listed = set(versioning.DATA_MODULES)
+    assert all((ROOT / m).exists() for m in listed)
+    todo, seen = ["brainstacks_core/data_pipeline.py"], set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        todo.extend(_core_imports(ROOT / mod))
+    top = {m if m.startswith("brainstacks_core/") else m.split("/")[0] for m in seen}
+    missing = top - listed - CONTENT_NEUTRAL
+    assert not missing, f"data-path modules not hashed into data versions: {sorted(missing)}"
+
+
+def test_data_code_version_ignores_training_code_but_tracks_data_code():
+    files = versioning._expand(versioning.DATA_MODULES)
+    assert ROOT / "brainstacks_core" / "text_cleaning.py" in files
+    assert ROOT / "brainstacks_core" / "moe_lora.py" not in files and ROOT / "brainstacks_core" / "plots.py" not in files
+    assert versioning.data_code_version() != versioning.code_version()
