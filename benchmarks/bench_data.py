@@ -22,21 +22,19 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from brainstacks_core.data_config import load_data_config  # noqa: E402
-from brainstacks_core.data_steps import identify, keyword_step, strip_records  # noqa: E402
-from brainstacks_core.formats import FormatError, get_adapter  # noqa: E402
+from brainstacks_core.data.formats import FormatError, get_adapter  # noqa: E402
+from brainstacks_core.data.sources import RECORD_COLUMNS, read_raw, record_id  # noqa: E402
+from brainstacks_core.data.steps import identify, keyword_step, strip_records  # noqa: E402
+from brainstacks_core.data.text_cleaning import AMBIGUOUS_PATTERNS, TEMPLATE_PATTERNS  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
-from brainstacks_core.sources import RECORD_COLUMNS, read_raw, record_id  # noqa: E402
-from brainstacks_core.text_cleaning import AMBIGUOUS_PATTERNS, TEMPLATE_PATTERNS  # noqa: E402
-from data_contracts import (DecontaminatedRecords, NormalisedRecords, StrippedRecords,  # noqa: E402
-                            validate_or_quarantine)
+from data_contracts import DecontaminatedRecords, NormalisedRecords, StrippedRecords, validate_or_quarantine  # noqa: E402
 
 SHARED = Path(os.environ.get("BRAINSTACKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def load_raw(tmp: Path):
     profile = load_profile(ROOT / "configs" / "shared.yaml", artifact_root=tmp)
-    cfg = load_data_config(profile)
+    cfg = profile.data
     work = []
     for domain in cfg.domains:
         for spec in cfg.sources[domain]:

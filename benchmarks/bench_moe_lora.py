@@ -88,13 +88,13 @@ def build_base(cfg: BenchConfig) -> torch.nn.Module:
 
 
 def moe_config(cfg: BenchConfig):
-    from brainstacks_core.moe_lora import MoELoRAConfig
+    from brainstacks_core.stacks.moe_lora import MoELoRAConfig
 
     return MoELoRAConfig(num_experts=cfg.experts, rank=cfg.rank, top_k=cfg.top_k, aux_loss_coef=cfg.aux_coef)
 
 
 def moe_trainable(base: torch.nn.Module, cfg: BenchConfig) -> torch.nn.Module:
-    from brainstacks_core.inject import add_active_stack, inject_stacks
+    from brainstacks_core.stacks.inject import add_active_stack, inject_stacks
 
     model = copy.deepcopy(base)
     inject_stacks(model, moe_config(cfg))
@@ -104,7 +104,7 @@ def moe_trainable(base: torch.nn.Module, cfg: BenchConfig) -> torch.nn.Module:
 
 def moe_frozen(base: torch.nn.Module, cfg: BenchConfig) -> torch.nn.Module:
     """``cfg.frozen_stacks`` frozen stacks with random B, no active stack."""
-    from brainstacks_core.inject import add_active_stack, freeze_active_stack, inject_stacks, stacked_layers
+    from brainstacks_core.stacks.inject import add_active_stack, freeze_active_stack, inject_stacks, stacked_layers
 
     model = copy.deepcopy(base)
     inject_stacks(model, moe_config(cfg))
@@ -118,14 +118,14 @@ def moe_frozen(base: torch.nn.Module, cfg: BenchConfig) -> torch.nn.Module:
 
 
 def peft_model(base: torch.nn.Module, rank: int, train: bool) -> torch.nn.Module:
-    from brainstacks_core.baseline import wrap_single_lora
+    from brainstacks_core.base.baseline import wrap_single_lora
 
     model = wrap_single_lora(copy.deepcopy(base), rank=rank, alpha=16.0)
     return model.train() if train else model.eval()
 
 
 def set_frozen_mode(model: torch.nn.Module, mode: str) -> None:
-    from brainstacks_core.inject import stacked_layers
+    from brainstacks_core.stacks.inject import stacked_layers
 
     for layer in stacked_layers(model).values():
         layer.frozen_mode = mode
@@ -134,7 +134,7 @@ def set_frozen_mode(model: torch.nn.Module, mode: str) -> None:
 # ------------------------------------------------------------------------------------------- steps
 def make_train_step(model: torch.nn.Module, ids: torch.Tensor, aux_coef: float | None) -> Callable[[], None]:
     """Forward + backward + AdamW step; ``aux_coef`` adds the MoE load-balance loss."""
-    from brainstacks_core.inject import collect_aux_loss
+    from brainstacks_core.stacks.inject import collect_aux_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)

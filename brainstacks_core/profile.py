@@ -1,10 +1,19 @@
-"""Experiment profiles: one YAML file per experiment in ``configs/``.
+"""Experiment profiles: one YAML file per experiment in ``configs/``, validated whole on load.
 
-A profile has a few top-level keys and one section per pipeline stage. Each stage
-parses its own section into its own frozen config (``data`` into
-``brainstacks_core.data_config.DataConfig``, ``base`` into ``TinyBaseConfig`` or
-``HubBaseConfig``, ``moe`` into ``MoELoRAConfig``, ``training`` into
-``TrainingConfig``), so this module stays free of stage details.
+A profile has a few top-level keys and one typed section per pipeline stage:
+``data`` (:class:`~brainstacks_core.data.config.DataConfig`), ``base``
+(:class:`~brainstacks_core.base.config.BaseConfig`), ``moe``
+(:class:`~brainstacks_core.stacks.config.MoELoRAConfig`), ``training``
+(:class:`~brainstacks_core.training.config.TrainingConfig`), ``router``
+(:class:`~brainstacks_core.routing.config.RouterConfig`), ``eval``
+(:class:`~brainstacks_core.evaluation.config.EvalConfig`) and ``experiment1``.
+Every model forbids unknown keys, so a misspelled key at any depth fails in
+:func:`load_profile`, naming the file and the dotted key path::
+
+    configs/x.yaml: training.sft.max_step: extra inputs are not permitted
+
+Stages receive their typed section (``profile.training``), never the raw dict.
+Every section module is pure pydantic, so loading a profile imports no torch.
 """
 
 from __future__ import annotations
@@ -13,39 +22,57 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from brainstacks_core.base.config import BaseConfig
+from brainstacks_core.data.config import DataConfig
+from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.routing.config import RouterConfig
+from brainstacks_core.stacks.config import MoELoRAConfig
+from brainstacks_core.training.config import Experiment1Config, TrainingConfig
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, not YAML, or fails validation; the message names file and key."""
 
 
 class Profile(BaseModel):
-    """A whole experiment, as read from ``configs/<name>.yaml``.
-
-    Attributes:
-        name: Profile name; part of every artifact URI (``stack://<name>/...``).
-        artifact_root: Folder of the artifact store. Relative paths are resolved
-            against the profile file's parent's parent (the repository root for
-            ``configs/*.yaml``) unless absolute.
-        seed: Global seed for data splits, initialisation and training.
-        data: The data section (sources, lexicons, split), see ``DataConfig``.
-        base: The base-model section.
-        moe: The MoE-LoRA section.
-        training: The training section (rounds, steps, null space, ...).
-        router: The meta-router section (later stages).
-        experiment1: Experiment 1 settings (domain, lora_rank); empty = skipped.
-        source_path: The YAML file the profile came from.
-    """
+    """A whole experiment, as read from ``configs/<name>.yaml``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    artifact_root: Path = Path("artifacts")
-    seed: int = 0
-    data: dict[str, Any] = Field(default_factory=dict)
-    base: dict[str, Any] = Field(default_factory=dict)
-    moe: dict[str, Any] = Field(default_factory=dict)
-    training: dict[str, Any] = Field(default_factory=dict)
-    router: dict[str, Any] = Field(default_factory=dict)
-    experiment1: dict[str, Any] = Field(default_factory=dict)
-    source_path: Path | None = None
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Profile name; part of every artifact URI (stack://<name>/...).")
+    artifact_root: Path = Field(Path("artifacts"), description="Folder of the artifact store; relative paths "
+                                                               "resolve against the repository root.")
+    seed: int = Field(0, description="Global seed: data splits, initialisation, training.")
+    data: DataConfig = Field(..., description="Domains, sources, lexicons, decontamination, split.")
+    base: BaseConfig = Field(default_factory=BaseConfig, description="The base model stacks are trained on.")
+    moe: MoELoRAConfig = Field(default_factory=MoELoRAConfig, description="The MoE-LoRA stack shape.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Continual training.")
+    router: RouterConfig = Field(default_factory=RouterConfig, description="Oracle, meta-router, inference gates.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmark evaluation.")
+    experiment1: Experiment1Config | None = Field(None, description="Experiment 1 (MoE-LoRA vs single LoRA); "
+                                                                    "absent = skipped.")
+    source_path: Path | None = Field(None, exclude=True, description="The YAML file the profile came from "
+                                                                     "(set by load_profile).")
+
+    @model_validator(mode="after")
+    def _domains_known(self) -> "Profile":
+        known = set(self.data.domains)
+        for i, d in enumerate(self.training.domains or ()):
+            if d not in known:
+                raise _KeyError(("training", "domains", i), f"domain {d!r} is not a data domain "
+                                                            f"(data.domains: {self.data.domains})")
+        if self.experiment1 is not None and self.experiment1.domain not in self.curriculum:
+            raise _KeyError(("experiment1", "domain"), f"domain {self.experiment1.domain!r} is not trained "
+                                                       f"(curriculum: {self.curriculum})")
+        return self
+
+    @property
+    def curriculum(self) -> list[str]:
+        """Domains in training order: ``training.domains`` or the data section's order."""
+        return list(self.training.domains or self.data.domains)
 
     @property
     def store(self) -> Path:
@@ -57,32 +84,78 @@ class Profile(BaseModel):
         """The DuckDB lineage catalog of this profile."""
         return self.store / "catalog.duckdb"
 
+    @property
+    def repo_root(self) -> Path:
+        """Folder that relative paths in the profile resolve against (the parent of ``configs/``)."""
+        return self.source_path.parent.parent if self.source_path else Path.cwd()
+
+
+class _KeyError(ValueError):
+    """A cross-section check that knows the dotted key it is about."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc, self.message = loc, message
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc, msg = tuple(err.get("loc", ())), err.get("msg", "")
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _KeyError):
+            loc, msg = loc + ctx_err.loc, ctx_err.message
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        lines.append(f"{path}: {key}: {msg[:1].lower()}{msg[1:]}")
+    return "\n".join(lines)
+
 
 def load_profile(path: str | Path, artifact_root: str | Path | None = None) -> Profile:
-    """Read a profile YAML file.
+    """Read and validate a whole profile YAML file.
 
     Args:
         path: The YAML file.
         artifact_root: Overrides the file's ``artifact_root`` (tests use a tmp dir).
 
     Returns:
-        The parsed, frozen profile.
+        The parsed, frozen profile; ``profile.data.base_dir`` is the repository root.
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The YAML is not a mapping or has unknown top-level keys.
+        ProfileError: The file is missing or not a mapping, or any key at any depth is
+            unknown, of the wrong type, or inconsistent; one line per problem, each
+            ``<file>: <dotted.key>: <what is wrong>``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"profile not found: {path}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a profile must be a YAML mapping, got {type(raw).__name__}")
-    root = Path(artifact_root) if artifact_root is not None else Path(raw.get("artifact_root", "artifacts"))
-    if not root.is_absolute():
-        root = (path.resolve().parent.parent / root) if artifact_root is None else root.resolve()
-    raw["artifact_root"] = root
+        raise ProfileError(f"profile not found: {path}")
     try:
-        return Profile(**raw, source_path=path.resolve())
-    except Exception as exc:  # pydantic's message names the bad key
-        raise ValueError(f"{path}: invalid profile: {exc}") from exc
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: a profile must be a YAML mapping, got {type(raw).__name__}")
+    repo_root = path.resolve().parent.parent
+    if artifact_root is not None:
+        root = Path(artifact_root).resolve()
+    else:
+        root = Path(raw.get("artifact_root", "artifacts"))
+        root = root if root.is_absolute() else repo_root / root
+    raw["artifact_root"] = root
+    data = raw.get("data")
+    if isinstance(data, dict):
+        raw["data"] = {**data, "base_dir": repo_root}
+        raw["data"].setdefault("seed", raw.get("seed", 0))
+    try:
+        return Profile.model_validate({**raw, "source_path": path.resolve()})
+    except ValidationError as exc:
+        raise ProfileError(_format_errors(path, exc)) from None
+
+
+def profile_schema() -> dict[str, Any]:
+    """JSON Schema of a profile file (every section, field descriptions and defaults)."""
+    schema = Profile.model_json_schema()
+    schema.get("properties", {}).pop("source_path", None)
+    schema["properties"]["data"]["description"] = Profile.model_fields["data"].description
+    return schema

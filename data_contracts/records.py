@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from brainstacks_core.text_cleaning import has_chat_tokens
+from brainstacks_core.data.text_cleaning import has_chat_tokens
 
 MAX_TEXT_CHARS = 100_000
 _ID = r"^[0-9a-f]{16}$"

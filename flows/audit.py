@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from brainstacks_core.catalog import Catalog
+from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 
 

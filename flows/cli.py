@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("flows.continual_training:cli_train", "train one domain (its boosting rounds) or all domains in order"),
     "run": ("flows.pipeline:cli_run", "the whole pipeline on a profile: prepare, base, continual training, report"),
     "audit": ("flows.audit:cli_audit", "lineage: which data went into an artifact, which artifacts hold a record"),
+    "config": ("flows.config:cli_config", "validate a profile (config check PATH) or print its JSON Schema "
+                                          "(config schema)"),
 }
 
 
@@ -49,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--artifact", help="URI or version of an artifact: list everything upstream of it")
     g.add_argument("--record", help="a record_id: list every artifact that contains it")
     g.add_argument("--list", action="store_true", help="list every artifact in the catalog")
+    p = sub.add_parser("config", help=COMMANDS["config"][1], description=COMMANDS["config"][1],
+                       epilog="Example: brainstacks config check configs/demo.yaml")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("check", help="validate every key of a profile and print the resolved profile "
+                                      "(defaults filled in)")
+    c.add_argument("path", help="profile YAML, e.g. configs/demo.yaml")
+    c.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    csub.add_parser("schema", help="print the JSON Schema of a profile file (descriptions, defaults, types)")
     return parser
 
 
@@ -59,8 +69,14 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int | None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``brainstacks`` console script."""
+    from brainstacks_core.profile import ProfileError
+
     args = build_parser().parse_args(argv)
-    code = _resolve(COMMANDS[args.command][0])(args)
+    try:
+        code = _resolve(COMMANDS[args.command][0])(args)
+    except ProfileError as exc:  # names file and key already: no traceback
+        print(f"brainstacks: invalid profile\n{exc}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

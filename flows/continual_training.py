@@ -43,13 +43,12 @@ def train_domain(config_path: str, domain: str, run_name: str = "main", null_spa
 def continual_training(config_path: str, run_name: str = "main", null_space: bool | None = None,
                        artifact_root: str | None = None) -> list[dict]:
     """Every domain of the curriculum in order, then a markdown artifact of the rounds and forgetting matrix."""
-    from brainstacks_core.training_run import curriculum
 
     profile = load_profile(config_path, artifact_root)
     versions = resolve_data_task(config_path, artifact_root)  # pinned once: every domain trains on the same data
     build_base_task(config_path, artifact_root, versions)
     results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
-               for d in curriculum(profile)]
+               for d in profile.curriculum]
     summary = run_summary_task(config_path, artifact_root, run_name)
     create_markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
                              markdown=summary["markdown"],

@@ -29,14 +29,13 @@ def brainstacks_pipeline(config_path: str = "configs/demo.yaml", artifact_root: 
     counts = prepare_data(config_path=config_path, artifact_root=artifact_root)
     runs = ["main"]
     continual_training(config_path=config_path, run_name="main", artifact_root=artifact_root)
-    from brainstacks_core.training_run import training_config
 
-    cfg = training_config(profile)
+    cfg = profile.training
     if cfg.null_space and cfg.ablation:
         continual_training(config_path=config_path, run_name="no-null-space", null_space=False,
                            artifact_root=artifact_root)
         runs.append("no-null-space")
-    if profile.experiment1:
+    if profile.experiment1 is not None and profile.experiment1.enabled:
         experiment1_task(config_path, artifact_root)
     report = report_task(config_path, artifact_root, runs)
     create_markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],

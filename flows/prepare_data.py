@@ -18,7 +18,6 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.events import emit_event  # noqa: E402
 
-from brainstacks_core.data_config import load_data_config  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from tasks.data import assign_task, finalize_task, ingest_task  # noqa: E402
 
@@ -40,7 +39,7 @@ def prepare_data(config_path: str, domain: str | None = None, artifact_root: str
         Per-domain counts (and version) by domain.
     """
     profile = load_profile(config_path, artifact_root)
-    cfg = load_data_config(profile)
+    cfg = profile.data
     if domain is not None and domain not in cfg.domains:
         raise ValueError(f"unknown domain {domain!r}; profile {profile.name!r} has {cfg.domains}")
     ingested = {d: ingest_task(config_path, artifact_root, d) for d in cfg.domains}

@@ -1,4 +1,4 @@
-"""Prefect tasks of the training stage: thin wrappers over ``brainstacks_core.training_run``.
+"""Prefect tasks of the training stage: thin wrappers over ``brainstacks_core.training.run``.
 
 Inputs are the profile path and names; data is resolved by version from the
 catalog inside the core, so nothing large crosses a task boundary. Retries are
@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run, task_run
 
-from brainstacks_core.catalog import Catalog
+from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 
 
@@ -22,11 +22,11 @@ def _run_ids() -> dict:
 @task(name="build-base", retries=1, retry_delay_seconds=5)
 def build_base_task(config_path: str, artifact_root: str | None, data_versions: dict[str, str] | None = None) -> dict:
     """Build (tiny) or resolve (hub) the base model; returns its identity."""
-    from brainstacks_core.training_run import curriculum, ensure_base, load_domain_data
+    from brainstacks_core.training.run import ensure_base, load_domain_data
 
     profile = load_profile(config_path, artifact_root)
     cat = Catalog(profile.catalog_path)
-    info = ensure_base(profile, load_domain_data(profile, curriculum(profile), cat, data_versions), cat, _run_ids())
+    info = ensure_base(profile, load_domain_data(profile, profile.curriculum, cat, data_versions), cat, _run_ids())
     get_run_logger().info("base %s (%s) at %s", info.fingerprint, info.source, info.path)
     return {"fingerprint": info.fingerprint, "path": str(info.path), "source": info.source}
 
@@ -34,7 +34,7 @@ def build_base_task(config_path: str, artifact_root: str | None, data_versions: 
 @task(name="resolve-data-versions")
 def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, str]:
     """Pin the latest dataset version of every curriculum domain for this run."""
-    from brainstacks_core.training_run import resolve_data_versions
+    from brainstacks_core.training.run import resolve_data_versions
 
     profile = load_profile(config_path, artifact_root)
     versions = resolve_data_versions(profile, Catalog(profile.catalog_path))
@@ -46,7 +46,7 @@ def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, 
 def train_domain_task(config_path: str, artifact_root: str | None, domain: str, run_name: str = "main",
                       null_space: bool | None = None, data_versions: dict[str, str] | None = None) -> dict:
     """Train one domain's boosting rounds (earlier domains must be done or are resumed first)."""
-    from brainstacks_core.training_run import train_profile
+    from brainstacks_core.training.run import train_profile
 
     profile = load_profile(config_path, artifact_root)
     manifest = train_profile(profile, run_name, null_space, until_domain=domain,
@@ -64,7 +64,7 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
 @task(name="experiment-1")
 def experiment1_task(config_path: str, artifact_root: str | None) -> dict:
     """MoE-LoRA vs parameter-matched single LoRA on one domain (paper 4.1)."""
-    from brainstacks_core.training_run import run_experiment1_for_profile
+    from brainstacks_core.training.run import run_experiment1_for_profile
 
     profile = load_profile(config_path, artifact_root)
     return run_experiment1_for_profile(profile, Catalog(profile.catalog_path), _run_ids())
@@ -73,7 +73,7 @@ def experiment1_task(config_path: str, artifact_root: str | None) -> dict:
 @task(name="report")
 def report_task(config_path: str, artifact_root: str | None, run_names: list[str]) -> dict:
     """Plots and the markdown report of the profile's runs; returns paths and text."""
-    from brainstacks_core.report import build_report
+    from brainstacks_core.reporting.report import build_report
 
     profile = load_profile(config_path, artifact_root)
     return build_report(profile, run_names, Catalog(profile.catalog_path), _run_ids())
@@ -82,6 +82,6 @@ def report_task(config_path: str, artifact_root: str | None, run_names: list[str
 @task(name="run-summary")
 def run_summary_task(config_path: str, artifact_root: str | None, run_name: str) -> dict:
     """One run's round table and forgetting matrix (markdown + heatmap PNG)."""
-    from brainstacks_core.report import run_summary
+    from brainstacks_core.reporting.report import run_summary
 
     return run_summary(load_profile(config_path, artifact_root), run_name)

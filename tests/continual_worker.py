@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_continual import CFG, _frames, _model, _tokenizer  # noqa: E402
 
-from brainstacks_core.continual import RunContext, run_continual  # noqa: E402
-from brainstacks_core.moe_lora import MoELoRAConfig  # noqa: E402
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig  # noqa: E402
+from brainstacks_core.training.continual import RunContext, run_continual  # noqa: E402
 
 if __name__ == "__main__":
     data = _frames()

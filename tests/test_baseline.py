@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import PROJECTIONS, TINY_MODELS, VOCAB
 
-from brainstacks_core.baseline import (
+from brainstacks_core.base.baseline import (
     count_trainable_parameters,
     lora_parameter_count,
     matched_rank,
@@ -13,8 +14,7 @@ from brainstacks_core.baseline import (
     single_lora_config,
     wrap_single_lora,
 )
-from brainstacks_core.moe_lora import MoELoRAConfig, MoELoRADelta
-from tiny_models import PROJECTIONS, TINY_MODELS, VOCAB
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig, MoELoRADelta
 
 RANK = 8
 
@@ -112,8 +112,8 @@ def test_wraps_a_4bit_base(tmp_path):
     import bitsandbytes as bnb
     from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
 
-    from brainstacks_core.base_loading import load_base
-    from brainstacks_core.tiny_base import train_tokenizer
+    from brainstacks_core.base.loading import load_base
+    from brainstacks_core.base.tiny_base import train_tokenizer
 
     TINY_MODELS["llama"]().save_pretrained(tmp_path)
     train_tokenizer(["the cat sees a red ball."] * 4, vocab_size=300).save_pretrained(tmp_path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from transformers import TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerControl, TrainerState
 
-from brainstacks_core.best_stack import BestStackCallback
+from brainstacks_core.training.best_stack import BestStackCallback
 
 
 class _Run:
@@ -68,11 +68,11 @@ def test_evaluations_outside_training_are_ignored():
 
 @pytest.mark.slow
 def test_aux_loss_changes_the_router_during_trl_training(tmp_path):
-    from brainstacks_core.inject import add_active_stack, inject_stacks, stacked_layers
-    from brainstacks_core.moe_lora import MoELoRAConfig
-    from brainstacks_core.sft import SFTSettings, StackSFTTrainer, make_sft_config
-    from brainstacks_core.sft_data import to_sft_dataset
-    from brainstacks_core.tiny_base import TinyBaseConfig, build_tiny_llama, train_tokenizer
+    from brainstacks_core.base.tiny_base import TinyBaseConfig, build_tiny_llama, train_tokenizer
+    from brainstacks_core.stacks.inject import add_active_stack, inject_stacks, stacked_layers
+    from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+    from brainstacks_core.training.sft import SFTSettings, StackSFTTrainer, make_sft_config
+    from brainstacks_core.training.sft_data import to_sft_dataset
 
     df = pd.DataFrame([{"prompt": f"Say {i}.", "response": f"{i} {i} {i}.", "system": None} for i in range(40)])
     tok = train_tokenizer([f"{r.prompt} {r.response}" for r in df.itertuples()], 300)

@@ -8,7 +8,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from brainstacks_core.catalog import Catalog, CatalogLockedError
+from brainstacks_core.lineage.catalog import Catalog, CatalogLockedError
 
 
 def _rec(cat, uri, version, kind="dataset", inputs=()):

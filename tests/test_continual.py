@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from brainstacks_core.boosting import DomainData
-from brainstacks_core.continual import RunContext, run_continual
-from brainstacks_core.inject import inject_stacks, stacked_layers
-from brainstacks_core.moe_lora import MoELoRAConfig
-from brainstacks_core.sft import SFTSettings
-from brainstacks_core.tiny_base import TinyBaseConfig, build_tiny_llama, train_tokenizer
-from brainstacks_core.training_config import TrainingConfig
+from brainstacks_core.base.tiny_base import TinyBaseConfig, build_tiny_llama, train_tokenizer
+from brainstacks_core.stacks.inject import inject_stacks, stacked_layers
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+from brainstacks_core.training.boosting import DomainData
+from brainstacks_core.training.config import TrainingConfig
+from brainstacks_core.training.continual import RunContext, run_continual
+from brainstacks_core.training.sft import SFTSettings
 
 
 def _frames():
@@ -71,7 +71,7 @@ def test_continual_zero_forgetting_projection_and_manifest(tiny_setup, tmp_path)
     # the words stacks were trained under the null-space projection of math's directions
     ns = manifest["domains"]["words"]["null_space"]
     assert sum(ns["directions"].values()) > 0
-    from brainstacks_core.null_space import load_bases
+    from brainstacks_core.stacks.null_space import load_bases
 
     bases = load_bases(ns["file"])
     words_ids = [r["stack_id"] for r in manifest["domains"]["words"]["rounds"] if r["status"] == "frozen"]
@@ -119,7 +119,7 @@ def test_kill_9_mid_run_resumes_without_retraining(tmp_path):
     assert "WORKER DONE" in done.stdout, done.stderr[-2000:]
     final = json.loads(manifest_path.read_text())
     assert all(final["domains"][d]["status"] == "done" for d in ("math", "words"))
-    from brainstacks_core.io_utils import sha256_file
+    from brainstacks_core.files import sha256_file
 
     for path, (sha, mtime) in frozen_before.items():
         assert sha256_file(path) == sha and os.path.getmtime(path) == mtime, f"{path} was rewritten"
@@ -131,8 +131,8 @@ def test_kill_9_mid_run_resumes_without_retraining(tmp_path):
 
 
 def test_manifest_refuses_changed_settings(tmp_path):
-    from brainstacks_core.continual import _read_manifest
-    from brainstacks_core.io_utils import atomic_write_json
+    from brainstacks_core.files import atomic_write_json
+    from brainstacks_core.training.continual import _read_manifest
 
     ctx = RunContext("test", "main", tmp_path, base_fingerprint="fp")
     atomic_write_json(ctx.manifest_path, {"base_fingerprint": "fp", "config_hash": "h1", "domains_order": ["a", "b"],

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from brainstacks_core.catalog import Catalog
-from brainstacks_core.data_pipeline import TRAIN_COLUMNS, check_conservation, load_prepared, prepare_all, prepare_domain
+from brainstacks_core.data.generators import generate
+from brainstacks_core.data.pipeline import TRAIN_COLUMNS, check_conservation, load_prepared, prepare_all, prepare_domain
+from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
-from brainstacks_core.synthetic_data import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BRAINSTACKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -52,7 +51,7 @@ def test_rerun_creates_no_new_version(demo):
 def test_catalog_lineage_of_demo(demo):
     profile, result = demo
     cat = Catalog(profile.catalog_path)
-    up = cat.upstream(f"dataset://demo/math/train")
+    up = cat.upstream("dataset://demo/math/train")
     assert {a["kind"] for a in up} == {"source", "eval_set"}
     assert load_prepared(profile, "math").version == result["math"].version
     rid = pd.read_parquet(result["math"].train_path)["record_id"].iloc[0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from brainstacks_core.benchmark_decontamination import build_index, remove_contaminated
-from brainstacks_core.decontamination import KeywordMatcher, decontaminate, tokenize
+from brainstacks_core.data.benchmark_decontamination import build_index, remove_contaminated
+from brainstacks_core.data.decontamination import KeywordMatcher, decontaminate, tokenize
 
 LEX = {"chat": ["email", "letter", "poem", "thank"],
        "code": ["python", "function", "def", "return", "list", "loop"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -10,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from brainstacks_core import experiment1 as exp1
-from brainstacks_core.baseline import lora_parameter_count, moe_lora_parameter_count
-from brainstacks_core.evaluation import completion_loss
-from brainstacks_core.moe_lora import MoELoRAConfig
-from brainstacks_core.sft import SFTSettings
-from brainstacks_core.tiny_base import TinyBaseConfig, build_tiny_llama, train_tokenizer
+from brainstacks_core.base.baseline import lora_parameter_count, moe_lora_parameter_count
+from brainstacks_core.base.tiny_base import TinyBaseConfig, build_tiny_llama, train_tokenizer
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+from brainstacks_core.training import experiment1 as exp1
+from brainstacks_core.training.loss import completion_loss
+from brainstacks_core.training.sft import SFTSettings
 
 MOE = MoELoRAConfig(num_experts=4, rank=16, alpha=16.0)
 LORA_RANK = 64
@@ -56,7 +55,7 @@ def _assert_base_untouched(model: torch.nn.Module, reference: torch.nn.Module) -
 @pytest.mark.slow
 def test_experiment1_curves_params_and_frozen_base(setup, monkeypatch):
     train, val, tok = setup
-    import brainstacks_core.best_stack as best_stack
+    import brainstacks_core.training.best_stack as best_stack
 
     def _no_best_stack(*args, **kwargs):
         raise AssertionError("Experiment 1 must not use BestStackCallback")
@@ -119,7 +118,7 @@ def test_different_bases_are_rejected(setup):
     seeds = iter([0, 1])
 
     def build():
-        return build_tiny_llama(dataclasses.replace(BASE, seed=next(seeds)), tok)
+        return build_tiny_llama(BASE.model_copy(update={"seed": next(seeds)}), tok)
 
     with pytest.raises(ValueError, match="different weights"):
         exp1.run_experiment1(build, tok, train.head(8), val.head(4),

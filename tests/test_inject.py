@@ -6,13 +6,19 @@ import re
 
 import pytest
 import torch
+from tiny_models import PROJECTIONS, TINY_MODELS, tiny_llama
 from torch import nn
 
-from brainstacks_core.inject import (active_parameters, add_active_stack, collect_aux_loss, inject_stacks,
-                                     name_matches, stacked_layers)
-from brainstacks_core.moe_lora import MoELoRAConfig
-from brainstacks_core.stacked_layer import StackedMoELoRALayer
-from tiny_models import PROJECTIONS, TINY_MODELS, tiny_llama
+from brainstacks_core.stacks.inject import (
+    active_parameters,
+    add_active_stack,
+    collect_aux_loss,
+    inject_stacks,
+    name_matches,
+    stacked_layers,
+)
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+from brainstacks_core.stacks.stacked_layer import StackedMoELoRALayer
 
 CFG = MoELoRAConfig(num_experts=4, rank=4, alpha=8)
 PROJ_RE = re.compile(r"model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+_proj)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainstacks_core.null_space import NullSpaceConfig, load_bases, save_bases, top_directions
+from brainstacks_core.stacks.null_space import NullSpaceConfig, load_bases, save_bases, top_directions
 
 
 def _low_rank(n, out, rank, seed=0):

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_pipeline_flow_end_to_end(harness, tmp_path):
-    from brainstacks_core.catalog import Catalog
+    from brainstacks_core.lineage.catalog import Catalog
     from flows.pipeline import brainstacks_pipeline
 
     cfg = _mini_profile(tmp_path)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from brainstacks_core.plots import (
+from brainstacks_core.reporting.plots import (
     forgetting_matrix,
     forgetting_table,
     plot_experiment1,

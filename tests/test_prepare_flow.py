@@ -7,14 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_flow_one_domain_then_cli_table_and_audit(harness, tmp_path, capsys):
-    from brainstacks_core.catalog import Catalog
+    from brainstacks_core.lineage.catalog import Catalog
     from flows.audit import cli_audit
     from flows.prepare_data import cli_prepare, prepare_data
 
@@ -33,6 +30,6 @@ def test_flow_one_domain_then_cli_table_and_audit(harness, tmp_path, capsys):
 
 
 def test_core_and_contracts_never_import_prefect():
-    code = ("import sys, brainstacks_core.data_pipeline, brainstacks_core.catalog, data_contracts;"
+    code = ("import sys, brainstacks_core.data.pipeline, brainstacks_core.lineage.catalog, data_contracts;"
             "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

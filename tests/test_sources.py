@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from brainstacks_core.data_config import DataConfig, SourceConfig
-from brainstacks_core.sources import SourceError, normalise_source, read_hf
+from brainstacks_core.data.config import DataConfig, SourceConfig
+from brainstacks_core.data.sources import SourceError, normalise_source, read_hf
 
 SHARED = Path(os.environ.get("BRAINSTACKS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from brainstacks_core.inject import add_active_stack, freeze_active_stack, inject_stacks, stacked_layers
-from brainstacks_core.moe_lora import MoELoRAConfig
-from brainstacks_core.stack_io import StackFileError, attach_stack, load_stack, save_stack
 from conftest import build_tiny_llama
+
+from brainstacks_core.stacks.inject import add_active_stack, freeze_active_stack, inject_stacks, stacked_layers
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+from brainstacks_core.stacks.stack_io import StackFileError, attach_stack, load_stack, save_stack
 
 CFG = MoELoRAConfig(num_experts=4, rank=4, alpha=8, frozen_dtype="float32")
 

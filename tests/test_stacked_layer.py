@@ -7,9 +7,16 @@ import copy
 import pytest
 import torch
 
-from brainstacks_core.inject import (add_active_stack, collect_aux_loss, freeze_active_stack, inject_stacks,
-                                     only_stacks, set_stack_weights, stacked_layers)
-from brainstacks_core.moe_lora import MoELoRAConfig, project_out
+from brainstacks_core.stacks.inject import (
+    add_active_stack,
+    collect_aux_loss,
+    freeze_active_stack,
+    inject_stacks,
+    only_stacks,
+    set_stack_weights,
+    stacked_layers,
+)
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig, project_out
 
 CFG = MoELoRAConfig(num_experts=4, rank=4, alpha=8)
 

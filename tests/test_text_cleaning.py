@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from brainstacks_core import strip_chat_tokens
-from brainstacks_core.text_cleaning import TEMPLATE_PATTERNS, find_chat_tokens, has_chat_tokens, parse_conversation
+from brainstacks_core.data.text_cleaning import TEMPLATE_PATTERNS, find_chat_tokens, has_chat_tokens, parse_conversation
 
 SHARED = Path(os.environ.get("BRAINSTACKS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -50,7 +50,7 @@ def test_ambiguous_tokens_are_stripped_across_a_templated_row():
     """A row templated in one field has its </s> removed from the other field too."""
     import pandas as pd
 
-    from brainstacks_core.data_steps import strip_records
+    from brainstacks_core.data.steps import strip_records
 
     row = {"record_id": "x", "domain": "chat", "source_uri": "file://f.json", "source_version": "v",
            "source_row_key": "0", "prompt": "<s>[INST] What is 2+2? [/INST]", "response": "4 </s>", "system": None}
@@ -120,7 +120,7 @@ def test_guanaco_rows_all_parse():
 
 
 def test_unanswered_trailing_turn_is_reported_not_dropped():
-    from brainstacks_core.formats import FormatError, template_text
+    from brainstacks_core.data.formats import FormatError, template_text
 
     text = "<s>[INST] Q1 [/INST] A1 </s><s>[INST] Q2 unanswered [/INST]"
     conv = parse_conversation(text)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import PROJECTIONS, TINY_MODELS, VOCAB
 
-from brainstacks_core import base_loading, tiny_base
-from brainstacks_core.base_loading import BaseModelUnavailableError, HubBaseConfig, load_base, parse_base_config
-from brainstacks_core.tiny_base import (
+from brainstacks_core.base import loading, tiny_base
+from brainstacks_core.base.config import BaseConfig
+from brainstacks_core.base.loading import BaseModelUnavailableError, HubBaseConfig, load_base
+from brainstacks_core.base.tiny_base import (
     BASE_MANIFEST,
     TinyBaseConfig,
     build_tiny_base,
@@ -21,7 +23,6 @@ from brainstacks_core.tiny_base import (
     pretrain,
     train_tokenizer,
 )
-from tiny_models import PROJECTIONS, TINY_MODELS, VOCAB
 
 CFG = TinyBaseConfig(
     vocab_size=384, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
@@ -59,7 +60,7 @@ def _ids(tokenizer, text: str = "the cat sees a red ball. a dog follows the tall
 
 def test_config_from_dict_rejects_unknown_keys():
     assert TinyBaseConfig.from_dict({"hidden_size": 32, "seed": 3}) == TinyBaseConfig(hidden_size=32, seed=3)
-    with pytest.raises(ValueError, match=r"unknown TinyBaseConfig keys \['hiden_size'\]"):
+    with pytest.raises(ValueError, match=r"hiden_size\s+Extra inputs are not permitted"):
         TinyBaseConfig.from_dict({"hiden_size": 32})
     with pytest.raises(ValueError, match="divisible"):
         TinyBaseConfig(hidden_size=30, num_attention_heads=4)
@@ -69,16 +70,21 @@ def test_config_from_dict_rejects_unknown_keys():
 def test_hub_config_refuses_unpinned_revision(revision):
     with pytest.raises(ValueError, match="pinned 40-hex commit sha"):
         HubBaseConfig(repo_id="TinyLlama/TinyLlama-1.1B-Chat-v1.0", revision=revision)
-    with pytest.raises(ValueError, match="unknown HubBaseConfig keys"):
+    with pytest.raises(ValueError, match=r"branch\s+Extra inputs are not permitted"):
         HubBaseConfig.from_dict({"repo_id": "x/y", "revision": "a" * 40, "branch": "main"})
-    with pytest.raises(ValueError, match=r"missing HubBaseConfig keys \['revision'\]"):
-        parse_base_config({"repo_id": "x/y"})
+    with pytest.raises(ValueError, match=r"revision\s+Field required"):
+        HubBaseConfig.from_dict({"repo_id": "x/y"})
 
 
-def test_parse_base_config_dispatches_on_repo_id():
-    hub = parse_base_config({"repo_id": "x/y", "revision": "a" * 40, "load_in_4bit": False})
-    assert hub == HubBaseConfig(repo_id="x/y", revision="a" * 40, load_in_4bit=False)
-    assert parse_base_config({"pretrain_steps": 5}) == TinyBaseConfig(pretrain_steps=5)
+def test_base_section_needs_a_hub_model_for_kind_hub():
+    base = BaseConfig.model_validate({"kind": "hub", "hub": {"repo_id": "x/y", "revision": "a" * 40,
+                                                             "load_in_4bit": False}})
+    assert base.hub == HubBaseConfig(repo_id="x/y", revision="a" * 40, load_in_4bit=False) and not base.four_bit
+    assert BaseConfig.model_validate({"tiny": {"pretrain_steps": 5}}).tiny == TinyBaseConfig(pretrain_steps=5)
+    with pytest.raises(ValueError, match="needs a `hub:` section"):
+        BaseConfig.model_validate({"kind": "hub"})
+    with pytest.raises(ValueError, match="not set"):
+        HubBaseConfig(repo_id="x/y", revision=None).require_revision()
 
 
 def test_tokenizer_round_trips_and_is_deterministic(corpus):
@@ -234,7 +240,7 @@ def test_hub_load_fails_fast_when_the_hub_is_unreachable(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    assert not base_loading._hub_reachable()
+    assert not loading._hub_reachable()
     start = time.monotonic()
     with pytest.raises(BaseModelUnavailableError, match=f"127.0.0.1:{port} is unreachable"):
         load_base(HubBaseConfig(repo_id="brainstacks-test/does-not-exist", revision="f" * 40))

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from brainstacks_core.catalog import Catalog
-from brainstacks_core.data_pipeline import prepare_all
+from brainstacks_core.data.pipeline import prepare_all
+from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
-from brainstacks_core.stack_io import load_stack
-from brainstacks_core.training_run import train_profile
+from brainstacks_core.stacks.stack_io import load_stack
+from brainstacks_core.training.run import train_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def _mini_profile(tmp_path: Path) -> Path:
     raw["base"]["tiny"].update(vocab_size=512, hidden_size=32, intermediate_size=64, pretrain_steps=5,
                                pretrain_batch_size=4, seq_len=64)
     raw["moe"].update(rank=4)
-    raw["training"].update(max_rounds=1, null_space_k=4, eval_rows=16, null_space_val_rows=16,
+    raw["training"].update(max_rounds=1, basis={"k": 4}, eval_rows=16, null_space_val_rows=16,
                            sft={"max_steps": 6, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.01,
                                 "warmup_steps": 0, "max_length": 96})
     cfg_dir = tmp_path / "configs"
@@ -93,7 +93,7 @@ def test_train_profile_records_full_lineage(tmp_path):
     assert len(versions) == 2  # same URI, one version per data version
 
     # pinning the old data versions resumes the old run: nothing is trained
-    from brainstacks_core.training_run import resolve_data_versions
+    from brainstacks_core.training.run import resolve_data_versions
 
     pinned = {d: v[0] for d, v in old["data"].items()}
     assert resolve_data_versions(changed, cat) != pinned

@@ -1,0 +1,115 @@
+"""Typed ``base:`` profile section: the tiny CPU base or a hub model at a pinned revision.
+
+Pure pydantic (no torch/transformers), so ``brainstacks config check`` stays fast.
+
+Example (``configs/demo.yaml``)::
+
+    base:
+      kind: tiny
+      tiny: {hidden_size: 64, num_hidden_layers: 2, pretrain_steps: 150}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>")
+SHA_RE = re.compile(r"[0-9a-f]{40}")
+
+
+class TinyBaseConfig(BaseModel):
+    """Shape and pretraining of the tiny CPU base (a LlamaForCausalLM with its own BPE)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int = Field(2048, description="Embedding rows; the BPE vocabulary is trained up to this size.")
+    hidden_size: int = Field(64, ge=8, description="Model width H.")
+    intermediate_size: int = Field(176, ge=8, description="MLP width I.")
+    num_hidden_layers: int = Field(2, ge=1, description="Decoder layers L.")
+    num_attention_heads: int = Field(4, ge=1, description="Query heads; hidden_size must divide by it.")
+    num_key_value_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
+    max_position_embeddings: int = Field(512, ge=16, description="Longest sequence the RoPE tables cover.")
+    pretrain_steps: int = Field(200, ge=0, description="Causal-LM optimizer steps on the pretraining corpus.")
+    pretrain_lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (warmup, cosine decay).")
+    pretrain_batch_size: int = Field(8, ge=1, description="Sequences per pretraining step.")
+    seq_len: int = Field(128, ge=8, description="Tokens per packed pretraining sequence.")
+    seed: int = Field(0, description="Seed of initialisation and batch sampling.")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "TinyBaseConfig":
+        if self.vocab_size < 256 + len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (byte alphabet + specials)")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        if self.seq_len > self.max_position_embeddings:
+            raise ValueError("seq_len must not exceed max_position_embeddings")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TinyBaseConfig":
+        """Parse a dict; unknown keys raise."""
+        return cls.model_validate(data)
+
+
+class HubBaseConfig(BaseModel):
+    """A hub base model pinned to one commit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repo_id: str = Field(..., min_length=1, description="Hub repository, e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0.")
+    revision: str | None = Field(..., description="Full 40-hex commit sha; branches and tags move, so they are "
+                                                  "refused. null = not pinned yet: the profile loads (data "
+                                                  "preparation works) but loading the base fails until it is set.")
+    load_in_4bit: bool = Field(True, description="Quantize linear layers to NF4 on load (QLoRA).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = float32 on CPU, bfloat16 on CUDA.")
+    attn_implementation: str | None = Field(None, description="Passed to from_pretrained (None: library default).")
+
+    @field_validator("revision")
+    @classmethod
+    def _pinned(cls, v: str | None) -> str | None:
+        if v is not None and not SHA_RE.fullmatch(v):
+            raise ValueError(f"must be a pinned 40-hex commit sha, got {v!r}; branches like 'main' move and break "
+                             "reproducibility (find the sha on the repo's 'Files and versions' page)")
+        return v
+
+    def require_revision(self) -> str:
+        """The pinned revision, or a clear error naming the key to set."""
+        if self.revision is None:
+            raise ValueError(f"base.hub.revision is not set for {self.repo_id!r}: pin the 40-hex commit sha you "
+                             "downloaded before loading the base")
+        return self.revision
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HubBaseConfig":
+        """Parse a dict; unknown keys raise."""
+        return cls.model_validate(data)
+
+
+class BaseConfig(BaseModel):
+    """The ``base:`` section: which base model every stack of the profile is trained on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["tiny", "hub"] = Field("tiny", description="tiny: built and pretrained here on its own corpus; "
+                                                             "hub: a pinned hub model (GPU workers).")
+    load_in_4bit: bool = Field(False, description="Quantize the tiny base to NF4 (bitsandbytes; slow on CPU). "
+                                                  "Hub bases set this in `hub`.")
+    tiny: TinyBaseConfig = Field(default_factory=TinyBaseConfig, description="Shape of the tiny base.")
+    hub: HubBaseConfig | None = Field(None, description="The hub model (kind: hub).")
+
+    @model_validator(mode="after")
+    def _hub_given(self) -> "BaseConfig":
+        if self.kind == "hub" and self.hub is None:
+            raise ValueError("kind 'hub' needs a `hub:` section with repo_id and revision")
+        return self
+
+    @property
+    def four_bit(self) -> bool:
+        """Whether the base is loaded in 4-bit NF4."""
+        return self.hub.load_in_4bit if self.kind == "hub" and self.hub else self.load_in_4bit

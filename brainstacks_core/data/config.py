@@ -1,0 +1,136 @@
+"""The ``data:`` section of a profile, parsed into one frozen pydantic config.
+
+Everything that decides what a prepared dataset contains lives here (sources,
+lexicons, margins, eval sets, split), so its hash is the step-config part of every
+dataset version. Machine-specific paths (``base_dir``) are excluded from the hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SourceConfig(BaseModel):
+    """One source of rows for a domain.
+
+    Attributes:
+        kind: ``hf`` (hub dataset, pinned revision), ``local`` (a file) or
+            ``generated`` (a deterministic generator of ``synthetic_data``).
+        format: Name of the format adapter (see ``formats.ADAPTERS``).
+        path: Local file, relative to the repository root (``../shared/data/...``).
+        loader: ``datasets`` loader for a local file (json, csv, parquet, text);
+            guessed from the extension when omitted.
+        repo: Hub repo id (``hf``).
+        config: Hub dataset config name (``hf``).
+        split: Hub split (``hf``).
+        revision: Pinned hub revision, a commit sha (``hf``; required).
+        generator: Generator name (``generated``), e.g. ``math``.
+        rows: Number of rows to generate (``generated``).
+        max_rows: Keep only the first ``max_rows`` rows of the source.
+        system: A system prompt given to every row of this source.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hf", "local", "generated"] = Field(..., description="hf: hub dataset at a pinned revision; local: a file; generated: a deterministic generator (demo).")
+    format: str = Field("alpaca", description="Format adapter: alpaca, sharegpt, gsm8k, pubmedqa, mcq, logiqa, template_text, prompt_response.")
+    path: str | None = Field(None, description="Local file, relative to the repository root (../shared/data/...).")
+    loader: str | None = Field(None, description="datasets loader for a local file (json, csv, parquet, text); guessed from the extension when omitted.")
+    repo: str | None = Field(None, description="Hub dataset repo id (hf).")
+    config: str | None = Field(None, description="Hub dataset config name (hf).")
+    split: str = Field("train", description="Hub split (hf).")
+    revision: str | None = Field(None, description="Pinned hub revision, a commit sha (hf; required there).")
+    generator: str | None = Field(None, description="Generator name (generated), e.g. math.")
+    rows: int = Field(400, ge=1, description="Rows to generate (generated).")
+    max_rows: int | None = Field(default=None, ge=1, description="Keep only the first max_rows rows of the source.")
+    system: str | None = Field(None, description="A system prompt given to every row of this source.")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "SourceConfig":
+        if self.kind == "hf" and (not self.repo or not self.revision):
+            raise ValueError(f"hf source {self.repo!r} needs `repo` and a pinned `revision` (commit sha)")
+        if self.kind == "local" and not self.path:
+            raise ValueError("local source needs `path`")
+        if self.kind == "generated" and not self.generator:
+            raise ValueError("generated source needs `generator`")
+        return self
+
+
+class EvalSetConfig(BaseModel):
+    """A benchmark whose items must not appear in training rows.
+
+    Attributes:
+        name: Benchmark name, written into every removal reason.
+        path: Local file (relative to the repository root) or None for ``generated``.
+        format: Eval format adapter (``gsm8k``, ``mcq``, ``mc_query``, ``generated``).
+        generator: Generator name when ``format`` is ``generated``.
+        rows: Rows to generate when ``format`` is ``generated``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., description="Benchmark name, written into every removal reason.")
+    path: str | None = Field(None, description="Local file (relative to the repository root); None for generated.")
+    format: str = Field("mcq", description="Eval format adapter: gsm8k, mcq, mc_query, generated.")
+    generator: str | None = Field(None, description="Generator name when format is generated.")
+    rows: int = Field(100, ge=1, description="Rows to generate when format is generated.")
+
+
+class DataConfig(BaseModel):
+    """Everything the data step needs; the hash of it is part of each version.
+
+    Attributes:
+        domains: Domains in curriculum order.
+        sources: Sources per domain.
+        lexicons: Keyword lexicon per domain (may name domains outside the run:
+            rows that belong there are dropped).
+        margin: A foreign domain must beat the row's own score by this many hits.
+        min_score: Minimum foreign score before a row can move at all.
+        eval_sets: Benchmarks for 13-gram decontamination.
+        ngram: n of the benchmark n-gram overlap check.
+        val_fraction: Share of rows (by hash) that go to validation.
+        max_rows_per_domain: Cap after de-duplication (hash order; the rest dropped).
+        max_chars: Longest prompt/response/system accepted (longer rows quarantined).
+        seed: Seed of the split and the generators.
+        base_dir: Folder that relative source paths are resolved against.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domains: list[str] = Field(..., min_length=1, description="Domains in curriculum order (paper 3.4).")
+    sources: dict[str, list[SourceConfig]] = Field(..., description="Sources per domain.")
+    lexicons: dict[str, list[str]] = Field(default_factory=dict, description="Keyword lexicon per domain; may name "
+                                           "domains outside the run (rows that belong there are dropped).")
+    margin: int = Field(default=3, ge=1, description="A foreign domain must beat the row's own score by this many.")
+    min_score: int = Field(default=3, ge=1, description="Minimum foreign score before a row can move at all.")
+    eval_sets: list[EvalSetConfig] = Field(default_factory=list, description="Benchmarks for n-gram "
+                                                                             "decontamination.")
+    ngram: int = Field(default=13, ge=3, description="n of the benchmark n-gram overlap check.")
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="Share of rows (by hash) for validation.")
+    max_rows_per_domain: int | None = Field(default=None, ge=1, description="Cap after de-duplication (hash "
+                                                                            "order; the rest dropped).")
+    max_chars: int = Field(default=100_000, ge=100, description="Longest prompt/response/system accepted "
+                                                                "(longer rows quarantined).")
+    seed: int = Field(0, description="Seed of the split and the generators (default: the profile seed).")
+    base_dir: Path = Field(default=Path("."), exclude=True, description="Folder relative source paths resolve "
+                                                                        "against (set by load_profile).")
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> "DataConfig":
+        missing = [d for d in self.domains if not self.sources.get(d)]
+        if missing:
+            raise ValueError(f"domains without sources: {missing}")
+        extra = sorted(set(self.sources) - set(self.domains))
+        if extra:
+            raise ValueError(f"sources for domains not listed in `domains`: {extra}")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"duplicate domains: {self.domains}")
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """A source path made absolute against ``base_dir``."""
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p).resolve()

@@ -1,0 +1,99 @@
+"""The profile report: round losses, forgetting matrix, Experiment 1, as markdown and PNG plots.
+
+Reads the runs' manifests and the Experiment 1 result from the artifact store,
+writes ``<store>/reports/`` and registers the report with its inputs (every
+stack of the runs), so the report's lineage reaches the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from brainstacks_core.files import atomic_write_text, sha256_file
+from brainstacks_core.lineage.versioning import code_version, content_hash
+from brainstacks_core.profile import Profile
+
+log = logging.getLogger(__name__)
+RUN_LABELS = {"main": "null space", "no-null-space": "no null space"}
+
+
+def _manifest(profile: Profile, run_name: str) -> dict:
+    from brainstacks_core.training.run import current_run_dir
+
+    path = current_run_dir(profile, run_name) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no training manifest at {path}: run `brainstacks train --config "
+                                f"{profile.source_path}` first")
+    return json.loads(path.read_text())
+
+
+def round_table(manifest: dict) -> str:
+    """Markdown: per domain, every round's validation loss before/after and its fate."""
+    lines = ["| domain | round | status | val loss before | val loss after | reason |", "|---|---|---|---|---|---|"]
+    for dom in manifest["domains_order"]:
+        for r in manifest["domains"].get(dom, {}).get("rounds", []):
+            lines.append(f"| {dom} | {r['round']} | {r['status']} | {r['loss_before']:.4f} | "
+                         f"{r['loss_after']:.4f} | {r['reason']} |")
+    return "\n".join(lines)
+
+
+def experiment1_summary(result: dict) -> str:
+    """Markdown lines for Experiment 1 (``Experiment1Result.to_dict()`` plus ``domain``)."""
+    moe, lora = result["moe"], result["lora"]
+    at = result.get("moe_reaches_lora_final_at")
+    lora_final = lora["val_curve"][-1][1]
+    return "\n".join([
+        f"Domain `{result['domain']}`, same data and steps. Trainable parameters: MoE-LoRA "
+        f"{moe['trainable_params']:,}, single LoRA r{result.get('lora_rank', 64)} {lora['trainable_params']:,}.",
+        "", "| step | MoE-LoRA val loss | single LoRA val loss |", "|---|---|---|",
+        *[f"| {a[0]} | {a[1]:.4f} | {b[1]:.4f} |" for a, b in zip(moe["val_curve"], lora["val_curve"])], "",
+        f"MoE-LoRA reaches single LoRA's final loss ({lora_final:.4f}) at step {at} of "
+        f"{lora['val_curve'][-1][0]}." if at is not None else
+        f"MoE-LoRA did not reach single LoRA's final loss ({lora_final:.4f}) within {lora['val_curve'][-1][0]} steps.",
+        f"Wall time: MoE-LoRA {moe['seconds']:.1f} s, single LoRA {lora['seconds']:.1f} s."])
+
+
+def run_summary(profile: Profile, run_name: str) -> dict:
+    """One run's rounds and forgetting matrix as markdown, plus its heatmap PNG."""
+    from brainstacks_core.reporting import plots
+
+    label = RUN_LABELS.get(run_name, run_name)
+    m = _manifest(profile, run_name)
+    png = plots.plot_forgetting({label: m}, profile.store / "reports" / f"forgetting-{run_name}.png")
+    md = "\n".join([f"# Continual training `{profile.name}` / `{run_name}`", "", "## Rounds", "", round_table(m), "",
+                    "## Forgetting matrix (validation loss)", "", plots.forgetting_table({label: m}), "",
+                    f"Heatmap: {png}"])
+    return {"markdown": md, "plot": str(png)}
+
+
+def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
+    """Write plots and ``report.md`` for the given runs; returns {markdown, plots, path}."""
+    from brainstacks_core.reporting import plots
+
+    out_dir = profile.store / "reports"
+    manifests = {RUN_LABELS.get(r, r): _manifest(profile, r) for r in run_names}
+    png = [plots.plot_forgetting(manifests, out_dir / "forgetting.png")]
+    md = [f"# Brainstacks report: profile `{profile.name}`", ""]
+    for run, (label, m) in zip(run_names, manifests.items()):
+        png.append(plots.plot_round_losses(m, out_dir / f"rounds-{run}.png"))
+        md += [f"## Rounds ({label})", "", round_table(m), ""]
+    md += ["## Forgetting matrix (validation loss; isolated = own stacks only, ungated = all stacks)", "",
+           plots.forgetting_table(manifests), ""]
+    exp_dir = profile.store / "experiment1"
+    results = sorted(exp_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if exp_dir.exists() else []
+    if results:
+        result = json.loads(results[-1].read_text())
+        png.append(plots.plot_experiment1(result, out_dir / "experiment1.png"))
+        md += ["## Experiment 1: MoE-LoRA vs single LoRA", "", experiment1_summary(result), ""]
+    md += ["Plots: " + ", ".join(str(p) for p in png)]
+    text = "\n".join(md)
+    path = atomic_write_text(out_dir / "report.md", text + "\n")
+    if catalog is not None:
+        stacks = sorted({r["version"] for m in manifests.values() for d in m["domains"].values()
+                         for r in d["rounds"] if r.get("version")})
+        version = content_hash("report", stacks, text)
+        catalog.record_artifact(uri=f"report://{profile.name}", version=version, kind="report", path=str(path),
+                                sha256=sha256_file(path), code_version=code_version(), config_hash=None,
+                                inputs=stacks, metadata={"plots": [str(p) for p in png]}, run_ids=run_ids)
+    return {"markdown": text, "plots": [str(p) for p in png], "path": str(path)}

@@ -1,0 +1,191 @@
+"""Stack files: one frozen stack (all its layers) per ``.safetensors`` file.
+
+Tensors are named ``<layer name>.lora_A`` ``[E, r, in]``, ``.lora_B`` ``[E, r, out]``,
+``.router`` ``[E, in]`` and, when the stack was trained under a null-space
+projection, ``.basis`` ``[K, out]``. The safetensors metadata (strings only)
+repeats the stack's identity and lineage, so a copied file still says where it
+came from: format, stack_id, domain, round, moe_config, base_fingerprint,
+tensor_sha256, code_version, lineage (JSON: dataset versions, parent stacks,
+null-space version, metrics, ...).
+
+Writes are atomic; loads verify the checksum, the layer shapes and the base
+fingerprint. Only safetensors is read: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from brainstacks_core.files import atomic_write, sha256_file
+from brainstacks_core.stacks.inject import stacked_layers
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+from brainstacks_core.stacks.stacked_layer import FrozenStackWeights
+
+log = logging.getLogger(__name__)
+FORMAT = "brainstacks.stack/1"
+_PARTS = ("lora_A", "lora_B", "router", "basis")
+
+
+class StackFileError(ValueError):
+    """A stack file is corrupt, does not fit the model, or belongs to another base."""
+
+
+@dataclass(frozen=True)
+class StackFile:
+    """A loaded stack file.
+
+    Attributes:
+        path: where it was read from.
+        stack_id: the stack's id.
+        metadata: decoded metadata (``moe_config`` and ``lineage`` parsed from JSON).
+        tensors: name -> tensor.
+        file_sha256: sha256 of the whole file.
+    """
+
+    path: Path
+    stack_id: str
+    metadata: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    file_sha256: str
+
+    @property
+    def config(self) -> MoELoRAConfig:
+        return MoELoRAConfig.from_dict(self.metadata["moe_config"])
+
+    def layer_weights(self) -> dict[str, FrozenStackWeights]:
+        """Group tensors by layer name into :class:`FrozenStackWeights`."""
+        layers: dict[str, dict[str, torch.Tensor]] = {}
+        for name, t in self.tensors.items():
+            layer, _, part = name.rpartition(".")
+            layers.setdefault(layer, {})[part] = t
+        cfg = self.config
+        return {layer: FrozenStackWeights(p["lora_A"], p["lora_B"], p["router"], p.get("basis"), cfg)
+                for layer, p in layers.items()}
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, raw bytes) of every tensor, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stack_tensors(model: nn.Module, stack_id: str) -> tuple[dict[str, torch.Tensor], MoELoRAConfig]:
+    """Collect one frozen stack's tensors from every injected layer."""
+    tensors: dict[str, torch.Tensor] = {}
+    config = None
+    for name, layer in stacked_layers(model).items():
+        if stack_id not in layer.frozen:
+            raise KeyError(f"stack {stack_id!r} is not frozen in layer {name}")
+        st = layer.frozen[stack_id]
+        config = st.config
+        for part in _PARTS:
+            t = getattr(st, part)
+            if t is not None:
+                tensors[f"{name}.{part}"] = t.detach().contiguous().cpu().clone()
+    if config is None:
+        raise ValueError("model has no injected layers")
+    return tensors, config
+
+
+def save_stack(path: str | Path, model: nn.Module, stack_id: str, *, domain: str, round_index: int,
+               base_fingerprint: str, code_version: str = "", lineage: dict[str, Any] | None = None) -> StackFile:
+    """Write a frozen stack to ``path`` atomically.
+
+    Args:
+        path: destination ``.safetensors`` file.
+        model: the model holding the frozen stack.
+        stack_id: which stack.
+        domain: its domain.
+        round_index: its boosting round (1-based).
+        base_fingerprint: fingerprint of the base model it was trained on.
+        code_version: version of the code that trained it (the caller's lineage).
+        lineage: caller-supplied lineage (dataset versions, parents, metrics, ...).
+
+    Returns:
+        The written file, as :func:`load_stack` would return it.
+    """
+    tensors, config = stack_tensors(model, stack_id)
+    metadata = {
+        "format": FORMAT,
+        "stack_id": stack_id,
+        "domain": domain,
+        "round": str(round_index),
+        "moe_config": json.dumps(config.to_dict(), sort_keys=True),
+        "base_fingerprint": base_fingerprint,
+        "tensor_sha256": tensor_checksum(tensors),
+        "code_version": code_version,
+        "lineage": json.dumps(lineage or {}, sort_keys=True, default=str),
+    }
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    log.info("saved stack %s (%d tensors) to %s", stack_id, len(tensors), path)
+    return load_stack(path, base_fingerprint=base_fingerprint)
+
+
+def load_stack(path: str | Path, base_fingerprint: str | None = None) -> StackFile:
+    """Read and verify a stack file.
+
+    Args:
+        path: the ``.safetensors`` file.
+        base_fingerprint: when given, the file must have been trained on this base.
+
+    Raises:
+        StackFileError: unreadable, checksum mismatch, or another base.
+    """
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            raw_meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise StackFileError(f"{path}: not a readable safetensors stack file ({exc})") from exc
+    if raw_meta.get("format") != FORMAT:
+        raise StackFileError(f"{path}: format {raw_meta.get('format')!r} is not {FORMAT!r}")
+    actual = tensor_checksum(tensors)
+    if actual != raw_meta.get("tensor_sha256"):
+        raise StackFileError(f"{path}: tensor checksum mismatch (stored {raw_meta.get('tensor_sha256', '')[:12]}, "
+                             f"computed {actual[:12]}): the file is corrupt or was edited")
+    if base_fingerprint is not None and raw_meta.get("base_fingerprint") != base_fingerprint:
+        raise StackFileError(f"{path}: trained on base {raw_meta.get('base_fingerprint')!r}, "
+                             f"but the loaded base is {base_fingerprint!r}")
+    meta: dict[str, Any] = dict(raw_meta)
+    meta["moe_config"] = json.loads(meta["moe_config"])
+    meta["lineage"] = json.loads(meta.get("lineage", "{}"))
+    meta["round"] = int(meta["round"])
+    return StackFile(path, meta["stack_id"], meta, tensors, sha256_file(path))
+
+
+def attach_stack(model: nn.Module, stack: StackFile, weight: float = 1.0) -> None:
+    """Attach a loaded stack to every injected layer of ``model`` as a frozen stack.
+
+    Raises:
+        StackFileError: a layer is missing on either side, or a shape does not fit.
+    """
+    layers = stacked_layers(model)
+    weights = stack.layer_weights()
+    missing, unexpected = sorted(set(layers) - set(weights)), sorted(set(weights) - set(layers))
+    if missing or unexpected:
+        raise StackFileError(f"{stack.path}: layers do not match the model "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, w in weights.items():
+        try:
+            layers[name].add_frozen(stack.stack_id, w)
+        except ValueError as exc:
+            raise StackFileError(f"{stack.path}: layer {name}: {exc}") from exc
+        layers[name].weights[stack.stack_id] = weight

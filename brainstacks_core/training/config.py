@@ -1,0 +1,72 @@
+"""Typed ``training:`` and ``experiment1:`` profile sections.
+
+Pure pydantic (no torch, no trl), so a profile validates in milliseconds.
+
+Example (``configs/demo.yaml``)::
+
+    training:
+      max_rounds: 2          # boosting rounds per domain (paper: 2-3)
+      min_loss_delta: 0.002  # stop adding rounds when the gain is smaller
+      null_space: true       # false for the ablation
+      null_space_val_rows: 40
+      basis: {k: 8, max_rows: 2048}
+      sft: {max_steps: 50, learning_rate: 0.003, batch_size: 8, eval_steps: 10}
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from brainstacks_core.stacks.config import NullSpaceConfig
+
+
+class SFTSettings(BaseModel):
+    """Trainer hyperparameters of one boosting round (trl ``SFTConfig`` is built from these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_steps: int = Field(100, ge=1, description="Optimizer steps per round.")
+    learning_rate: float = Field(2e-4, ge=0, description="Peak learning rate (0 freezes the round: a test of the keep rule).")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    eval_steps: int = Field(20, ge=1, description="Evaluate (and run BestStackCallback) every this many steps.")
+    max_length: int = Field(256, ge=8, description="Truncation length in tokens, training and evaluation alike.")
+    seed: int = Field(0, description="Trainer seed.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant, ...).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU profiles).")
+
+
+class TrainingConfig(BaseModel):
+    """Continual training: the outer loop over domains and the inner boosting loop (paper 3.3-3.5)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domains: tuple[str, ...] | None = Field(None, description="Curriculum order; None = the data section's order. "
+                                                              "Every name must be a data domain.")
+    max_rounds: int = Field(2, ge=1, description="Boosting rounds per domain (paper: 2-3).")
+    min_loss_delta: float = Field(0.002, ge=0, description="A round gaining less than this ends the domain.")
+    spike_threshold: float = Field(0.1, gt=0, description="BestStackCallback: a validation loss this far above "
+                                                          "the best restores the best snapshot.")
+    patience: int = Field(4, ge=1, description="BestStackCallback: evaluations without improvement before a stop.")
+    null_space: bool = Field(True, description="Project new stacks out of earlier domains' directions (paper 3.5).")
+    basis: NullSpaceConfig = Field(default_factory=NullSpaceConfig, description="Null-space basis settings: K, "
+                                                                               "sample rows, SVD.")
+    null_space_val_rows: int = Field(256, ge=1, description="Validation rows per previous domain used for the "
+                                                            "null-space bases.")
+    eval_rows: int | None = Field(256, ge=1, description="Validation rows for round decisions and the forgetting "
+                                                         "matrix (None = all).")
+    sft: SFTSettings = Field(default_factory=SFTSettings, description="Trainer settings of each round.")
+    seed: int = Field(0, description="Seed of stack initialisation.")
+    ablation: bool = Field(True, description="The pipeline also trains a run without null space "
+                                             "(run `no-null-space`) for the forgetting comparison.")
+
+
+class Experiment1Config(BaseModel):
+    """Experiment 1 (paper 4.1): MoE-LoRA vs a parameter-matched single LoRA on one domain."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Run Experiment 1 in the pipeline.")
+    domain: str = Field("chat", description="The domain both arms train on (a data domain).")
+    lora_rank: int = Field(64, ge=1, description="Rank of the single LoRA (64 matches 4 experts x r16).")

@@ -1,0 +1,259 @@
+"""Outer loop: domains in curriculum order on top of frozen stacks (section 3.4).
+
+For each domain: null-space bases from the PREVIOUS domains' validation data
+(section 3.5), boosting rounds (``boosting.train_round``), then a row of the
+forgetting matrix. A manifest is written atomically after every round, so a run
+killed at any point resumes at the round where it stopped; finished rounds are
+re-attached from their stack files (checksums verified), never retrained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from brainstacks_core.files import atomic_write_json
+from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
+from brainstacks_core.stacks.inject import only_stacks, stack_ids
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+from brainstacks_core.stacks.null_space import compute_bases, load_bases, save_bases
+from brainstacks_core.stacks.stack_io import attach_stack, load_stack, save_stack, stack_tensors, tensor_checksum
+from brainstacks_core.training.boosting import DomainData, RoundRecord, should_continue, train_round
+from brainstacks_core.training.config import TrainingConfig
+from brainstacks_core.training.loss import completion_loss
+from brainstacks_core.training.sft_data import iter_batches, tokenize_for_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a continual run writes, and what it records lineage against.
+
+    Attributes:
+        profile: profile name (part of URIs).
+        run_name: distinguishes runs of one profile (e.g. "main", "no-null-space").
+        run_dir: folder of the manifest, stack files and bases.
+        base_fingerprint: fingerprint of the base model.
+        base_version: catalog version of the base artifact ("" if not registered).
+        catalog: a ``brainstacks_core.lineage.catalog.Catalog`` or None.
+        run_ids: orchestration run ids to store with artifacts (Prefect flow run).
+    """
+
+    profile: str
+    run_name: str
+    run_dir: Path
+    base_fingerprint: str
+    base_version: str = ""
+    catalog: Any = None
+    run_ids: dict | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+
+def _read_manifest(ctx: RunContext, cfg_hash: str, order: list[str]) -> dict:
+    import json
+
+    fresh = {"profile": ctx.profile, "run": ctx.run_name, "base_fingerprint": ctx.base_fingerprint,
+             "config_hash": cfg_hash, "domains_order": order, "domains": {}, "forgetting": []}
+    if not ctx.manifest_path.exists():
+        return fresh
+    m = json.loads(ctx.manifest_path.read_text())
+    for key in ("base_fingerprint", "config_hash"):
+        if m.get(key) != fresh[key]:
+            raise ValueError(f"{ctx.manifest_path}: {key} {m.get(key)!r} differs from this run's {fresh[key]!r}; "
+                             f"the run's settings changed: start a new run name or delete {ctx.run_dir}")
+    started = [d for d in m["domains_order"] if d in m["domains"]]
+    n = min(len(order), len(started))
+    if order[:n] != started[:n]:
+        raise ValueError(f"{ctx.manifest_path}: domains {started} were trained in that order; the curriculum "
+                         f"{order} must agree with it (a later domain may be added at the end)")
+    if len(order) >= len(m["domains_order"]):
+        m["domains_order"] = order
+    return m
+
+
+def _write_manifest(ctx: RunContext, manifest: dict) -> None:
+    manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_json(ctx.manifest_path, manifest)
+
+
+def _stack_versions(manifest: dict) -> dict[str, str]:
+    return {r["stack_id"]: r["version"] for d in manifest["domains"].values()
+            for r in d["rounds"] if r["status"] == "frozen"}
+
+
+def _reattach(model: nn.Module, ctx: RunContext, manifest: dict) -> None:
+    """Attach every frozen round of the manifest, verifying its file checksum."""
+    present = set(stack_ids(model))
+    for dom in manifest["domains_order"]:
+        for r in manifest["domains"].get(dom, {}).get("rounds", []):
+            if r["status"] != "frozen" or r["stack_id"] in present:
+                continue
+            sf = load_stack(r["file"], base_fingerprint=ctx.base_fingerprint)
+            if sf.file_sha256 != r["file_sha256"]:
+                raise ValueError(f"{r['file']}: sha256 {sf.file_sha256[:12]} differs from the manifest's "
+                                 f"{r['file_sha256'][:12]}: a frozen stack file changed")
+            attach_stack(model, sf)
+            log.info("resume: re-attached %s from %s", r["stack_id"], r["file"])
+
+
+def domain_stacks(manifest: dict, domain: str) -> list[str]:
+    return [r["stack_id"] for r in manifest["domains"].get(domain, {}).get("rounds", []) if r["status"] == "frozen"]
+
+
+def forgetting_row(model, tokenizer, manifest: dict, data: dict[str, DomainData], after: str,
+                   cfg: TrainingConfig) -> list[dict]:
+    """Isolated (own stacks only) and ungated (all stacks) loss of every trained domain."""
+    rows = []
+    for dom in manifest["domains_order"]:
+        if dom not in manifest["domains"] or dom not in data:
+            continue
+        val = data[dom].val if cfg.eval_rows is None else data[dom].val.head(cfg.eval_rows)
+        with only_stacks(model, domain_stacks(manifest, dom)):
+            iso = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+        with only_stacks(model, None):
+            ung = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+        with only_stacks(model, []):
+            base = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+        rows.append({"after": after, "domain": dom, "isolated": iso, "ungated": ung, "base": base})
+    return rows
+
+
+def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: TrainingConfig, moe: MoELoRAConfig,
+                  ctx: RunContext) -> dict:
+    """Train every domain in order (resuming from the manifest) and return the manifest.
+
+    Args:
+        model: the base with stacks injected (no stacks yet, or stacks of this run).
+        tokenizer: its tokenizer.
+        data: domains in curriculum order.
+        cfg: training configuration.
+        moe: MoE-LoRA configuration.
+        ctx: where to write and what to record.
+    """
+    order = [d.domain for d in data]
+    by_name = {d.domain: d for d in data}
+    cfg_hash = config_hash({"training": cfg.model_copy(update={"domains": None, "ablation": True}), "moe": moe})
+    manifest = _read_manifest(ctx, cfg_hash, order)
+    _reattach(model, ctx, manifest)
+    for i, d in enumerate(data):
+        entry = manifest["domains"].setdefault(d.domain, {
+            "status": "training", "rounds": [], "train_version": d.train_version, "val_version": d.val_version})
+        if (entry["train_version"], entry["val_version"]) != (d.train_version, d.val_version):
+            raise ValueError(f"{ctx.manifest_path}: {d.domain} was trained on data {entry['train_version']}/"
+                             f"{entry['val_version']}, now {d.train_version}/{d.val_version}: a run folder holds "
+                             f"one data version; train into a new folder")
+        if entry["status"] == "done":
+            log.info("%s: done in manifest, skipped", d.domain)
+            continue
+        bases, ns_version = _bases_for(model, tokenizer, data[:i], d.domain, cfg, ctx, manifest, entry)
+        next_round = len(entry["rounds"]) + 1
+        go = not entry["rounds"] or should_continue(RoundRecord(**entry["rounds"][-1]), next_round - 1, cfg)[0]
+        while go:
+            parents = _stack_versions(manifest)
+
+            def on_frozen(stack_id: str, rec: RoundRecord, _d=d, _parents=parents, _ns=ns_version) -> None:
+                _save_and_register(model, ctx, _d, rec, _parents, _ns, cfg_hash)
+
+            rec = train_round(model, tokenizer, d, next_round, cfg, moe, bases, on_frozen)
+            entry["rounds"].append(rec.to_dict())
+            go, why = should_continue(rec, next_round, cfg)
+            entry["stop_reason"] = None if go else why
+            _write_manifest(ctx, manifest)
+            next_round += 1
+        rows = forgetting_row(model, tokenizer, manifest, by_name, d.domain, cfg)
+        manifest["forgetting"] = [r for r in manifest["forgetting"] if r["after"] != d.domain] + rows
+        entry["status"] = "done"
+        _write_manifest(ctx, manifest)
+        _record_forgetting(ctx, manifest, d.domain, rows)
+    return manifest
+
+
+def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: TrainingConfig, ctx: RunContext,
+               manifest: dict, entry: dict) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    if not cfg.null_space or not previous or not stack_ids(model):
+        return None, None
+    if entry.get("null_space"):
+        ns = entry["null_space"]
+        if Path(ns["file"]).exists():
+            bases = load_bases(ns["file"])
+            if tensor_checksum(bases) != ns["tensor_sha256"]:
+                raise ValueError(f"{ns['file']}: null-space bases differ from the manifest's checksum "
+                                 f"{ns['tensor_sha256'][:12]}: the file was replaced")
+            return bases, ns["version"]
+        log.warning("%s: null-space file missing; recomputing it from the same frozen stacks and data", ns["file"])
+    examples = [e for p in previous for e in tokenize_for_loss(tokenizer, p.val.head(cfg.null_space_val_rows),
+                                                               cfg.sft.max_length)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = iter_batches(examples, 16, pad, next(model.parameters()).device)
+    with only_stacks(model, None):
+        bases = compute_bases(model, batches, cfg.basis, seed=cfg.seed)
+    parents = _stack_versions(manifest)
+    inputs = [p.val_version for p in previous] + sorted(parents.values())
+    version = content_hash("null_space", ctx.profile, ctx.run_name, inputs, cfg.basis,
+                           cfg.null_space_val_rows)
+    path = ctx.run_dir / "null_space" / f"{domain}-{version}.safetensors"
+    checksum = save_bases(path, bases, {"domain": domain, "version": version, "code_version": code_version(),
+                                        "inputs": ",".join(inputs)})
+    entry["null_space"] = {"file": str(path), "version": version, "tensor_sha256": checksum,
+                           "directions": {n: int(b.shape[0]) for n, b in bases.items()}}
+    _write_manifest(ctx, manifest)
+    if ctx.catalog is not None:
+        from brainstacks_core.files import sha256_file
+
+        ctx.catalog.record_artifact(uri=f"nullspace://{ctx.profile}/{ctx.run_name}/{domain}", version=version,
+                                    kind="null_space", path=str(path), sha256=sha256_file(path),
+                                    code_version=code_version(), config_hash=config_hash(cfg.basis),
+                                    inputs=inputs, metadata=entry["null_space"], run_ids=ctx.run_ids)
+    return bases, version
+
+
+def _save_and_register(model, ctx: RunContext, d: DomainData, rec: RoundRecord, parents: dict[str, str],
+                       ns_version: str | None, cfg_hash: str) -> None:
+    inputs = [d.train_version, d.val_version] + ([ctx.base_version] if ctx.base_version else []) \
+        + ([ns_version] if ns_version else []) + sorted(parents.values())
+    tensors_sha = tensor_checksum(stack_tensors(model, rec.stack_id)[0])
+    rec.version = content_hash("stack", ctx.profile, ctx.run_name, tensors_sha, inputs)
+    # the version is in the file name: a round retrained after a crash never overwrites a registered file
+    path = ctx.run_dir / "stacks" / d.domain / f"{rec.stack_id}-{rec.version[:10]}.safetensors"
+    lineage = {"train_dataset_version": d.train_version, "val_dataset_version": d.val_version,
+               "parent_stacks": parents, "null_space_version": ns_version, "base_version": ctx.base_version,
+               "config_hash": cfg_hash, "run": ctx.run_name,
+               "metrics": {"val_loss_before": rec.loss_before, "val_loss": rec.loss_after}}
+    sf = save_stack(path, model, rec.stack_id, domain=d.domain, round_index=rec.round,
+                    base_fingerprint=ctx.base_fingerprint, code_version=code_version(), lineage=lineage)
+    rec.file, rec.file_sha256 = str(path), sf.file_sha256
+    if ctx.catalog is not None:
+        ctx.catalog.record_artifact(uri=f"stack://{ctx.profile}/{ctx.run_name}/{d.domain}/r{rec.round}",
+                                    version=rec.version, kind="stack", path=str(path), sha256=sf.file_sha256,
+                                    code_version=code_version(), config_hash=cfg_hash, inputs=inputs,
+                                    metadata={"stack_id": rec.stack_id, "domain": d.domain, "round": rec.round},
+                                    run_ids=ctx.run_ids)
+        ctx.catalog.record_metric(rec.version, "val_loss_before", rec.loss_before)
+        ctx.catalog.record_metric(rec.version, "val_loss", rec.loss_after)
+        for step, loss in rec.history:
+            ctx.catalog.record_metric(rec.version, "eval_loss", loss, step=step)
+
+
+def _record_forgetting(ctx: RunContext, manifest: dict, after: str, rows: list[dict]) -> None:
+    if ctx.catalog is None:
+        return
+    stacks = sorted(_stack_versions(manifest).values())
+    vals = [manifest["domains"][r["domain"]]["val_version"] for r in rows]
+    version = content_hash("forgetting", ctx.profile, ctx.run_name, after, stacks, vals)
+    ctx.catalog.record_artifact(uri=f"eval://{ctx.profile}/{ctx.run_name}/forgetting/after-{after}", version=version,
+                                kind="eval", path=str(ctx.manifest_path), sha256=None, code_version=code_version(),
+                                config_hash=manifest["config_hash"], inputs=stacks + sorted(set(vals)),
+                                metadata={"after": after, "rows": rows}, run_ids=ctx.run_ids)
+    for r in rows:
+        for mode in ("isolated", "ungated", "base"):
+            ctx.catalog.record_metric(version, f"{r['domain']}/{mode}", r[mode])

@@ -1,0 +1,191 @@
+"""Profile-level training entry points: base model, domain data, continual run.
+
+Glue between a profile (``configs/*.yaml``) and the core: which base to build or
+load (``base:``), the MoE-LoRA and training sections, the prepared data of each
+domain (read by version from the catalog) and where a run writes
+(``<store>/training/<run_name>/``). Prefect tasks call these functions and
+nothing else.
+
+``base:`` section::
+
+    base: {kind: tiny, tiny: {hidden_size: 64, ...}}                       # built locally (CPU profiles)
+    base: {kind: hub, hub: {repo_id: ..., revision: <40-hex sha>, load_in_4bit: true}}
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from brainstacks_core.base.loading import load_base
+from brainstacks_core.base.tiny_base import BaseModelInfo, build_tiny_base, corpus_hash
+from brainstacks_core.data.pipeline import load_prepared
+from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
+from brainstacks_core.profile import Profile
+from brainstacks_core.stacks.inject import inject_stacks
+from brainstacks_core.training.boosting import DomainData
+from brainstacks_core.training.continual import RunContext, run_continual
+
+log = logging.getLogger(__name__)
+
+
+def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | None = None,
+                     versions: dict[str, str] | None = None) -> list[DomainData]:
+    """Each domain's prepared train/val data (``versions[domain]`` if given, else the latest)."""
+    out = []
+    for d in domains:
+        p = load_prepared(profile, d, catalog, (versions or {}).get(d))
+        out.append(DomainData(d, pd.read_parquet(p.train_path), pd.read_parquet(p.val_path),
+                              p.train_uri_version, p.val_uri_version))
+    return out
+
+
+def ensure_base(profile: Profile, data: list[DomainData], catalog: Catalog | None = None,
+                run_ids: dict | None = None) -> BaseModelInfo:
+    """Build (tiny) or resolve (hub) the base model and register it in the catalog.
+
+    The tiny base is pretrained briefly on the training splits of every domain
+    (never on validation data), so its lineage lists those dataset versions.
+    """
+    kind = profile.base.kind
+    if kind == "hub":
+        hub = profile.base.hub
+        hub.require_revision()
+        info = BaseModelInfo(path=hub.repo_id, fingerprint=content_hash("hub", hub.repo_id, hub.revision),
+                             config={"repo_id": hub.repo_id}, source="hub", revision=hub.revision)
+        inputs: list[str] = []
+    elif kind == "tiny":
+        cfg = profile.base.tiny
+        texts = [f"{r.prompt}\n{r.response}" for d in data for r in d.train.itertuples()]
+        key = content_hash(cfg, corpus_hash(texts))
+        info = build_tiny_base(texts, cfg, profile.store / "base" / f"tiny-{key}")
+        inputs = [d.train_version for d in data]
+    else:
+        raise ValueError(f"{profile.source_path}: base.kind must be 'tiny' or 'hub', got {kind!r}")
+    if catalog is not None:
+        catalog.record_artifact(uri=f"base://{profile.name}", version=info.fingerprint, kind="base",
+                                path=str(info.path), sha256=None, code_version=code_version(),
+                                config_hash=config_hash(profile.base), inputs=inputs,
+                                metadata={"source": info.source, "revision": info.revision}, run_ids=run_ids)
+    return info
+
+
+def load_model(profile: Profile, info: BaseModelInfo):
+    """Load the base (4-bit NF4 on CUDA when the profile asks) and inject stack layers."""
+    if info.source == "hub":
+        model, tok, _ = load_base(profile.base.hub, device_map="auto" if torch.cuda.is_available() else "cpu")
+    else:
+        model, tok, _ = load_base(info.path, load_in_4bit=profile.base.load_in_4bit,
+                                  device_map="auto" if torch.cuda.is_available() else "cpu")
+    inject_stacks(model, profile.moe)
+    return model, tok
+
+
+def run_key(base_fingerprint: str, data: list[DomainData]) -> str:
+    """Identity of a run's inputs: the base and every curriculum domain's data versions."""
+    return content_hash(base_fingerprint, [(d.domain, d.train_version, d.val_version) for d in data], length=12)
+
+
+def run_dir(profile: Profile, run_name: str, key: str) -> Path:
+    """``<store>/training/<run_name>/<key>``: new data or a new base start a new folder (a fresh run)."""
+    return profile.store / "training" / run_name / key
+
+
+def current_run_dir(profile: Profile, run_name: str) -> Path:
+    """The folder of the run's latest inputs (written by :func:`train_profile`)."""
+    import json
+
+    pointer = profile.store / "training" / run_name / "current.json"
+    if not pointer.exists():
+        raise FileNotFoundError(f"run {run_name!r} of profile {profile.name!r} has not trained yet ({pointer} "
+                                f"is missing): run `brainstacks train --config {profile.source_path}`")
+    return Path(json.loads(pointer.read_text())["dir"])
+
+
+def resolve_data_versions(profile: Profile, catalog: Catalog | None = None) -> dict[str, str]:
+    """The latest dataset version of every curriculum domain (pin them once per run)."""
+    return {d.domain: d.train_version for d in load_domain_data(profile, profile.curriculum, catalog)}
+
+
+def train_profile(profile: Profile, run_name: str = "main", null_space: bool | None = None,
+                  until_domain: str | None = None, catalog: Catalog | None = None,
+                  run_ids: dict | None = None, data_versions: dict[str, str] | None = None) -> dict:
+    """Continual training of the profile's curriculum (resumable); returns the manifest.
+
+    The run folder is keyed by the base fingerprint and every domain's data versions:
+    the same inputs resume (finished rounds are never retrained), changed data
+    trains a fresh run under the same stack URIs (new versions in the catalog).
+
+    Args:
+        profile: the profile.
+        run_name: run folder under ``<store>/training``.
+        null_space: overrides ``training.null_space`` (the ablation sets False).
+        until_domain: stop after this domain (the ``train_domain`` flow).
+        catalog: lineage catalog.
+        run_ids: orchestration run ids for the catalog.
+        data_versions: dataset version per domain (from :func:`resolve_data_versions`);
+            missing domains use the latest.
+    """
+    cfg = profile.training
+    if null_space is not None:
+        cfg = cfg.model_copy(update={"null_space": null_space})
+    order = profile.curriculum
+    if until_domain is not None:
+        if until_domain not in order:
+            raise ValueError(f"domain {until_domain!r} is not in the curriculum {order}")
+        order = order[:order.index(until_domain) + 1]
+    from brainstacks_core.files import atomic_write_json
+
+    every = load_domain_data(profile, profile.curriculum, catalog, data_versions)
+    data = [d for d in every if d.domain in order]
+    info = ensure_base(profile, every, catalog, run_ids)
+    key = run_key(info.fingerprint, every)
+    folder = run_dir(profile, run_name, key)
+    atomic_write_json(folder.parent / "current.json", {"key": key, "dir": str(folder),
+                                                       "base": info.fingerprint,
+                                                       "data": {d.domain: [d.train_version, d.val_version]
+                                                                for d in every}})
+    model, tok = load_model(profile, info)
+    torch.manual_seed(profile.seed)
+    ctx = RunContext(profile.name, run_name, folder, info.fingerprint,
+                     base_version=info.fingerprint, catalog=catalog, run_ids=run_ids)
+    return run_continual(model, tok, data, cfg, profile.moe, ctx)
+
+
+def run_experiment1_for_profile(profile: Profile, catalog: Catalog | None = None, run_ids: dict | None = None) -> dict:
+    """Experiment 1 on the profile's ``experiment1.domain``: cached by its inputs' versions.
+
+    Writes ``<store>/experiment1/<version>.json`` and registers it (kind "eval").
+    """
+    import json
+
+    from brainstacks_core.files import atomic_write_json, sha256_file
+    from brainstacks_core.training.experiment1 import run_experiment1
+
+    if profile.experiment1 is None:
+        raise ValueError(f"{profile.source_path}: the profile has no `experiment1:` section")
+    domain, rank = profile.experiment1.domain, profile.experiment1.lora_rank
+    (data,) = load_domain_data(profile, [domain], catalog)
+    info = ensure_base(profile, load_domain_data(profile, profile.curriculum, catalog), catalog, run_ids)
+    cfg, moe = profile.training, profile.moe
+    version = content_hash("experiment1", data.train_version, data.val_version, info.fingerprint, cfg.sft, moe,
+                           rank, cfg.eval_rows, code_version())
+    path = profile.store / "experiment1" / f"{version}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    tok = load_base(info.path)[1]
+    val = data.val if cfg.eval_rows is None else data.val.head(cfg.eval_rows)
+    result = run_experiment1(lambda: load_base(info.path)[0], tok, data.train, val, cfg.sft, moe, lora_rank=rank)
+    out = {"domain": domain, "version": version, **result.to_dict()}
+    atomic_write_json(path, out)
+    if catalog is not None:
+        catalog.record_artifact(uri=f"eval://{profile.name}/experiment1", version=version, kind="eval",
+                                path=str(path), sha256=sha256_file(path), code_version=code_version(),
+                                config_hash=config_hash({"sft": cfg.sft, "moe": moe, "rank": rank}),
+                                inputs=[data.train_version, data.val_version, info.fingerprint],
+                                metadata={"domain": domain}, run_ids=run_ids)
+    return out
