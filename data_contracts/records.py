@@ -53,7 +53,8 @@ class DecontaminatedRecords(StrippedRecords):
 
 
 class SplitRecords(DecontaminatedRecords):
-    """The train/val parquet files: unique ``record_id``, ``split`` in {train, val}."""
+    """The split parquet files: unique ``record_id`` (so splits never overlap), ``split`` in
+    {train, val, test, router}."""
 
     record_id: Series[str] = pa.Field(str_matches=_ID, unique=True)
-    split: Series[str] = pa.Field(isin=["train", "val"])
+    split: Series[str] = pa.Field(isin=["train", "val", "test", "router"])

@@ -1,13 +1,18 @@
 """``prepare_data`` flow: sources -> clean, decontaminated, split, versioned datasets.
 
-Sequences the tasks of ``tasks.data``; publishes a table artifact of per-domain
-counts; ``cli_prepare`` runs it for ``brainstacks prepare`` and prints the table.
+Sequences the tasks of ``tasks.data``: ingest every domain, keyword decontamination
+over all of them, finalize each requested domain, then register them all at once
+(a failure anywhere registers nothing). A ``dataset.version.changed`` event is
+emitted only for a domain whose version differs from the one registered before.
+``cli_prepare`` runs it for ``brainstacks prepare`` and prints, per domain, the
+counts, the quarantine file with its most common reasons, and the moves' evidence.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 # Before prefect is imported (its settings are read once): a loaded CPU box can take
 # longer than the default 20 s to start the ephemeral API server.
@@ -18,11 +23,12 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.events import emit_event  # noqa: E402
 
+from brainstacks_core.data.sources import check_sources  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
-from tasks.data import assign_task, finalize_task, ingest_task  # noqa: E402
+from tasks.data import PERMANENT_ERRORS, assign_task, finalize_task, ingest_task, register_task  # noqa: E402
 
-COLUMNS = ["domain", "version", "in", "moved_in", "moved_out", "quarantined", "dropped_keyword",
-           "dropped_benchmark", "dropped_duplicate", "dropped_cap", "train", "val", "cache_hit"]
+COLUMNS = ["domain", "version", "in", "kept", "moved_in", "moved_out", "quarantined", "dropped", "flagged",
+           "train", "val", "test", "router", "new_version"]
 
 
 @flow(name="prepare-data")
@@ -36,7 +42,7 @@ def prepare_data(config_path: str, domain: str | None = None, artifact_root: str
         artifact_root: Override of the profile's artifact root.
 
     Returns:
-        Per-domain counts (and version) by domain.
+        Per-domain counts, version, paths and report by domain.
     """
     profile = load_profile(config_path, artifact_root)
     cfg = profile.data
@@ -44,31 +50,77 @@ def prepare_data(config_path: str, domain: str | None = None, artifact_root: str
         raise ValueError(f"unknown domain {domain!r}; profile {profile.name!r} has {cfg.domains}")
     ingested = {d: ingest_task(config_path, artifact_root, d) for d in cfg.domains}
     assigned = assign_task(config_path, artifact_root, ingested)
-    rows = {d: finalize_task(config_path, artifact_root, d, ingested, assigned) for d in ([domain] if domain else cfg.domains)}
+    finalized = {d: finalize_task(config_path, artifact_root, d, ingested, assigned)
+                 for d in ([domain] if domain else cfg.domains)}
+    rows = register_task(config_path, artifact_root, finalized)
     for d, r in rows.items():  # a new dataset version starts retraining (prefect.yaml trigger)
-        if not r.get("cache_hit"):
+        if r.get("new_version"):
             emit_event(event="brainstacks.dataset.version.changed",
                        resource={"prefect.resource.id": f"brainstacks.dataset.{profile.name}.{d}",
                                  "brainstacks.profile": profile.name, "brainstacks.domain": d},
                        payload={"version": r.get("version"), "domain": d, "config_path": config_path})
     create_table_artifact(key=f"data-counts-{profile.name}".replace("_", "-").lower(),
-                          table=[{c: r.get(c) for c in COLUMNS} for r in rows.values()],
-                          description=f"Prepared data of profile {profile.name}: every input row is in train, "
-                                      f"val, quarantine or dropped with a reason.")
+                          table=[_cells(r) for r in rows.values()],
+                          description=f"Prepared data of profile {profile.name}: every input row is in a split "
+                                      f"(train/val/test/router), quarantine, moved out, or dropped with a reason.")
     return rows
+
+
+def _cells(r: dict) -> dict:
+    out = {c: r.get(c) for c in COLUMNS}
+    out["kept"] = sum(int(r.get(s) or 0) for s in ("train", "val", "test", "router"))
+    out["dropped"] = sum(int(v or 0) for k, v in r.items() if k.startswith("dropped_"))
+    return out
 
 
 def format_table(rows: dict[str, dict]) -> str:
     """The per-domain counts as a fixed-width text table."""
-    cells = [[str(r.get(c, "")) for c in COLUMNS] for r in rows.values()]
+    cells = [[str(v) for v in _cells(r).values()] for r in rows.values()]
     widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(COLUMNS)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
+def format_details(rows: dict[str, dict]) -> str:
+    """Per domain: the quarantine file and its most common reasons, moves and flags with their evidence."""
+    out = []
+    for d, r in rows.items():
+        rep = r.get("report") or {}
+        out.append(f"{d}:")
+        drop = {k[len("dropped_"):]: v for k, v in r.items() if k.startswith("dropped_") and v}
+        if drop:
+            out.append(f"  dropped: {', '.join(f'{k} {v}' for k, v in drop.items())}")
+        if r.get("quarantined"):
+            reasons = "; ".join(f"{label} ({n})" for label, n in rep.get("top_reasons", []))
+            out.append(f"  quarantined {r['quarantined']} -> {r.get('quarantine_path')}")
+            out.append(f"    most common: {reasons}")
+        for key, title in (("moves", "moved/dropped by keywords"), ("flagged", "look foreign, kept")):
+            ex = rep.get(key) or []
+            if ex:
+                out.append(f"  {title} (examples; all in {r.get('moves_path')}):")
+                out.extend(f"    {m['action']} {m['from_domain']} -> {m['to_domain']}: {m['source_uri']} "
+                           f"{m['source_row_key']}  evidence: {m['top_keywords']}" for m in ex)
+    return "\n".join(out)
+
+
 def cli_prepare(args: argparse.Namespace) -> int:
-    """``brainstacks prepare --config PATH [--domain D]``: run the flow, print the table."""
-    rows = prepare_data(config_path=args.config, domain=getattr(args, "domain", None),
-                        artifact_root=getattr(args, "artifact_root", None))
+    """``brainstacks prepare --config PATH [--domain D]``: run the flow, print the table and details.
+
+    A source that cannot be read (missing, empty) is one line naming it, exit code 2.
+    """
+    try:
+        profile = load_profile(args.config, getattr(args, "artifact_root", None))
+        check_sources(profile.data)
+    except PERMANENT_ERRORS as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = prepare_data(config_path=args.config, domain=getattr(args, "domain", None),
+                            artifact_root=getattr(args, "artifact_root", None))
+    except PERMANENT_ERRORS as exc:
+        print(f"prepare failed, nothing registered: {exc}", file=sys.stderr)
+        return 2
     print(format_table(rows))
+    print()
+    print(format_details(rows))
     return 0

@@ -2,17 +2,36 @@
 
 Tasks pass stage metadata (small dicts with versions and file paths), never
 DataFrames; each stage is cached by the version key it computes from its inputs,
-so the Prefect cache key is that version, not a hash of data.
+so the Prefect cache key is that version, not a hash of data. A failure that
+cannot change on retry (an empty or unreadable file, a domain left with no rows)
+is not retried.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run, task_run
 
-from brainstacks_core.data.pipeline import assign_domains, finalize_domain, ingest_domain
+from brainstacks_core.data.pipeline import (
+    EmptyDomainError,
+    assign_domains,
+    finalize_domain,
+    from_manifest,
+    ingest_domain,
+    register_prepared,
+)
+from brainstacks_core.data.sources import SourceError
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
+
+# Errors in the data itself: the same input gives the same error, so retrying only repeats it.
+PERMANENT_ERRORS = (SourceError, EmptyDomainError, ValueError, FileNotFoundError)
+
+
+def _retry_unless_permanent(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn
+    return not isinstance(state.data, PERMANENT_ERRORS)
 
 
 def _run_ids() -> dict:
@@ -20,7 +39,14 @@ def _run_ids() -> dict:
             "task_run_id": str(task_run.id) if task_run.id else None}
 
 
-@task(name="ingest-domain", retries=1, retry_delay_seconds=2)
+def _summary(p) -> dict:  # noqa: ANN001 - PreparedDataset
+    return {"domain": p.domain, "version": p.version, "cache_hit": p.cache_hit, "new_version": p.new_version,
+            "train_path": str(p.train_path), "val_path": str(p.val_path), "test_path": str(p.test_path),
+            "router_path": str(p.router_path), "quarantine_path": str(p.quarantine_path),
+            "moves_path": str(p.moves_path), "report": p.report, **p.counts}
+
+
+@task(name="ingest-domain", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_permanent)
 def ingest_task(config_path: str, artifact_root: str | None, domain: str) -> dict:
     """Read, normalise, strip and validate one domain's sources (stage 1)."""
     profile = load_profile(config_path, artifact_root)
@@ -34,18 +60,26 @@ def assign_task(config_path: str, artifact_root: str | None, ingested: dict[str,
     """Cross-domain keyword decontamination over every domain (stage 2)."""
     profile = load_profile(config_path, artifact_root)
     meta = assign_domains(profile, profile.data, ingested)
-    get_run_logger().info("keyword decontamination: %d moves, %d drops", meta["moves"], meta["dropped"])
+    get_run_logger().info("keyword decontamination: %d moves, %d drops, %d flagged (kept)", meta["moves"],
+                          meta["dropped"], meta.get("flagged", 0))
     return meta
 
 
-@task(name="finalize-domain", retries=2, retry_delay_seconds=5)
+@task(name="finalize-domain", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_permanent)
 def finalize_task(config_path: str, artifact_root: str | None, domain: str, ingested: dict[str, dict],
                   assigned: dict) -> dict:
-    """Benchmark decontamination, dedup, split, write and register one domain (stage 3)."""
+    """Benchmark decontamination, dedup, split and write one domain (stage 3): its manifest path."""
     profile = load_profile(config_path, artifact_root)
-    prepared = finalize_domain(profile, profile.data, domain, ingested, assigned,
-                               Catalog(profile.catalog_path), _run_ids())
+    prepared = finalize_domain(profile, profile.data, domain, ingested, assigned)
     get_run_logger().info("%s: version %s (%s) %s", domain, prepared.version,
-                          "cache hit" if prepared.cache_hit else "new", prepared.counts)
-    return {"domain": domain, "version": prepared.version, "cache_hit": prepared.cache_hit,
-            "train_path": str(prepared.train_path), "val_path": str(prepared.val_path), **prepared.counts}
+                          "cache hit" if prepared.cache_hit else "written", prepared.counts)
+    return {"manifest": str(prepared.train_path.parent / "manifest.json"), "cache_hit": prepared.cache_hit}
+
+
+@task(name="register-datasets", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_permanent)
+def register_task(config_path: str, artifact_root: str | None, finalized: dict[str, dict]) -> dict[str, dict]:
+    """Record every finished domain in the catalog in one transaction (after all succeeded)."""
+    profile = load_profile(config_path, artifact_root)
+    prepared = {d: from_manifest(Path(f["manifest"]), cache_hit=f["cache_hit"]) for d, f in finalized.items()}
+    done = register_prepared(profile, prepared, Catalog(profile.catalog_path), _run_ids())
+    return {d: _summary(p) for d, p in done.items()}

@@ -22,7 +22,7 @@ def test_flow_one_domain_then_cli_table_and_audit(harness, tmp_path, capsys):
     args = argparse.Namespace(config=str(ROOT / "configs" / "demo.yaml"), artifact_root=str(tmp_path), domain="math")
     assert cli_prepare(args) == 0
     out = capsys.readouterr().out
-    assert "dropped_benchmark" in out and "True" in out  # second run: cache hit
+    assert "dropped: benchmark" in out and "new_version" in out and "False" in out  # second run: no new version
     args = argparse.Namespace(config=str(ROOT / "configs" / "demo.yaml"), artifact_root=str(tmp_path),
                               artifact="dataset://demo/math/train", record=None, list=False)
     assert cli_audit(args) == 0

@@ -44,8 +44,8 @@ def test_missing_field_and_wrong_type_name_the_field(tmp_path):
     batch = _load(tmp_path, "d.json", json.dumps(rows).encode())
     assert len(batch.records) == 1 and _conserved(batch)
     q = batch.quarantine.set_index("source_row_key")
-    assert q.loc["row:1", "field"] == "output" and "missing" in q.loc["row:1", "reason"]
-    assert q.loc["row:2", "field"] == "output" and "expected a string, got int" in q.loc["row:2", "reason"]
+    assert q.loc["element:1", "field"] == "output" and "missing" in q.loc["element:1", "reason"]
+    assert q.loc["element:2", "field"] == "output" and "expected a string, got int" in q.loc["element:2", "reason"]
     assert all("d.json" in r for r in q["reason"])
 
 

@@ -18,7 +18,8 @@ EXAMPLES = {
     "llama2_inst": "[INST] hi", "llama2_inst_end": "hi [/INST] yo", "llama2_sys": "<<SYS>> s",
     "llama2_sys_end": "s <</SYS>> u", "llama3_begin_of_text": "<|begin_of_text|>hi",
     "llama3_end_of_text": "hi<|end_of_text|>", "llama3_header": "<|start_header_id|>user<|end_header_id|>\n\nhi",
-    "llama3_eot": "hi<|eot_id|>", "chatml_start": "<|im_start|>user\nhi", "chatml_end": "hi<|im_end|>",
+    "llama3_eot": "hi<|eot_id|>", "llama3_eom": "hi<|eom_id|>", "llama3_python_tag": "<|python_tag|>hi",
+    "chatml_start": "<|im_start|>user\nhi", "chatml_end": "hi<|im_end|>",
     "gemma_start": "<start_of_turn>model\nhi", "gemma_end": "hi<end_of_turn>",
     "mistral_system": "[SYSTEM_PROMPT]be kind", "mistral_system_end": "be kind[/SYSTEM_PROMPT]",
     "mistral_tools": "[TOOL_CALLS] hi", "phi3_role": "<|user|>\nhi", "phi3_end": "hi<|end|>",
@@ -128,3 +129,56 @@ def test_unanswered_trailing_turn_is_reported_not_dropped():
     with pytest.raises(FormatError, match="unanswered"):
         template_text({"text": text})
     assert parse_conversation("<s>[INST] Q [/INST] A </s>").trailing == 0
+
+
+def test_llama31_tool_turn_end_token_is_stripped():
+    text = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWeather in Oslo?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n<|python_tag|>weather.call(city=\"Oslo\")<|eom_id|>"
+            "<|start_header_id|>ipython<|end_header_id|>\n\n{\"temp\": 3}<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\nIt is 3 degrees.<|eot_id|>")
+    conv = parse_conversation(text)
+    assert conv is not None and conv.response == "It is 3 degrees."
+    assert "<|eom_id|>" not in conv.prompt and "<|python_tag|>" not in conv.prompt
+    assert 'weather.call(city="Oslo")' in conv.prompt
+    assert strip_chat_tokens("done<|eom_id|>") == "done"
+
+
+@pytest.mark.parametrize("text,expected", [
+    # DeepSeek LLM / Coder v1: full-width BOS/EOS, plain-text role labels
+    ("<｜begin▁of▁sentence｜>User: What is 2+2?\n\nAssistant: 4<｜end▁of▁sentence｜>", (None, "What is 2+2?", "4")),
+    # DeepSeek V3 / R1: the system prompt sits between BOS and the first <｜User｜>
+    ("<｜begin▁of▁sentence｜>Be brief.<｜User｜>Capital of France?<｜Assistant｜>Paris<｜end▁of▁sentence｜>",
+     ("Be brief.", "Capital of France?", "Paris")),
+])
+def test_deepseek_full_width_rows_parse(text, expected):
+    from brainstacks_core.data.formats import template_text
+
+    assert template_text({"text": text}) == expected
+
+
+CHATML_EXAMPLE = "```\n<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n```"
+
+
+def test_template_tokens_in_code_blocks_are_content():
+    """A prompt-format tutorial keeps its example: nothing deleted, nothing becomes the system prompt."""
+    import pandas as pd
+
+    from brainstacks_core.data.steps import strip_records
+
+    answer = f"ChatML looks like this:\n{CHATML_EXAMPLE}\nand `<|im_end|>` ends a turn."
+    assert not has_chat_tokens(answer) and strip_chat_tokens(answer) is answer
+    assert parse_conversation(answer) is None
+    templated = f"<s>[INST] Show me ChatML [/INST] {answer} </s>"
+    conv = parse_conversation(templated)
+    assert conv.system is None and conv.prompt == "Show me ChatML" and conv.response == answer
+    row = {"record_id": "x", "domain": "chat", "source_uri": "local:f.json", "source_version": "v",
+           "source_row_key": "element:0", "prompt": "How do I format a ChatML prompt?", "response": answer,
+           "system": None}
+    out, q = strip_records(pd.DataFrame([row]), max_chars=10_000)
+    assert q.empty and out.loc[0, "response"] == answer and out.loc[0, "system"] is None
+
+
+def test_a_fence_left_open_across_turns_does_not_hide_the_template():
+    text = "<s>[INST] My plan:\n```\n##\n# [/INST] Nice plan. </s>"
+    conv = parse_conversation(text)
+    assert conv is not None and conv.response == "Nice plan." and "[/INST]" not in conv.prompt

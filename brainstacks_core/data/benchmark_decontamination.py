@@ -3,14 +3,26 @@
 The run's evaluation sets (GSM8K test, MedQA, MedMCQA, MMLU-medical, LogiQA, ARC,
 ...) are tokenised once into a set of hashed word n-grams, each mapped to the
 benchmark it came from. A training row is removed when any of its n-grams is in
-the set; its removal reason names the benchmark and the matching n-gram.
-Rows shorter than ``n`` tokens cannot match (as in GPT-3's decontamination).
+the set; its removal reason names the benchmark, how many n-grams it shares and
+one of them. Rows shorter than ``n`` tokens cannot match (as in GPT-3's
+decontamination).
+
+Template boilerplate is not contamination: an n-gram found in ``template_min_items``
+or more items of the same benchmark (LogiQA's "which of the following, if true,
+would most weaken the argument") is left out of the index, so a training row that
+shares only a question stem stays, while a real near-duplicate, which shares
+n-grams with one item, is still removed.
+
+Memory: one dict entry per distinct n-gram hash of the eval sets (about 100 bytes
+each; ~1.2 M n-grams for the shared profile's 10 k eval items is ~120 MB), built
+once per process; nothing grows with the training rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,23 +35,36 @@ from brainstacks_core.data.formats import EVAL_TEXT
 log = logging.getLogger(__name__)
 
 
+def _gram_hashes(toks: list[str], n: int) -> map:
+    return map(hash, zip(*(toks[i:] for i in range(n))))
+
+
 @dataclass
 class NgramIndex:
-    """Hashed n-grams of every eval set -> the benchmark's name."""
+    """Hashed n-grams of every eval set -> the benchmark's name.
+
+    Attributes:
+        n: The n of the n-grams.
+        grams: n-gram hash -> benchmark name (templates left out).
+        templates: n-grams left out as template boilerplate, per benchmark.
+    """
 
     n: int
     grams: dict[int, str]
+    templates: dict[str, int] | None = None
 
-    def find(self, text: str) -> tuple[str, str] | None:
-        """``(benchmark, n-gram text)`` of the first shared n-gram, or None."""
+    def find(self, text: str) -> tuple[str, str, int] | None:
+        """``(benchmark, one shared n-gram, number of shared n-grams)``, or None."""
         toks = tokenize(text)
-        n, grams = self.n, self.grams
-        for i in range(len(toks) - n + 1):
-            gram = tuple(toks[i:i + n])
-            name = grams.get(hash(gram))
-            if name is not None:
-                return name, " ".join(gram)
-        return None
+        if len(toks) < self.n:
+            return None
+        shared = self.grams.keys() & set(_gram_hashes(toks, self.n))
+        if not shared:
+            return None
+        for i, h in enumerate(_gram_hashes(toks, self.n)):
+            if h in shared:
+                return self.grams[h], " ".join(toks[i:i + self.n]), len(shared)
+        return None  # pragma: no cover - shared is non-empty
 
 
 def eval_texts(path: Path, fmt: str) -> list[str]:
@@ -51,16 +76,29 @@ def eval_texts(path: Path, fmt: str) -> list[str]:
     return [EVAL_TEXT[fmt](r) for r in rows]
 
 
-def build_index(sets: dict[str, list[str]], n: int = 13) -> NgramIndex:
-    """Index every eval text's n-grams under its benchmark name."""
+def build_index(sets: dict[str, list[str]], n: int = 13, template_min_items: int | None = None) -> NgramIndex:
+    """Index every eval text's n-grams under its benchmark name.
+
+    Args:
+        sets: Texts per benchmark, one per item.
+        n: The n of the n-grams.
+        template_min_items: An n-gram in at least this many items of one benchmark
+            is template boilerplate and is left out (None keeps every n-gram).
+    """
     grams: dict[int, str] = {}
+    templates: dict[str, int] = {}
     for name, texts in sets.items():
+        items = Counter()  # n-gram -> number of items of this benchmark holding it
         for text in tqdm(texts, desc=f"index {name}", disable=len(texts) < 5000, leave=False):
-            toks = tokenize(text)
-            for i in range(len(toks) - n + 1):
-                grams.setdefault(hash(tuple(toks[i:i + n])), name)
-    log.info("benchmark index: %d %d-grams from %s", len(grams), n, sorted(sets))
-    return NgramIndex(n=n, grams=grams)
+            items.update(set(_gram_hashes(tokenize(text), n)))
+        boiler = {h for h, c in items.items() if template_min_items and c >= template_min_items}
+        templates[name] = len(boiler)
+        for h in items:
+            if h not in boiler:
+                grams.setdefault(h, name)
+    log.info("benchmark index: %d %d-grams from %s; template n-grams left out: %s", len(grams), n, sorted(sets),
+             templates)
+    return NgramIndex(n=n, grams=grams, templates=templates)
 
 
 def remove_contaminated(records: pd.DataFrame, index: NgramIndex) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -72,5 +110,6 @@ def remove_contaminated(records: pd.DataFrame, index: NgramIndex) -> tuple[pd.Da
     hit = pd.Series([f is not None for f in found], index=records.index)
     removed = records[hit].copy()
     removed["benchmark"] = [f[0] for f in found if f is not None]
-    removed["reason"] = [f"shares a {index.n}-gram with benchmark {f[0]}: '{f[1]}'" for f in found if f is not None]
+    removed["reason"] = [f"shares {f[2]} {index.n}-gram(s) with benchmark {f[0]}, e.g. '{f[1]}'"
+                         for f in found if f is not None]
     return records[~hit], removed

@@ -31,6 +31,10 @@ class SourceConfig(BaseModel):
         rows: Number of rows to generate (``generated``).
         max_rows: Keep only the first ``max_rows`` rows of the source.
         system: A system prompt given to every row of this source.
+        mixed: The source may hold rows of other domains (ShareGPT-style chat):
+            keyword decontamination moves its rows on ordinary evidence. Rows of a
+            single-domain source (the default) are only reported when they look
+            foreign, and moved only on overwhelming evidence.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +51,11 @@ class SourceConfig(BaseModel):
     rows: int = Field(400, ge=1, description="Rows to generate (generated).")
     max_rows: int | None = Field(default=None, ge=1, description="Keep only the first max_rows rows of the source.")
     system: str | None = Field(None, description="A system prompt given to every row of this source.")
+    mixed: bool = Field(False, description="true: the source may hold rows of other domains (e.g. ShareGPT-style "
+                                           "chat), so keyword decontamination moves them on ordinary evidence "
+                                           "(min_score, margin). false (default): a single-domain source; its "
+                                           "rows are only reported when they look foreign and moved only on "
+                                           "overwhelming evidence (single_domain_min_score).")
 
     @model_validator(mode="after")
     def _check_kind(self) -> "SourceConfig":
@@ -86,12 +95,22 @@ class DataConfig(BaseModel):
         domains: Domains in curriculum order.
         sources: Sources per domain.
         lexicons: Keyword lexicon per domain (may name domains outside the run:
-            rows that belong there are dropped).
-        margin: A foreign domain must beat the row's own score by this many hits.
-        min_score: Minimum foreign score before a row can move at all.
+            rows that belong there are dropped). Entries are whole words or
+            phrases, matched case-insensitively; an entry written ``=word`` matches
+            that exact case only (``=class`` is Python's keyword, not "Class").
+        margin: A foreign domain must beat the row's own score by this many
+            distinct keywords (a repeated word is one signal).
+        min_score: Distinct foreign keywords before a row of a ``mixed`` source moves.
+        single_domain_min_score: Distinct foreign keywords before a row of a
+            single-domain source moves (below it, a foreign-looking row is reported).
         eval_sets: Benchmarks for 13-gram decontamination.
         ngram: n of the benchmark n-gram overlap check.
-        val_fraction: Share of rows (by hash) that go to validation.
+        template_min_items: An n-gram found in this many items of one benchmark
+            is its template (a question stem), not contamination.
+        val_fraction: Share of rows (by hash) for validation (early stopping).
+        test_fraction: Share of rows (by hash) for the test split (reported numbers).
+        router_fraction: Share of rows (by hash) held out for the routing oracle
+            and the meta-router.
         max_rows_per_domain: Cap after de-duplication (hash order; the rest dropped).
         max_chars: Longest prompt/response/system accepted (longer rows quarantined).
         seed: Seed of the split and the generators.
@@ -103,13 +122,28 @@ class DataConfig(BaseModel):
     domains: list[str] = Field(..., min_length=1, description="Domains in curriculum order (paper 3.4).")
     sources: dict[str, list[SourceConfig]] = Field(..., description="Sources per domain.")
     lexicons: dict[str, list[str]] = Field(default_factory=dict, description="Keyword lexicon per domain; may name "
-                                           "domains outside the run (rows that belong there are dropped).")
-    margin: int = Field(default=3, ge=1, description="A foreign domain must beat the row's own score by this many.")
-    min_score: int = Field(default=3, ge=1, description="Minimum foreign score before a row can move at all.")
+                                           "domains outside the run (rows that belong there are dropped). Whole "
+                                           "words or phrases, case-insensitive; '=word' matches that exact case "
+                                           "only (e.g. '=class' for Python's keyword, not 'Class' or 'CLASS').")
+    margin: int = Field(default=3, ge=1, description="A foreign domain must beat the row's own score by this many "
+                                                     "distinct keywords (a repeated word is one signal).")
+    min_score: int = Field(default=3, ge=1, description="Distinct foreign keywords before a row of a mixed source "
+                                                        "moves (or is dropped for a domain outside the run).")
+    single_domain_min_score: int = Field(default=8, ge=1, description="Distinct foreign keywords before a row of "
+                                         "a single-domain source (mixed: false) moves; below it, a row that looks "
+                                         "foreign (>= min_score) is only reported (flagged) and kept.")
     eval_sets: list[EvalSetConfig] = Field(default_factory=list, description="Benchmarks for n-gram "
                                                                              "decontamination.")
     ngram: int = Field(default=13, ge=3, description="n of the benchmark n-gram overlap check.")
-    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="Share of rows (by hash) for validation.")
+    template_min_items: int = Field(default=5, ge=2, description="An n-gram found in at least this many items of "
+                                    "one benchmark is template boilerplate (a shared question stem) and is ignored; "
+                                    "real near-duplicates share n-grams with one item.")
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="Share of rows (by hash) for the val "
+                                                                          "split: early stopping, best-stack choice.")
+    test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of rows (by hash) for the test "
+                                 "split: the numbers a report shows; never used for training decisions.")
+    router_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of rows (by hash) held out for "
+                                   "the routing oracle and the meta-router (not trained on, not reported).")
     max_rows_per_domain: int | None = Field(default=None, ge=1, description="Cap after de-duplication (hash "
                                                                             "order; the rest dropped).")
     max_chars: int = Field(default=100_000, ge=100, description="Longest prompt/response/system accepted "
@@ -128,6 +162,10 @@ class DataConfig(BaseModel):
             raise ValueError(f"sources for domains not listed in `domains`: {extra}")
         if len(set(self.domains)) != len(self.domains):
             raise ValueError(f"duplicate domains: {self.domains}")
+        held_out = self.val_fraction + self.test_fraction + self.router_fraction
+        if held_out >= 0.9:
+            raise ValueError(f"val_fraction + test_fraction + router_fraction = {held_out:.2f}: leaves under 10% "
+                             f"of the rows for training")
         return self
 
     def resolve(self, path: str) -> Path:

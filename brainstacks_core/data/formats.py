@@ -12,7 +12,7 @@ must not appear in training rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from brainstacks_core.data.text_cleaning import parse_conversation
@@ -23,18 +23,27 @@ Triple = tuple[str | None, str, str]  # (system, prompt, response)
 class FormatError(ValueError):
     """A raw row does not fit its format; ``field`` names the offending field."""
 
-    def __init__(self, field: str, message: str, value: Any = None) -> None:
+    def __init__(self, field: str, message: str, value: Any = None, check: str = "format") -> None:
         super().__init__(f"field {field!r}: {message}")
         self.field = field
         self.value = value
+        self.check = check
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # JSON null, or NaN from parquet/csv
 
 
 def _text(row: dict, field: str, required: bool = True) -> str:
-    if field not in row or row[field] is None:
+    if field not in row:
         if required:
             raise FormatError(field, "missing")
         return ""
     value = row[field]
+    if _is_null(value):
+        if required:
+            raise FormatError(field, "is null", None)
+        return ""
     if not isinstance(value, str):
         raise FormatError(field, f"expected a string, got {type(value).__name__}", value)
     return value
@@ -149,20 +158,29 @@ def prompt_response(row: dict) -> Triple:
 
 @dataclass(frozen=True)
 class FormatAdapter:
-    """A reader name and a row function."""
+    """A reader name, a row function, and the source's own names of prompt/response/system.
+
+    ``fields`` maps ``prompt``/``response``/``system`` to the field a user sees in
+    the file (``output`` for alpaca), so messages name what the user can fix.
+    """
 
     reader: str
     to_triple: Callable[[dict], Triple]
+    fields: dict = field(default_factory=lambda: {"prompt": "prompt", "response": "response", "system": "system"})
+
+
+def _names(prompt: str, response: str, system: str = "system") -> dict:
+    return {"prompt": prompt, "response": response, "system": system}
 
 
 ADAPTERS: dict[str, FormatAdapter] = {
-    "alpaca": FormatAdapter("records", alpaca),
-    "sharegpt": FormatAdapter("records", sharegpt),
-    "gsm8k": FormatAdapter("records", gsm8k),
-    "pubmedqa": FormatAdapter("keyed_json", pubmedqa),
-    "mcq": FormatAdapter("records", mcq),
-    "logiqa": FormatAdapter("logiqa_lines", logiqa),
-    "template_text": FormatAdapter("records", template_text),
+    "alpaca": FormatAdapter("records", alpaca, _names("instruction", "output")),
+    "sharegpt": FormatAdapter("records", sharegpt, _names("conversations", "conversations")),
+    "gsm8k": FormatAdapter("records", gsm8k, _names("question", "answer")),
+    "pubmedqa": FormatAdapter("keyed_json", pubmedqa, _names("QUESTION", "LONG_ANSWER")),
+    "mcq": FormatAdapter("records", mcq, _names("question", "answer_idx")),
+    "logiqa": FormatAdapter("logiqa_lines", logiqa, _names("context", "answer")),
+    "template_text": FormatAdapter("records", template_text, _names("text", "text", "text")),
     "prompt_response": FormatAdapter("records", prompt_response),
 }
 

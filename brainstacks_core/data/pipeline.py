@@ -6,17 +6,26 @@ never recomputed:
 1. :func:`ingest_domain` reads and normalises a domain's sources, strips chat
    tokens, validates (``NormalisedRecords``, ``StrippedRecords``).
 2. :func:`assign_domains` runs keyword decontamination over every domain at once
-   (rows move between domains of the run, or are dropped).
+   (rows move between domains of the run, are dropped, or are flagged).
 3. :func:`finalize_domain` removes benchmark 13-gram overlaps, de-duplicates by
-   ``record_id``, caps, splits by hash, validates (``SplitRecords``), writes
-   ``datasets/<domain>/<version>/{train,val}.parquet`` and records lineage.
+   ``record_id``, caps, splits by hash into train / val / test / router, validates
+   (``SplitRecords``) and writes ``datasets/<domain>/<version>/<split>.parquet``.
 
-Every input row ends in exactly one of train, val, quarantine, dropped-with-reason;
-:func:`check_conservation` asserts it per domain.
+Then :func:`register_prepared` records every domain in the catalog in one
+transaction, so a prepare that fails anywhere registers nothing.
+
+A domain's **version** hashes only what that domain is: its rows per split (record
+id, source, source version, row key), the artifacts they came from (sources and
+eval sets), its own step config and the data-path code. A byte edit in another
+domain's file, or a lexicon entry that moves nothing in or out, leaves it alone.
+
+Every input row ends in exactly one of the splits, quarantine, moved out, or
+dropped-with-reason; :func:`check_conservation` asserts it per domain.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -26,6 +35,7 @@ import pandas as pd
 
 from brainstacks_core.data import steps as steps
 from brainstacks_core.data.config import DataConfig
+from brainstacks_core.data.steps import SPLITS
 from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.lineage.versioning import config_hash, content_hash, data_code_version
@@ -35,10 +45,15 @@ log = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ["record_id", "domain", "prompt", "response", "system", "source_uri", "source_version",
                  "source_row_key"]
+_SPLIT_COLUMNS = TRAIN_COLUMNS + ["origin_domain"]
 
 
 class ConservationError(AssertionError):
     """Rows were lost or double-counted between input and output."""
+
+
+class EmptyDomainError(ValueError):
+    """A domain has no rows left to train on; nothing is written or registered."""
 
 
 @dataclass(frozen=True)
@@ -47,14 +62,19 @@ class PreparedDataset:
 
     Attributes:
         domain: The domain.
-        version: Content version of the dataset (train and val together).
-        train_path: Train parquet (columns ``TRAIN_COLUMNS``).
-        val_path: Validation parquet.
+        version: Content version of the dataset (every split together).
+        train_path: Train parquet (columns ``TRAIN_COLUMNS`` + ``origin_domain``).
+        val_path: Validation parquet (early stopping, best-stack choice).
         quarantine_path: Quarantined rows with stage, check, field, value, reason.
         dropped_path: Dropped rows with their reason (keyword, benchmark, duplicate, cap).
-        moves_path: Keyword moves into and out of this domain.
-        counts: in, moved_in, moved_out, quarantined, dropped_*, train, val.
+        moves_path: Keyword moves into and out of this domain, and rows flagged as
+            foreign-looking but kept (``action``), with their keywords.
+        test_path: Test parquet (the numbers a report shows).
+        router_path: Router parquet (held out for the routing oracle and meta-router).
+        counts: in, moved_in, moved_out, quarantined, dropped_*, flagged, one per split.
+        report: Most common quarantine reasons and example moves (for ``prepare``'s printout).
         cache_hit: True when nothing was recomputed.
+        new_version: True when registering it gave its URI a new latest version.
     """
 
     domain: str
@@ -64,25 +84,48 @@ class PreparedDataset:
     quarantine_path: Path
     dropped_path: Path
     moves_path: Path
+    test_path: Path | None = None
+    router_path: Path | None = None
     counts: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
     cache_hit: bool = False
+    new_version: bool = False
+
+    def split_path(self, split: str) -> Path | None:
+        """Parquet of one split (``train``, ``val``, ``test``, ``router``)."""
+        return {"train": self.train_path, "val": self.val_path, "test": self.test_path,
+                "router": self.router_path}[split]
+
+    def uri_version(self, split: str) -> str:
+        """Catalog version of one split's artifact."""
+        return f"{self.version}-{split}"
 
     @property
     def train_uri_version(self) -> str:
         """Catalog version of the train artifact."""
-        return f"{self.version}-train"
+        return self.uri_version("train")
 
     @property
     def val_uri_version(self) -> str:
         """Catalog version of the val artifact."""
-        return f"{self.version}-val"
+        return self.uri_version("val")
+
+    @property
+    def test_uri_version(self) -> str:
+        """Catalog version of the test artifact."""
+        return self.uri_version("test")
+
+    @property
+    def router_uri_version(self) -> str:
+        """Catalog version of the router artifact."""
+        return self.uri_version("router")
 
 
 def check_conservation(counts: dict, domain: str) -> None:
-    """``in + moved_in == train + val + quarantined + moved_out + dropped``, else raise."""
+    """``in + moved_in == splits + quarantined + moved_out + dropped``, else raise."""
     dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
     lhs = counts["in"] + counts["moved_in"]
-    rhs = counts["train"] + counts["val"] + counts["quarantined"] + counts["moved_out"] + dropped
+    rhs = sum(counts.get(s, 0) for s in SPLITS) + counts["quarantined"] + counts["moved_out"] + dropped
     if lhs != rhs:
         raise ConservationError(f"{domain}: {lhs} rows in (in + moved_in) but {rhs} accounted for: {counts}")
 
@@ -93,8 +136,21 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _step_config(cfg: DataConfig) -> dict:
-    return cfg.model_dump(mode="json")
+def domain_config(cfg: DataConfig, domain: str) -> dict:
+    """The part of the data config that shapes one domain's dataset (hashed into its version)."""
+    return {"domain": domain, "sources": [s.model_dump(mode="json") for s in cfg.sources[domain]],
+            "ngram": cfg.ngram, "template_min_items": cfg.template_min_items, "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction, "router_fraction": cfg.router_fraction, "seed": cfg.seed,
+            "max_rows_per_domain": cfg.max_rows_per_domain, "max_chars": cfg.max_chars}
+
+
+def top_reasons(quarantine: pd.DataFrame, k: int = 3) -> list[list]:
+    """The ``k`` most common quarantine reasons as ``[label, count]`` (label: stage, check, field)."""
+    if quarantine.empty:
+        return []
+    labels = quarantine["stage"].astype(str) + ": " + quarantine["check"].astype(str) + " on field '" + \
+        quarantine["field"].astype(str) + "'"
+    return [[str(a), int(b)] for a, b in labels.value_counts().head(k).items()]
 
 
 def ingest_domain(profile: Profile, cfg: DataConfig, domain: str) -> dict:
@@ -118,109 +174,149 @@ def ingest_domain(profile: Profile, cfg: DataConfig, domain: str) -> dict:
 def assign_domains(profile: Profile, cfg: DataConfig, ingested: dict[str, dict]) -> dict:
     """Stage 2 over every domain of the run; returns its meta (cached under ``staging/assign``)."""
     key = content_hash("assign", sorted((d, m["key"]) for d, m in ingested.items()), cfg.lexicons,
-                       cfg.margin, cfg.min_score, cfg.domains, data_code_version())
+                       cfg.margin, cfg.min_score, cfg.single_domain_min_score, sorted(steps.mixed_sources(cfg)),
+                       cfg.domains, data_code_version())
     folder = profile.store / "staging" / "assign" / key
     if (folder / "meta.json").is_file():
         return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     frames = [pd.read_parquet(Path(m["folder"]) / "records.parquet") for m in ingested.values()]
-    kept, moves, dropped = steps.keyword_step(pd.concat(frames, ignore_index=True), cfg)
+    kept, moves, dropped, flagged = steps.keyword_step(pd.concat(frames, ignore_index=True), cfg)
     _write_parquet(kept, folder / "records.parquet")
     _write_parquet(moves, folder / "moves.parquet")
     _write_parquet(dropped, folder / "dropped.parquet")
-    meta = {"key": key, "folder": str(folder), "moves": len(moves), "dropped": len(dropped)}
+    _write_parquet(flagged, folder / "flagged.parquet")
+    meta = {"key": key, "folder": str(folder), "moves": len(moves), "dropped": len(dropped), "flagged": len(flagged)}
     atomic_write_json(folder / "meta.json", meta)
     return meta
 
 
+def _example_moves(log_rows: pd.DataFrame, k: int = 5) -> list[dict]:
+    cols = ["action", "from_domain", "to_domain", "source_uri", "source_row_key", "top_keywords"]
+    return [dict(zip(cols, map(str, r))) for r in log_rows[cols].head(k).itertuples(index=False)]
+
+
 def finalize_domain(profile: Profile, cfg: DataConfig, domain: str, ingested: dict[str, dict], assigned: dict,
-                    catalog: Catalog | None = None, run_ids: dict | None = None) -> PreparedDataset:
-    """Stage 3 for one domain: benchmark decontamination, dedup, cap, split, write, register."""
+                    ) -> PreparedDataset:
+    """Stage 3 for one domain: benchmark decontamination, dedup, cap, split, write (not registered).
+
+    Raises:
+        EmptyDomainError: No row is left for the train split (nothing written).
+    """
     evals = steps.eval_identities(cfg, profile.store)
-    input_key = content_hash("final", assigned["key"], domain, [(e["name"], e["version"]) for e in evals],
-                             cfg.ngram, cfg.val_fraction, cfg.seed, cfg.max_rows_per_domain, data_code_version())
+    input_key = content_hash("final", assigned["key"], domain_config(cfg, domain),
+                             [(e["name"], e["version"]) for e in evals], data_code_version())
     index_file = profile.store / "datasets" / domain / "_inputs" / f"{input_key}.json"
     if index_file.is_file():
         manifest_path = Path(json.loads(index_file.read_text(encoding="utf-8"))["manifest"])
         if manifest_path.is_file():
-            prepared = _from_manifest(manifest_path, cache_hit=True)
-            _register(profile, cfg, prepared, catalog, run_ids)
-            return prepared
+            return from_manifest(manifest_path, cache_hit=True)
     afolder = Path(assigned["folder"])
     rows = pd.read_parquet(afolder / "records.parquet")
     moves = pd.read_parquet(afolder / "moves.parquet")
     kw_dropped = pd.read_parquet(afolder / "dropped.parquet")
-    result = steps.finalize(rows[rows["domain"] == domain], cfg, steps.benchmark_index(cfg, profile.store))
+    flagged = pd.read_parquet(afolder / "flagged.parquet")
+    result = steps.finalize(rows[rows["domain"] == domain], cfg, steps.benchmark_index(cfg, profile.store, evals))
     own_q = pd.read_parquet(Path(ingested[domain]["folder"]) / "quarantine.parquet")
     quarantine = pd.concat([q for q in (own_q, result.quarantine) if not q.empty] or [own_q], ignore_index=True)
     kw_drop = kw_dropped[kw_dropped["from_domain"] == domain]
     dropped = pd.concat([steps.as_dropped(kw_drop, "keyword")] + result.dropped, ignore_index=True)
-    my_moves = moves[(moves["from_domain"] == domain) | (moves["to_domain"] == domain)]
+    my_log = pd.concat([moves[(moves["from_domain"] == domain) | (moves["to_domain"] == domain)].assign(action="move"),
+                        kw_drop.assign(action="drop"), flagged[flagged["from_domain"] == domain].assign(action="flag")],
+                       ignore_index=True)
     counts = {"in": int(ingested[domain]["n_in"]), "moved_in": int((moves["to_domain"] == domain).sum()),
               "moved_out": int((moves["from_domain"] == domain).sum()), "quarantined": len(quarantine),
               "dropped_keyword": len(kw_drop), **result.drop_counts,
-              "train": len(result.train), "val": len(result.val)}
+              "flagged": int((flagged["from_domain"] == domain).sum()),
+              **{s: len(result.splits[s]) for s in SPLITS}}
     check_conservation(counts, domain)
-    version = content_hash("dataset", domain, input_key,
-                           result.train[["record_id", "source_uri", "source_row_key"]].values.tolist(),
-                           result.val[["record_id", "source_uri", "source_row_key"]].values.tolist())
+    reasons = top_reasons(quarantine)
+    if counts["train"] == 0:
+        raise EmptyDomainError(
+            f"domain {domain!r}: 0 rows left for training ({counts}); nothing written. Quarantined rows: "
+            f"{Path(ingested[domain]['folder']) / 'quarantine.parquet'}"
+            + (f"; most common reasons: {'; '.join(f'{r} ({n})' for r, n in reasons)}" if reasons else ""))
+    all_sources = {(s["uri"], s["source_version"]): s for m in ingested.values() for s in m["sources"]}
+    used = set()
+    for part in result.splits.values():
+        used |= set(zip(part["source_uri"], part["source_version"]))
+    inputs = [s for k, s in all_sources.items() if k in used or s in ingested[domain]["sources"]]
+    dcfg = domain_config(cfg, domain)
+    member_cols = ["record_id", "source_uri", "source_version", "source_row_key"]
+    version = content_hash("dataset", domain, {s: result.splits[s][member_cols].values.tolist() for s in SPLITS},
+                           sorted(s["version"] for s in inputs), sorted(e["version"] for e in evals), dcfg,
+                           data_code_version())
     folder = profile.store / "datasets" / domain / version
-    train_path = _write_parquet(result.train[TRAIN_COLUMNS], folder / "train.parquet")
-    val_path = _write_parquet(result.val[TRAIN_COLUMNS], folder / "val.parquet")
+    paths = {s: _write_parquet(result.splits[s][_SPLIT_COLUMNS], folder / f"{s}.parquet") for s in SPLITS}
     dropped_path = _write_parquet(dropped, folder / "dropped.parquet")
-    moves_path = _write_parquet(my_moves, folder / "moves.parquet")
+    moves_path = _write_parquet(my_log, folder / "moves.parquet")
     q_path = _write_parquet(quarantine, profile.store / "quarantine" / domain / f"{version}.parquet")
-    used_sources = set(result.train["source_version"]) | set(result.val["source_version"])
-    all_sources = {s["version"]: s for m in ingested.values() for s in m["sources"]}
-    inputs = [s for v, s in all_sources.items() if v in used_sources or s in ingested[domain]["sources"]]
-    manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts,
-                "code_version": data_code_version(), "config_hash": config_hash(_step_config(cfg)),
-                "train_path": str(train_path), "val_path": str(val_path), "quarantine_path": str(q_path),
+    report = {"top_reasons": reasons, "moves": _example_moves(my_log[my_log["action"] != "flag"]),
+              "flagged": _example_moves(my_log[my_log["action"] == "flag"])}
+    manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts, "report": report,
+                "code_version": data_code_version(), "config_hash": config_hash(dcfg),
+                **{f"{s}_path": str(p) for s, p in paths.items()}, "quarantine_path": str(q_path),
                 "dropped_path": str(dropped_path), "moves_path": str(moves_path),
-                "sources": inputs, "eval_sets": evals,
-                "sha256": {"train": sha256_file(train_path), "val": sha256_file(val_path)}}
+                "sources": inputs, "eval_sets": evals, "sha256": {s: sha256_file(p) for s, p in paths.items()}}
     manifest_path = atomic_write_json(folder / "manifest.json", manifest)
     atomic_write_json(index_file, {"manifest": str(manifest_path), "version": version})
-    prepared = _from_manifest(manifest_path, cache_hit=False)
-    _register(profile, cfg, prepared, catalog, run_ids)
     log.info("%s: version %s %s", domain, version, counts)
-    return prepared
+    return from_manifest(manifest_path, cache_hit=False)
 
 
-def _from_manifest(path: Path, cache_hit: bool) -> PreparedDataset:
+def from_manifest(path: Path, cache_hit: bool) -> PreparedDataset:
     m = json.loads(Path(path).read_text(encoding="utf-8"))
+    opt = {s: Path(m[f"{s}_path"]) if m.get(f"{s}_path") else None for s in ("test", "router")}
     return PreparedDataset(domain=m["domain"], version=m["version"], train_path=Path(m["train_path"]),
                            val_path=Path(m["val_path"]), quarantine_path=Path(m["quarantine_path"]),
                            dropped_path=Path(m["dropped_path"]), moves_path=Path(m["moves_path"]),
-                           counts=m["counts"], cache_hit=cache_hit)
+                           test_path=opt["test"], router_path=opt["router"], counts=m["counts"],
+                           report=m.get("report", {}), cache_hit=cache_hit)
 
 
-def _register(profile: Profile, cfg: DataConfig, prepared: PreparedDataset, catalog: Catalog | None,
-              run_ids: dict | None) -> None:
-    """Record sources, eval sets, train and val artifacts and row membership."""
+def register_prepared(profile: Profile, prepared: dict[str, PreparedDataset], catalog: Catalog | None = None,
+                      run_ids: dict | None = None) -> dict[str, PreparedDataset]:
+    """Record every domain's sources, eval sets, split artifacts and row membership, in one transaction.
+
+    Returns:
+        The datasets with ``new_version`` set: True when the domain's train URI had
+        another (or no) latest version before (a version-changed event is due).
+    """
     cat = catalog or Catalog(profile.catalog_path)
-    m = json.loads((prepared.train_path.parent / "manifest.json").read_text(encoding="utf-8"))
-    inputs = []
-    for s in m["sources"] + m["eval_sets"]:
-        cat.record_artifact(uri=s["uri"], version=s["version"], kind=s["kind"], path=s.get("path"),
-                            sha256=s.get("sha256"), code_version=m["code_version"], config_hash=None,
-                            run_ids=run_ids)
-        inputs.append(s["version"])
-    for split, path, version in (("train", prepared.train_path, prepared.train_uri_version),
-                                 ("val", prepared.val_path, prepared.val_uri_version)):
-        fresh = cat.get(version) is None
-        cat.record_artifact(uri=f"dataset://{profile.name}/{prepared.domain}/{split}", version=version,
-                            kind="dataset", path=str(path), sha256=m["sha256"][split],
-                            code_version=m["code_version"], config_hash=m["config_hash"], inputs=inputs,
-                            metadata={"dataset_version": prepared.version, "split": split,
-                                      "counts": prepared.counts}, run_ids=run_ids)
-        if fresh:
-            rows = pd.read_parquet(path, columns=["record_id", "source_uri", "source_version", "source_row_key"])
-            cat.record_members(version, rows.assign(split=split))
+    out = {}
+    with cat.batch():
+        for domain, p in prepared.items():
+            m = json.loads((p.train_path.parent / "manifest.json").read_text(encoding="utf-8"))
+            before = cat.latest(f"dataset://{profile.name}/{domain}/train")
+            inputs = []
+            for s in m["sources"] + m["eval_sets"]:
+                cat.record_artifact(uri=s["uri"], version=s["version"], kind=s["kind"], path=s.get("path"),
+                                    sha256=s.get("sha256"), code_version=m["code_version"], config_hash=None,
+                                    run_ids=run_ids)
+                inputs.append(s["version"])
+            for split in SPLITS:
+                path, version = p.split_path(split), p.uri_version(split)
+                if path is None:
+                    continue
+                fresh = cat.get(version) is None
+                cat.record_artifact(uri=f"dataset://{profile.name}/{domain}/{split}", version=version,
+                                    kind="dataset", path=str(path), sha256=m["sha256"][split],
+                                    code_version=m["code_version"], config_hash=m["config_hash"], inputs=inputs,
+                                    metadata={"dataset_version": p.version, "split": split, "counts": p.counts},
+                                    run_ids=run_ids)
+                if fresh:
+                    rows = pd.read_parquet(path, columns=["record_id", "source_uri", "source_version",
+                                                          "source_row_key", "origin_domain"])
+                    cat.record_members(version, rows.assign(split=split))
+            out[domain] = dataclasses.replace(p, new_version=before is None or before["version"] != p.train_uri_version)
+    return out
 
 
 def prepare_all(profile: Profile, domains: list[str] | None = None, catalog: Catalog | None = None,
                 run_ids: dict | None = None) -> dict[str, PreparedDataset]:
     """Prepare some or all domains of a profile (keyword moves always see every domain).
+
+    Every domain is finished before anything is registered: a failure in any
+    domain raises and leaves the catalog as it was.
 
     Args:
         profile: The profile.
@@ -238,7 +334,8 @@ def prepare_all(profile: Profile, domains: list[str] | None = None, catalog: Cat
         raise ValueError(f"unknown domains {unknown}; profile {profile.name!r} has {cfg.domains}")
     ingested = {d: ingest_domain(profile, cfg, d) for d in cfg.domains}
     assigned = assign_domains(profile, cfg, ingested)
-    return {d: finalize_domain(profile, cfg, d, ingested, assigned, catalog, run_ids) for d in wanted}
+    prepared = {d: finalize_domain(profile, cfg, d, ingested, assigned) for d in wanted}
+    return register_prepared(profile, prepared, catalog, run_ids)
 
 
 def prepare_domain(profile: Profile, domain: str, catalog: Catalog | None = None,
@@ -266,4 +363,4 @@ def load_prepared(profile: Profile, domain: str, catalog: Catalog | None = None,
     if art is None:
         what = f"version {version} of " if version else ""
         raise LookupError(f"no prepared dataset for {what}{profile.name}/{domain}; run `brainstacks prepare`")
-    return _from_manifest(Path(art["path"]).parent / "manifest.json", cache_hit=True)
+    return from_manifest(Path(art["path"]).parent / "manifest.json", cache_hit=True)

@@ -23,6 +23,7 @@ from brainstacks_core.data.sources import (
     quarantine_row,
     record_id,
     source_identity,
+    source_uri,
 )
 from brainstacks_core.data.text_cleaning import (
     has_chat_tokens,
@@ -31,6 +32,7 @@ from brainstacks_core.data.text_cleaning import (
     strip_chat_tokens_unconditional,
 )
 from brainstacks_core.files import sha256_file
+from brainstacks_core.lineage.versioning import content_hash
 from data_contracts import (
     DecontaminatedRecords,
     NormalisedRecords,
@@ -52,9 +54,11 @@ class SourceIdent:
     kind: str = "source"
 
     def as_dict(self) -> dict:
-        """JSON form (manifest, stage meta)."""
+        """JSON form (manifest, stage meta): ``version`` is the catalog version, ``source_version``
+        what the rows carry (file sha256 or hub revision)."""
         sha = self.version if self.path and not self.uri.startswith("hf://") else None
-        return {"uri": self.uri, "version": self.version, "path": self.path, "kind": self.kind, "sha256": sha}
+        return {"uri": self.uri, "version": catalog_version(self.uri, self.version), "source_version": self.version,
+                "path": self.path, "kind": self.kind, "sha256": sha}
 
 
 def identify(spec: SourceConfig, cfg: DataConfig, store: Path) -> SourceIdent:
@@ -63,9 +67,22 @@ def identify(spec: SourceConfig, cfg: DataConfig, store: Path) -> SourceIdent:
     return SourceIdent(uri, version, str(path) if path else None)
 
 
+def catalog_version(uri: str, sha: str) -> str:
+    """Catalog version of a source or eval file: its checksum *and* its URI.
+
+    The same bytes under two URIs (a generated file copied to a local path) are two
+    artifacts, so the version cannot be the checksum alone.
+    """
+    return f"{sha[:16]}-{content_hash(uri, length=8)}"
+
+
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def strip_records(df: pd.DataFrame, max_chars: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -77,10 +94,12 @@ def strip_records(df: pd.DataFrame, max_chars: int) -> tuple[pd.DataFrame, pd.Da
     gets a new ``record_id`` (the hash of what training will see).
     """
     df = df.copy()
-    mask = [has_chat_tokens(p) or has_chat_tokens(r) or (s is not None and has_chat_tokens(s))
+    # A source where only some rows carry a system prompt: the others hold None, or NaN once pandas' string
+    # dtype has seen the column. Only a str is a system prompt.
+    mask = [has_chat_tokens(p) or has_chat_tokens(r) or (isinstance(s, str) and has_chat_tokens(s))
             for p, r, s in zip(df["prompt"], df["response"], df["system"])]
     for i in df.index[mask]:
-        system, prompt, response = df.at[i, "system"], df.at[i, "prompt"], df.at[i, "response"]
+        system, prompt, response = _str_or_none(df.at[i, "system"]), df.at[i, "prompt"], df.at[i, "response"]
         conv = parse_conversation(prompt) if not strip_chat_tokens(response).strip() else None
         if conv is not None and not conv.trailing:  # with trailing turns: strip tokens, keep every word
             system, prompt, response = conv.system or system, conv.prompt, conv.response
@@ -127,9 +146,16 @@ def ingest(cfg: DataConfig, domain: str, store: Path, idents: list[SourceIdent])
     return records, quarantine_df, n_in
 
 
-def keyword_step(records: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Keyword decontamination across every domain of the run."""
-    return decontaminate(records, cfg.lexicons, cfg.domains, cfg.margin, cfg.min_score)
+def mixed_sources(cfg: DataConfig) -> set[str]:
+    """URIs of the sources declared ``mixed`` (rows may belong to other domains)."""
+    return {source_uri(s, cfg) for specs in cfg.sources.values() for s in specs if s.mixed}
+
+
+def keyword_step(records: pd.DataFrame, cfg: DataConfig
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Keyword decontamination across every domain of the run: ``(kept, moves, dropped, flagged)``."""
+    return decontaminate(records, cfg.lexicons, cfg.domains, cfg.margin, cfg.min_score, mixed_sources(cfg),
+                         cfg.single_domain_min_score)
 
 
 def eval_identities(cfg: DataConfig, store: Path) -> list[dict]:
@@ -145,21 +171,21 @@ def eval_identities(cfg: DataConfig, store: Path) -> list[dict]:
             if not path.is_file():
                 raise FileNotFoundError(f"eval set {e.name!r}: file not found at {path}")
         sha = sha256_file(path)
-        out.append({"name": e.name, "uri": f"eval://{e.name}", "version": sha, "sha256": sha, "path": str(path),
-                    "format": e.format, "kind": "eval_set"})
+        uri = f"eval://{e.name}"
+        out.append({"name": e.name, "uri": uri, "version": catalog_version(uri, sha), "sha256": sha,
+                    "path": str(path), "format": e.format, "kind": "eval_set"})
     return out
 
 
 @functools.lru_cache(maxsize=4)
-def _index(spec: tuple[tuple[str, str, str, str], ...], n: int) -> NgramIndex:
-    fmt = {"generated": "generated"}
-    return build_index({name: eval_texts(Path(path), fmt.get(f, f)) for name, _, path, f in spec}, n)
+def _index(spec: tuple[tuple[str, str, str, str], ...], n: int, template_min_items: int) -> NgramIndex:
+    return build_index({name: eval_texts(Path(path), f) for name, _, path, f in spec}, n, template_min_items)
 
 
-def benchmark_index(cfg: DataConfig, store: Path) -> NgramIndex:
+def benchmark_index(cfg: DataConfig, store: Path, evals: list[dict] | None = None) -> NgramIndex:
     """The n-gram index of the run's eval sets (cached in-process by their versions)."""
-    spec = tuple((e["name"], e["version"], e["path"], e["format"]) for e in eval_identities(cfg, store))
-    return _index(spec, cfg.ngram)
+    spec = tuple((e["name"], e["version"], e["path"], e["format"]) for e in evals or eval_identities(cfg, store))
+    return _index(spec, cfg.ngram, cfg.template_min_items)
 
 
 def as_dropped(df: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -175,15 +201,39 @@ def _unit_hash(seed: int, rid: str) -> float:
     return int(hashlib.sha256(f"{seed}:{rid}".encode()).hexdigest()[:12], 16) / float(16 ** 12)
 
 
+SPLITS = ("train", "val", "test", "router")
+
+
+def assign_splits(record_ids: pd.Series, cfg: DataConfig) -> list[str]:
+    """Split of each record by the hash of ``seed:record_id``: deterministic, disjoint.
+
+    ``u < val`` -> val, ``< val + test`` -> test, ``< val + test + router`` -> router,
+    else train. A record's split depends only on its id and the seed, so adding or
+    removing other rows never moves it.
+    """
+    a = cfg.val_fraction
+    b = a + cfg.test_fraction
+    c = b + cfg.router_fraction
+    return ["val" if u < a else "test" if u < b else "router" if u < c else "train"
+            for u in (_unit_hash(cfg.seed, r) for r in record_ids)]
+
+
 @dataclass
 class FinalResult:
-    """Output of :func:`finalize` for one domain."""
+    """Output of :func:`finalize` for one domain: rows per split (``SPLITS``)."""
 
-    train: pd.DataFrame
-    val: pd.DataFrame
+    splits: dict[str, pd.DataFrame]
     quarantine: pd.DataFrame
     dropped: list[pd.DataFrame] = field(default_factory=list)
     drop_counts: dict = field(default_factory=dict)
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> pd.DataFrame:
+        return self.splits["val"]
 
 
 def finalize(rows: pd.DataFrame, cfg: DataConfig, index: NgramIndex) -> FinalResult:
@@ -197,19 +247,17 @@ def finalize(rows: pd.DataFrame, cfg: DataConfig, index: NgramIndex) -> FinalRes
     dups["reason"] = [f"duplicate of record {r} (first seen at {first.at[r, 'source_uri']} "
                       f"{first.at[r, 'source_row_key']})" for r in dups["record_id"]]
     clean = clean[~dup]
-    u = clean["record_id"].map(lambda r: _unit_hash(cfg.seed, r))
     capped = clean.iloc[0:0].assign(reason=pd.Series(dtype=str))
     if cfg.max_rows_per_domain is not None and len(clean) > cfg.max_rows_per_domain:
-        order = u.sort_values(kind="stable").index
-        keep = order[: cfg.max_rows_per_domain]
+        u = clean["record_id"].map(lambda r: _unit_hash(cfg.seed + 1, r))  # not the split hash: caps all splits alike
+        keep = u.sort_values(kind="stable").index[: cfg.max_rows_per_domain]
         capped = clean.drop(index=keep).assign(reason=f"over max_rows_per_domain={cfg.max_rows_per_domain} "
                                                       f"(hash order, seed {cfg.seed})")
-        clean, u = clean.loc[keep].sort_index(), u.loc[keep].sort_index()
-    split = clean.assign(split=["val" if x < cfg.val_fraction else "train" for x in u])
+        clean = clean.loc[keep].sort_index()
+    split = clean.assign(split=assign_splits(clean["record_id"], cfg))
     split, q2 = validate_or_quarantine(split, SplitRecords, "split")
     dropped = [as_dropped(removed, "benchmark"), as_dropped(dups, "duplicate"), as_dropped(capped, "cap")]
-    return FinalResult(train=split[split["split"] == "train"].reset_index(drop=True),
-                       val=split[split["split"] == "val"].reset_index(drop=True),
+    return FinalResult(splits={s: split[split["split"] == s].reset_index(drop=True) for s in SPLITS},
                        quarantine=_concat([q1, q2], QUARANTINE_COLUMNS), dropped=dropped,
                        drop_counts={"dropped_benchmark": len(removed), "dropped_duplicate": len(dups),
                                     "dropped_cap": len(capped)})

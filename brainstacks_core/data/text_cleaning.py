@@ -17,6 +17,10 @@ The rule for ambiguous tokens (documented, and tested on the code data):
 **only in a text that also contains an unambiguous template marker** (``[INST]``,
 ``<|im_start|>``, ``<start_of_turn>``, ...). A text without any unambiguous marker
 is returned byte-identical, whatever it contains.
+
+Code is content: a template token inside a fenced code block (```` ``` ````) or an
+inline code span (`` `...` ``) is part of what the row teaches (a prompt-format
+tutorial), so it is never detected, stripped or parsed as a turn marker.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ TEMPLATE_PATTERNS: tuple[tuple[str, str, str], ...] = (
     ("llama3_end_of_text", "llama3", r"<\|end_of_text\|>"),
     ("llama3_header", "llama3", r"<\|start_header_id\|>(?P<role>[^<|]{0,32})<\|end_header_id\|>"),
     ("llama3_eot", "llama3", r"<\|eot_id\|>"),
+    ("llama3_eom", "llama3", r"<\|eom_id\|>"),
+    ("llama3_python_tag", "llama3", r"<\|python_tag\|>"),
     ("chatml_start", "chatml", r"<\|im_start\|>(?P<role>[A-Za-z_]{0,32})"),
     ("chatml_end", "chatml", r"<\|im_end\|>"),
     ("gemma_start", "gemma", r"<start_of_turn>(?P<role>[A-Za-z_]{0,32})"),
@@ -70,6 +76,54 @@ _ALL = re.compile(
     + "|".join(f"(?:{rx})" for _, rx in AMBIGUOUS_PATTERNS)
 )
 _PER_PATTERN = [(name, re.compile(rx)) for name, _, rx in TEMPLATE_PATTERNS]
+# Fenced blocks (an unclosed fence runs to the end) and inline code spans.
+_CODE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`", re.DOTALL)
+# DeepSeek (v1 / Coder) without role tokens: plain "User:" / "Assistant:" labels at line starts.
+_PLAIN_ROLES = re.compile(r"(?m)^[ \t]*(?P<role>User|Assistant|System)[ \t]*:[ \t]?")
+
+
+_FAMILIES = sorted({fam for _, fam, _ in TEMPLATE_PATTERNS})
+_BY_FAMILY = re.compile("|".join(
+    f"(?P<{fam}>" + "|".join(rx for _, f, rx in TEMPLATE_PATTERNS if f == fam).replace("?P<role>", "") + ")"
+    for fam in _FAMILIES))
+
+
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """Code spans of ``text`` that are really code.
+
+    A span holding a marker of the text's own template (a family also found
+    outside code) is not code: it is a fence left open across a turn boundary
+    (``... ``` [/INST] ...``), so the template's structure wins there.
+    """
+    if "`" not in text and "~~~" not in text:
+        return []
+    spans = [m.span() for m in _CODE.finditer(text)]
+    for _ in range(3):
+        marks = [(m.start(), m.lastgroup) for m in _BY_FAMILY.finditer(text)]
+        outer = {fam for pos, fam in marks if _outside(spans, pos)}
+        keep = [(a, b) for a, b in spans if not any(a <= pos < b and fam in outer for pos, fam in marks)]
+        if len(keep) == len(spans):
+            break
+        spans = keep
+    return spans
+
+
+def _outside(spans: list[tuple[int, int]], pos: int) -> bool:
+    return not any(a <= pos < b for a, b in spans)
+
+
+def _sub_outside_code(rx: re.Pattern[str], repl: str, text: str) -> str:
+    """``rx.sub(repl, text)`` on the parts of ``text`` outside code spans."""
+    spans = _code_spans(text)
+    if not spans:
+        return rx.sub(repl, text)
+    out, last = [], 0
+    for a, b in spans:
+        out.append(rx.sub(repl, text[last:a]))
+        out.append(text[a:b])
+        last = b
+    out.append(rx.sub(repl, text[last:]))
+    return "".join(out)
 _BLANK_RUNS = re.compile(r"[ \t]*\n[ \t]*\n(?:[ \t]*\n)+")
 
 # Markers that open a turn, mapped to the role they open ("" = role captured).
@@ -110,13 +164,18 @@ class Conversation:
 
 
 def has_chat_tokens(text: str) -> bool:
-    """True when ``text`` holds at least one unambiguous template marker."""
-    return _MARKERS.search(text) is not None
+    """True when ``text`` holds at least one unambiguous template marker outside code."""
+    m = _MARKERS.search(text)
+    if m is None:
+        return False
+    spans = _code_spans(text)
+    return not spans or any(_outside(spans, x.start()) for x in _MARKERS.finditer(text))
 
 
 def find_chat_tokens(text: str) -> list[str]:
-    """Names of the template patterns found in ``text`` (for reports and tests)."""
-    return [name for name, rx in _PER_PATTERN if rx.search(text)]
+    """Names of the template patterns found in ``text`` outside code (for reports and tests)."""
+    spans = _code_spans(text)
+    return [name for name, rx in _PER_PATTERN if any(_outside(spans, m.start()) for m in rx.finditer(text))]
 
 
 def strip_chat_tokens(text: str) -> str:
@@ -135,13 +194,15 @@ def strip_chat_tokens(text: str) -> str:
     """
     if not has_chat_tokens(text):
         return text
-    out = _ALL.sub("\n", text)
-    out = _BLANK_RUNS.sub("\n\n", out)
+    out = _sub_outside_code(_ALL, "\n", text)
+    out = _sub_outside_code(_BLANK_RUNS, "\n\n", out)
     return "\n".join(line.rstrip() for line in out.strip().split("\n"))
 
 
 def _role_of(match: re.Match[str]) -> str:
     kind = match.lastgroup
+    if kind == "role":  # _PLAIN_ROLES
+        return match.group("role").lower()
     if kind in ("inst", "sys_end", "msys_end"):
         return "user"
     if kind == "inst_end":
@@ -169,7 +230,15 @@ def parse_conversation(text: str) -> Conversation | None:
     if not has_chat_tokens(text):
         return None
     turns: list[list[str]] = []  # [role, text]
-    matches = list(_TURN_OPENERS.finditer(text))
+    spans = _code_spans(text)
+    matches = [m for m in _TURN_OPENERS.finditer(text) if _outside(spans, m.start())]
+    if not matches and "｜" in text:  # DeepSeek v1/Coder: <｜begin▁of▁sentence｜>User: q\n\nAssistant: a<｜end▁of▁sentence｜>
+        body = strip_chat_tokens_unconditional(text)
+        matches = [m for m in _PLAIN_ROLES.finditer(body) if _outside(_code_spans(body), m.start())]
+        text = body
+    head = strip_chat_tokens_unconditional(text[:matches[0].start()]) if matches else ""
+    if head and "｜" in text[:matches[0].start()]:  # DeepSeek V3/R1: <｜begin▁of▁sentence｜>{system}<｜User｜>...
+        turns.append(["system", head])
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         body = strip_chat_tokens_unconditional(text[m.end():end])
@@ -194,7 +263,7 @@ def parse_conversation(text: str) -> Conversation | None:
 
 
 def strip_chat_tokens_unconditional(text: str) -> str:
-    """Remove every template token, ambiguous ones included (inside a known conversation)."""
-    out = _ALL.sub("\n", text)
-    out = _BLANK_RUNS.sub("\n\n", out)
+    """Remove every template token, ambiguous ones included (inside a known conversation); code is kept."""
+    out = _sub_outside_code(_ALL, "\n", text)
+    out = _sub_outside_code(_BLANK_RUNS, "\n\n", out)
     return out.strip()

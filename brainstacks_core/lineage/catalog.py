@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE TABLE IF NOT EXISTS edges (input_version VARCHAR NOT NULL, output_version VARCHAR NOT NULL,
     PRIMARY KEY (input_version, output_version));
 CREATE TABLE IF NOT EXISTS members (dataset_version VARCHAR NOT NULL, record_id VARCHAR NOT NULL,
-    source_uri VARCHAR, source_version VARCHAR, source_row_key VARCHAR, split VARCHAR);
+    source_uri VARCHAR, source_version VARCHAR, source_row_key VARCHAR, split VARCHAR, origin_domain VARCHAR);
+ALTER TABLE members ADD COLUMN IF NOT EXISTS origin_domain VARCHAR;
 CREATE TABLE IF NOT EXISTS metrics (version VARCHAR NOT NULL, name VARCHAR NOT NULL, value DOUBLE,
     step INTEGER, metadata VARCHAR, recorded_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS events (version VARCHAR NOT NULL, event VARCHAR NOT NULL, event_at TIMESTAMP NOT NULL,
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS events (version VARCHAR NOT NULL, event VARCHAR NOT N
 """
 _ART_COLS = ["version", "uri", "kind", "path", "sha256", "code_version", "config_hash", "created_at",
              "last_used_at", "flow_run_id", "task_run_id", "metadata"]
-_MEMBER_COLS = ["record_id", "source_uri", "source_version", "source_row_key", "split"]
+_MEMBER_COLS = ["record_id", "source_uri", "source_version", "source_row_key", "split", "origin_domain"]
 
 
 class CatalogLockedError(RuntimeError):
@@ -81,10 +82,36 @@ class Catalog:
     def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
+        self._batch: duckdb.DuckDBPyConnection | None = None
 
     # ------------------------------------------------------------ connections
     @contextlib.contextmanager
+    def batch(self) -> Iterator["Catalog"]:
+        """Every call inside runs on one connection in one transaction: all or nothing.
+
+        For many writes at once (a prepare registering every domain): one lock
+        instead of one per call, and a failure part-way records nothing.
+        """
+        if self._batch is not None:
+            yield self
+            return
+        with self._connect(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            self._batch = con
+            try:
+                yield self
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                self._batch = None
+
+    @contextlib.contextmanager
     def _connect(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        if self._batch is not None:
+            yield self._batch
+            return
         if not write and not self.path.exists():
             yield None
             return
@@ -112,6 +139,9 @@ class Catalog:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._batch is not None:
+            yield self._batch
+            return
         with self._connect(write=True) as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -217,15 +247,18 @@ class Catalog:
             dataset_version: The dataset's version.
             rows: Columns record_id, source_uri, source_version, source_row_key, split.
         """
-        missing = [c for c in _MEMBER_COLS if c not in rows.columns]
+        missing = [c for c in _MEMBER_COLS if c not in rows.columns and c != "origin_domain"]
         if missing:
             raise ValueError(f"record_members: missing columns {missing}")
+        if "origin_domain" not in rows.columns:
+            rows = rows.assign(origin_domain=None)
         frame = rows[_MEMBER_COLS].astype(object).assign(dataset_version=dataset_version)
         with self._transaction() as con:
             con.register("incoming_members", frame)
             con.execute("DELETE FROM members WHERE dataset_version = ?", [dataset_version])
-            con.execute("INSERT INTO members SELECT dataset_version, record_id, source_uri, source_version, "
-                        "source_row_key, split FROM incoming_members")
+            con.execute("INSERT INTO members (dataset_version, record_id, source_uri, source_version, source_row_key, "
+                        "split, origin_domain) SELECT dataset_version, record_id, source_uri, source_version, "
+                        "source_row_key, split, origin_domain FROM incoming_members")
             con.unregister("incoming_members")
 
     def members(self, dataset_version: str) -> pd.DataFrame:
@@ -236,15 +269,15 @@ class Catalog:
 
     def artifacts_containing(self, record_id: str) -> list[dict]:
         """Datasets holding ``record_id`` (depth 0, with ``source_row_key``) and everything downstream."""
-        rows = self._query("SELECT DISTINCT dataset_version, source_uri, source_row_key, split "
+        rows = self._query("SELECT DISTINCT dataset_version, source_uri, source_row_key, split, origin_domain "
                            "FROM members WHERE record_id = ?", [record_id])
         out: dict[str, dict] = {}
-        for version, src, key, split in rows:
+        for version, src, key, split, origin in rows:
             art = self.get(version)
             if art is None:
                 continue
             out.setdefault(version, {**art, "depth": 0, "source_uri_of_record": src,
-                                     "source_row_key": key, "split": split})
+                                     "source_row_key": key, "split": split, "origin_domain": origin})
             for down in self.downstream(version):
                 if down["version"] not in out or out[down["version"]]["depth"] > down["depth"]:
                     out[down["version"]] = down
