@@ -134,3 +134,27 @@ def test_shared_profile_one_domain(tmp_path):
     res = prepare_domain(profile, "reasoning")
     check_conservation(res.counts, "reasoning")
     assert res.counts["in"] == 651 and res.counts["train"] > 300
+
+
+def test_source_with_system_on_some_rows_only(tmp_path):
+    """Item 1: one alpaca row with a `system` field among 20 crashed prepare (TypeError on a float NaN)."""
+    rows = [{"instruction": f"Tell me about item {i}", "output": f"Item {i} is nice"} for i in range(20)]
+    rows[3]["system"] = "You are terse."
+    path = tmp_path / "data" / "chat_a.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rows))
+    templ = [{"text": "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST] Hello </s>"},
+             {"text": "<s>[INST] Bye [/INST] Goodbye </s>"}] + [{"text": f"<s>[INST] q{i} [/INST] a{i} </s>"}
+                                                           for i in range(10)]
+    pd.DataFrame(templ).to_parquet(tmp_path / "data" / "chat_b.parquet")
+    cfg = _custom_profile(tmp_path, {"chat_a.json": json.dumps(rows).encode()})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["data"]["sources"]["chat"].append({"kind": "local", "format": "template_text", "path": "data/chat_b.parquet"})
+    cfg.write_text(yaml.safe_dump(raw))
+    res = prepare_all(load_profile(cfg))["chat"]
+    check_conservation(res.counts, "chat")
+    assert res.counts["in"] == 32 and res.counts["quarantined"] == 0
+    every = pd.concat([pd.read_parquet(res.split_path(s)) for s in ("train", "val", "test", "router")])
+    systems = every.set_index("source_row_key")["system"]
+    assert systems["element:3"] == "You are terse." and systems["row:0"] == "Be kind."
+    assert systems.drop(["element:3", "row:0"]).isna().all()

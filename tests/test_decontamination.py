@@ -160,3 +160,14 @@ def test_real_near_duplicate_is_still_removed_next_to_templates():
     clean, removed = remove_contaminated(_rows([("math", near, "#### 18")]), index)
     assert len(removed) == 1 and removed.iloc[0]["benchmark"] == "mixed_bench"
     assert "shares" in removed.iloc[0]["reason"] and int(removed.iloc[0]["reason"].split()[1]) >= 2
+
+
+def test_stem_common_to_many_training_rows_is_boilerplate():
+    """A stem rare in the benchmark but shared by many training rows (LogiQA Eval vs Test) is not a copy."""
+    index = build_index({"logiqa": _logiqa_items(1) + ["an unrelated item about the tides of the northern sea"]},
+                        n=13, template_min_items=3)
+    rows = _rows([("reasoning", f"Context {w}: a report on {w} says things changed. {STEM}", "Answer: A")
+                  for w in ("bakers", "miners", "pilots")])
+    clean, removed = remove_contaminated(rows, index, template_min_rows=3)
+    assert removed.empty and len(clean) == 3
+    assert len(remove_contaminated(rows, index)[1]) == 3  # counting every n-gram drops all three

@@ -123,3 +123,65 @@ def test_real_shared_files(tmp_path, fmt, rel, rows):
     assert batch.records["prompt"].str.len().min() > 0
     if fmt == "gsm8k":
         assert batch.records["response"].str.contains("#### ").all()
+
+
+def test_gzip_cut_mid_stream_keeps_complete_rows_and_quarantines_the_tail(tmp_path):
+    rows = [json.dumps({"instruction": f"question number {i} " * 5, "output": f"answer {i} " * 5}) for i in range(400)]
+    whole = gzip.compress("\n".join(rows).encode() + b"\n")
+    batch = _load(tmp_path, "cut.jsonl.gz", whole[: len(whole) // 2])
+    assert 0 < len(batch.records) < 400 and _conserved(batch)
+    keys = batch.records["source_row_key"].tolist()
+    assert keys == [f"line:{i}" for i in range(1, len(keys) + 1)]  # every complete row before the cut
+    tail = batch.quarantine.iloc[-1]
+    assert "cut.jsonl.gz" in tail["reason"] and "cut after line" in tail["reason"]
+
+
+def test_empty_file_through_the_cli_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "empty.json").write_bytes(b"")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "t", "artifact_root": str(tmp_path / "art"), "data": {
+        "domains": ["chat"], "sources": {"chat": [{"kind": "local", "format": "alpaca",
+                                                    "path": str(tmp_path / "empty.json")}]}}}))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--config", str(cfg)], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "empty.json" in lines[0] and "empty file" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_keys_are_physical_lines_despite_blank_lines(tmp_path):
+    good = json.dumps({"instruction": "a", "output": "b"})
+    batch = _load(tmp_path, "d.jsonl", f"{good}\n\n\n{good.replace('a', 'c')}\n{{bad\n".encode())
+    assert batch.records["source_row_key"].tolist() == ["line:1", "line:4"]
+    assert batch.quarantine["source_row_key"].tolist() == ["line:5"]
+
+
+def test_json_array_in_a_jsonl_file_names_elements(tmp_path):
+    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}, ["not", "an", "object"]]
+    batch = _load(tmp_path, "arr.jsonl", json.dumps(rows, indent=2).encode())
+    assert batch.records["source_row_key"].tolist() == ["element:0", "element:1"]
+    assert "element 2: expected an object, got an array" in batch.quarantine["reason"].iloc[0]
+
+
+def test_null_blank_and_source_field_names(tmp_path):
+    rows = [{"instruction": "a", "output": None}, {"instruction": "b"}, {"instruction": "c", "output": "   "},
+            {"instruction": "ok", "output": "fine"}]
+    batch = _load(tmp_path, "n.json", json.dumps(rows).encode())
+    q = batch.quarantine.set_index("source_row_key")
+    assert "'output': is null" in q.loc["element:0", "reason"]
+    assert "'output': missing" in q.loc["element:1", "reason"]
+    assert q.loc["element:2", "field"] == "output" and "blank" in q.loc["element:2", "reason"]
+    assert "response" not in " ".join(q["reason"])
+
+
+def test_json_error_column_points_at_the_bad_character(tmp_path):
+    bad = '{"instruction": "a", "output": "b",}'
+    batch = _load(tmp_path, "c.jsonl", f'{{"instruction": "x", "output": "y"}}\n{bad}\n'.encode())
+    assert f"line:2: malformed JSON at column {bad.index('}') + 1}:" in batch.quarantine["reason"].iloc[0]

@@ -53,14 +53,24 @@ class NgramIndex:
     grams: dict[int, str]
     templates: dict[str, int] | None = None
 
-    def find(self, text: str) -> tuple[str, str, int] | None:
-        """``(benchmark, one shared n-gram, number of shared n-grams)``, or None."""
+    def shared(self, text: str) -> set[int]:
+        """Hashes of the indexed n-grams that ``text`` holds."""
         toks = tokenize(text)
         if len(toks) < self.n:
-            return None
-        shared = self.grams.keys() & set(_gram_hashes(toks, self.n))
+            return set()
+        return self.grams.keys() & set(_gram_hashes(toks, self.n))
+
+    def find(self, text: str, ignore: set[int] | frozenset = frozenset()) -> tuple[str, str, int] | None:
+        """``(benchmark, one shared n-gram, number of shared n-grams)``, or None.
+
+        Args:
+            text: A training row's text.
+            ignore: n-gram hashes not to count (boilerplate found by the caller).
+        """
+        shared = self.shared(text) - ignore
         if not shared:
             return None
+        toks = tokenize(text)
         for i, h in enumerate(_gram_hashes(toks, self.n)):
             if h in shared:
                 return self.grams[h], " ".join(toks[i:i + self.n]), len(shared)
@@ -101,12 +111,27 @@ def build_index(sets: dict[str, list[str]], n: int = 13, template_min_items: int
     return NgramIndex(n=n, grams=grams, templates=templates)
 
 
-def remove_contaminated(records: pd.DataFrame, index: NgramIndex) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``records`` into clean rows and removed rows (with ``benchmark`` and ``reason``)."""
+def remove_contaminated(records: pd.DataFrame, index: NgramIndex, template_min_rows: int | None = None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``records`` into clean rows and removed rows (with ``benchmark`` and ``reason``).
+
+    Args:
+        records: Training rows (``prompt``, ``response``, ``record_id``).
+        index: The eval sets' n-grams.
+        template_min_rows: A benchmark n-gram shared by this many distinct training
+            records is boilerplate both sides use (a stem the training format and the
+            benchmark share, e.g. "question: which of the following ... weaken the
+            argument"), not a copied item: it is not counted. None counts every one.
+    """
     if records.empty or not index.grams:
         return records, records.iloc[0:0].assign(benchmark=pd.Series(dtype=str), reason=pd.Series(dtype=str))
     texts = (records["prompt"] + "\n" + records["response"]).tolist()
-    found = [index.find(t) for t in texts]
+    ignore: set[int] = set()
+    if template_min_rows:
+        per_row = {rid: index.shared(t) for rid, t in zip(records["record_id"], texts)}
+        counts = Counter(h for hs in per_row.values() for h in hs)
+        ignore = {h for h, c in counts.items() if c >= template_min_rows}
+    found = [index.find(t, ignore) for t in texts]
     hit = pd.Series([f is not None for f in found], index=records.index)
     removed = records[hit].copy()
     removed["benchmark"] = [f[0] for f in found if f is not None]

@@ -105,8 +105,9 @@ class DataConfig(BaseModel):
             single-domain source moves (below it, a foreign-looking row is reported).
         eval_sets: Benchmarks for 13-gram decontamination.
         ngram: n of the benchmark n-gram overlap check.
-        template_min_items: An n-gram found in this many items of one benchmark
-            is its template (a question stem), not contamination.
+        template_min_items: An n-gram found in this many items of one benchmark,
+            or in this many distinct training rows of a domain, is template
+            boilerplate (a question stem), not contamination.
         val_fraction: Share of rows (by hash) for validation (early stopping).
         test_fraction: Share of rows (by hash) for the test split (reported numbers).
         router_fraction: Share of rows (by hash) held out for the routing oracle
@@ -135,9 +136,10 @@ class DataConfig(BaseModel):
     eval_sets: list[EvalSetConfig] = Field(default_factory=list, description="Benchmarks for n-gram "
                                                                              "decontamination.")
     ngram: int = Field(default=13, ge=3, description="n of the benchmark n-gram overlap check.")
-    template_min_items: int = Field(default=5, ge=2, description="An n-gram found in at least this many items of "
-                                    "one benchmark is template boilerplate (a shared question stem) and is ignored; "
-                                    "real near-duplicates share n-grams with one item.")
+    template_min_items: int = Field(default=3, ge=2, description="An n-gram found in at least this many items of "
+                                    "one benchmark, or in this many distinct training rows of a domain, is template "
+                                    "boilerplate (a shared question stem) and is ignored; a real near-duplicate "
+                                    "shares n-grams with one item.")
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="Share of rows (by hash) for the val "
                                                                           "split: early stopping, best-stack choice.")
     test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="Share of rows (by hash) for the test "

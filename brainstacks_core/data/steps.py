@@ -239,7 +239,7 @@ class FinalResult:
 def finalize(rows: pd.DataFrame, cfg: DataConfig, index: NgramIndex) -> FinalResult:
     """Benchmark decontamination, contract check, dedup, cap and hash split of one domain."""
     rows = rows.reset_index(drop=True)
-    clean, removed = remove_contaminated(rows, index)
+    clean, removed = remove_contaminated(rows, index, cfg.template_min_items)
     clean, q1 = validate_or_quarantine(clean, DecontaminatedRecords, "decontaminate")
     dup = clean["record_id"].duplicated(keep="first")
     first = clean.drop_duplicates("record_id").set_index("record_id")
