@@ -171,3 +171,9 @@ def test_stem_common_to_many_training_rows_is_boilerplate():
     clean, removed = remove_contaminated(rows, index, template_min_rows=3)
     assert removed.empty and len(clean) == 3
     assert len(remove_contaminated(rows, index)[1]) == 3  # counting every n-gram drops all three
+
+
+def test_alternatives_of_one_entry_are_one_signal():
+    m = KeywordMatcher({"code": ["python|java|javascript|typescript", "=def"], "medical": ["patient|patients"]})
+    scores, found = m.score("Python, Java, JavaScript and TypeScript: which to learn? patients and a patient")
+    assert scores.tolist() == [1, 1] and found[0] == ["python|java|javascript|typescript"]

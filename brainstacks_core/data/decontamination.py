@@ -2,9 +2,10 @@
 
 Every domain has a keyword lexicon of whole words or phrases. An entry is matched
 case-insensitively unless written ``=word``, which matches that exact case only
-(``=class`` is Python's keyword; "Class" and "CLASS Act" are not). Evidence is the
-number of **distinct** lexicon entries found: a word repeated eight times is one
-signal, not eight.
+(``=class`` is Python's keyword; "Class" and "CLASS Act" are not). An entry
+``a|b|c`` is one signal however many of its alternatives occur (``patient|patients``,
+``python|java|javascript``). Evidence is the number of **distinct** entries found:
+a word repeated eight times is one signal, not eight.
 
 The decision also weighs what the source says about itself (``SourceConfig.mixed``):
 
@@ -66,37 +67,37 @@ class KeywordMatcher:
     def __init__(self, lexicons: dict[str, list[str]]) -> None:
         self.domains = sorted(lexicons)
         self._index = {d: i for i, d in enumerate(self.domains)}
-        # (cased?) -> entry -> domain indices; entries are space-joined tokens.
-        self._words: dict[bool, dict[str, list[int]]] = {False: {}, True: {}}
-        self._phrases: dict[bool, dict[str, list[int]]] = {False: {}, True: {}}
+        # (cased?) -> alternative (space-joined tokens) -> [(domain index, entry label)]
+        self._words: dict[bool, dict[str, list[tuple[int, str]]]] = {False: {}, True: {}}
+        self._phrases: dict[bool, dict[str, list[tuple[int, str]]]] = {False: {}, True: {}}
         for d, entries in lexicons.items():
-            for raw in entries:
-                cased = raw.startswith("=")
-                toks = _TOKEN_CASED.findall(raw[1:]) if cased else tokenize(raw)
-                if not toks:
-                    continue
-                table = (self._phrases if len(toks) > 1 else self._words)[cased]
-                idx = table.setdefault(" ".join(toks), [])
-                if self._index[d] not in idx:
-                    idx.append(self._index[d])
+            for entry in entries:
+                for alt in entry.split("|"):
+                    cased = alt.startswith("=")
+                    toks = _TOKEN_CASED.findall(alt[1:]) if cased else tokenize(alt)
+                    if not toks:
+                        continue
+                    table = (self._phrases if len(toks) > 1 else self._words)[cased]
+                    hit = (self._index[d], entry)
+                    if hit not in table.setdefault(" ".join(toks), []):
+                        table[" ".join(toks)].append(hit)
 
     def hits(self, text: str) -> dict[int, list[str]]:
         """Distinct lexicon entries found in ``text``, by domain index (one pass)."""
-        out: dict[int, list[str]] = {}
+        out: dict[int, set[str]] = {}
         for cased in (False, True):
             words, phrases = self._words[cased], self._phrases[cased]
             if not words and not phrases:
                 continue
             toks = _TOKEN_CASED.findall(text) if cased else _TOKEN.findall(text.lower())
-            found = [w for w in set(toks).intersection(words)]
+            found = [words[w] for w in set(toks).intersection(words)]
             if phrases:
                 joined = f" {' '.join(toks)} "
-                found.extend(p for p in phrases if f" {p} " in joined)
-            for entry in found:
-                label = f"={entry}" if cased else entry
-                for i in words.get(entry) or phrases[entry]:
-                    out.setdefault(i, []).append(label)
-        return out
+                found.extend(hit for p, hit in phrases.items() if f" {p} " in joined)
+            for hits in found:
+                for i, entry in hits:
+                    out.setdefault(i, set()).add(entry)
+        return {i: sorted(v) for i, v in out.items()}
 
     def score(self, text: str) -> tuple[np.ndarray, dict[int, list[str]]]:
         """Distinct-keyword counts per domain (``self.domains`` order) and the keywords."""
