@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--artifact", help="URI or version of an artifact: list everything upstream of it")
     g.add_argument("--record", help="a record_id: list every artifact that contains it")
     g.add_argument("--list", action="store_true", help="list every artifact in the catalog")
+    p.add_argument("--current", action="store_true", help="hide versions superseded by a newer one of the same URI")
     p = sub.add_parser("config", help=COMMANDS["config"][1], description=COMMANDS["config"][1],
                        epilog="Example: brainstacks config check configs/demo.yaml")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -1,0 +1,70 @@
+"""``brainstacks audit`` on a real prepared catalog (issue 9, item 8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+import yaml
+
+from brainstacks_core.data.pipeline import prepare_all
+from brainstacks_core.profile import load_profile
+from flows.audit import cli_audit
+
+
+def _profile(tmp_path):
+    chat = [{"instruction": f"Write a friendly letter {i}", "output": f"Dear friend {i}"} for i in range(15)]
+    chat.append({"instruction": "Write a python function def f that will return a loop", "output": "def f(): return 1"})
+    (tmp_path / "chat.json").write_text(json.dumps(chat))
+    (tmp_path / "code.json").write_text(json.dumps([{"instruction": f"python def f{i}", "output": "return 1"}
+                                                    for i in range(15)]))
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "t", "artifact_root": str(tmp_path / "art"), "data": {
+        "domains": ["chat", "code"], "margin": 2, "min_score": 2,
+        "lexicons": {"chat": ["letter", "friend"], "code": ["python", "function", "def", "return", "loop"]},
+        "sources": {"chat": [{"kind": "local", "format": "alpaca", "mixed": True, "path": str(tmp_path / "chat.json")}],
+                    "code": [{"kind": "local", "format": "alpaca", "path": str(tmp_path / "code.json")}]}}}))
+    return cfg
+
+
+def _audit(cfg, capsys, **kw) -> tuple[int, str]:
+    base = {"artifact": None, "record": None, "list": False, "current": False}
+    rc = cli_audit(argparse.Namespace(config=str(cfg), artifact_root=None, **{**base, **kw}))
+    return rc, capsys.readouterr().out
+
+
+def test_record_shows_file_row_origin_run_ids_and_a_legend(tmp_path, capsys):
+    cfg = _profile(tmp_path)
+    res = prepare_all(load_profile(cfg), run_ids={"flow_run_id": "flow-123", "task_run_id": "task-456"})
+    moves = pd.read_parquet(res["code"].moves_path)
+    rid = moves[moves["action"] == "move"]["record_id"].iloc[0]
+    rc, out = _audit(cfg, capsys, record=rid)
+    assert rc == 0
+    assert out.startswith("depth: 0 = a dataset holding the record")
+    assert f"file {tmp_path / 'chat.json'}" in out and "element:15" in out
+    assert "moved from domain 'chat' to 'code'" in out
+    assert "created 20" in out and "flow run flow-123" in out and "task run task-456" in out
+
+
+def test_dataset_version_as_prepare_prints_it_lists_every_split(tmp_path, capsys):
+    cfg = _profile(tmp_path)
+    version = prepare_all(load_profile(cfg))["code"].version
+    rc, out = _audit(cfg, capsys, artifact=version)
+    assert rc == 0 and out.startswith("depth: 0 = the artifact asked about")
+    for split in ("train", "val", "test", "router"):
+        assert f"dataset://t/code/{split}  @ {version}-{split}" in out
+    assert "local:" in out and "chat.json" in out  # the moved row's source is an input of code
+
+
+def test_current_hides_superseded_versions(tmp_path, capsys):
+    cfg = _profile(tmp_path)
+    old = prepare_all(load_profile(cfg))["code"].version
+    path = tmp_path / "code.json"
+    path.write_text(path.read_text().replace("f3", "g3"))
+    new = prepare_all(load_profile(cfg))["code"].version
+    assert new != old
+    _, everything = _audit(cfg, capsys, list=True)
+    _, current = _audit(cfg, capsys, list=True, current=True)
+    assert f"{old}-train" in everything and f"{new}-train" in everything
+    assert f"{old}-train" not in current and f"{new}-train" in current
