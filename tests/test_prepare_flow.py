@@ -66,3 +66,16 @@ def test_prepare_printout_names_quarantine_file_reasons_and_move_evidence(tmp_pa
     assert "most common: normalise: format on field 'output' (2)" in details
     assert "move chat -> code: local:" in details and "element:14" in details
     assert "evidence: def, function, loop, python, return" in details
+
+
+def test_failures_that_cannot_change_are_not_retried():
+    from prefect.states import Failed
+
+    from brainstacks_core.data.pipeline import EmptyDomainError
+    from brainstacks_core.data.sources import SourceError
+    from tasks.data import _retry_unless_permanent, finalize_task, ingest_task
+
+    for exc in (SourceError("f.json: empty file (0 bytes)"), EmptyDomainError("x: 0 rows left")):
+        assert not _retry_unless_permanent(None, None, Failed(data=exc))
+    assert _retry_unless_permanent(None, None, Failed(data=OSError("disk busy")))
+    assert ingest_task.retry_condition_fn is _retry_unless_permanent is finalize_task.retry_condition_fn

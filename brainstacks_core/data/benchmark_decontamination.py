@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -35,8 +36,22 @@ from brainstacks_core.data.formats import EVAL_TEXT
 log = logging.getLogger(__name__)
 
 
-def _gram_hashes(toks: list[str], n: int) -> map:
-    return map(hash, zip(*(toks[i:] for i in range(n))))
+def _powers(n: int) -> np.ndarray:
+    return np.array([pow(1_000_003, k, 1 << 64) for k in range(n)], dtype=np.uint64)
+
+
+def _gram_hashes(toks: list[str], n: int) -> np.ndarray:
+    """64-bit hash of every n-gram of ``toks`` (``len(toks) - n + 1`` values), vectorised.
+
+    A polynomial hash over per-token hashes, wrapping at 2**64: one sliding-window
+    product instead of one Python tuple per position.
+    """
+    if len(toks) < n:
+        return np.empty(0, dtype=np.uint64)
+    ids = np.fromiter(map(hash, toks), dtype=np.int64, count=len(toks)).view(np.uint64)
+    windows = np.lib.stride_tricks.sliding_window_view(ids, n)
+    with np.errstate(over="ignore"):
+        return (windows * _powers(n)).sum(axis=1, dtype=np.uint64)
 
 
 @dataclass
@@ -55,23 +70,22 @@ class NgramIndex:
 
     def shared(self, text: str) -> set[int]:
         """Hashes of the indexed n-grams that ``text`` holds."""
-        toks = tokenize(text)
-        if len(toks) < self.n:
-            return set()
-        return self.grams.keys() & set(_gram_hashes(toks, self.n))
+        return self.grams.keys() & set(_gram_hashes(tokenize(text), self.n).tolist())
 
-    def find(self, text: str, ignore: set[int] | frozenset = frozenset()) -> tuple[str, str, int] | None:
+    def find(self, text: str, ignore: set[int] | frozenset = frozenset(),
+             shared: set[int] | None = None) -> tuple[str, str, int] | None:
         """``(benchmark, one shared n-gram, number of shared n-grams)``, or None.
 
         Args:
             text: A training row's text.
             ignore: n-gram hashes not to count (boilerplate found by the caller).
+            shared: ``self.shared(text)`` when the caller has it already.
         """
-        shared = self.shared(text) - ignore
+        shared = (self.shared(text) if shared is None else shared) - ignore
         if not shared:
             return None
         toks = tokenize(text)
-        for i, h in enumerate(_gram_hashes(toks, self.n)):
+        for i, h in enumerate(_gram_hashes(toks, self.n).tolist()):
             if h in shared:
                 return self.grams[h], " ".join(toks[i:i + self.n]), len(shared)
         return None  # pragma: no cover - shared is non-empty
@@ -100,7 +114,7 @@ def build_index(sets: dict[str, list[str]], n: int = 13, template_min_items: int
     for name, texts in sets.items():
         items = Counter()  # n-gram -> number of items of this benchmark holding it
         for text in tqdm(texts, desc=f"index {name}", disable=len(texts) < 5000, leave=False):
-            items.update(set(_gram_hashes(tokenize(text), n)))
+            items.update(set(_gram_hashes(tokenize(text), n).tolist()))
         boiler = {h for h, c in items.items() if template_min_items and c >= template_min_items}
         templates[name] = len(boiler)
         for h in items:
@@ -126,12 +140,13 @@ def remove_contaminated(records: pd.DataFrame, index: NgramIndex, template_min_r
     if records.empty or not index.grams:
         return records, records.iloc[0:0].assign(benchmark=pd.Series(dtype=str), reason=pd.Series(dtype=str))
     texts = (records["prompt"] + "\n" + records["response"]).tolist()
+    shared = [index.shared(t) for t in texts]
     ignore: set[int] = set()
     if template_min_rows:
-        per_row = {rid: index.shared(t) for rid, t in zip(records["record_id"], texts)}
-        counts = Counter(h for hs in per_row.values() for h in hs)
+        first = dict(zip(records["record_id"], shared))  # distinct records: copies of one row count once
+        counts = Counter(h for hs in first.values() for h in hs)
         ignore = {h for h, c in counts.items() if c >= template_min_rows}
-    found = [index.find(t, ignore) for t in texts]
+    found = [index.find(t, ignore, sh) if sh else None for t, sh in zip(texts, shared)]
     hit = pd.Series([f is not None for f in found], index=records.index)
     removed = records[hit].copy()
     removed["benchmark"] = [f[0] for f in found if f is not None]

@@ -78,22 +78,24 @@ class KeywordMatcher:
                     if not toks:
                         continue
                     table = (self._phrases if len(toks) > 1 else self._words)[cased]
+                    key = f" {' '.join(toks)} " if len(toks) > 1 else toks[0]  # phrases padded: whole words
                     hit = (self._index[d], entry)
-                    if hit not in table.setdefault(" ".join(toks), []):
-                        table[" ".join(toks)].append(hit)
+                    if hit not in table.setdefault(key, []):
+                        table[key].append(hit)
 
     def hits(self, text: str) -> dict[int, list[str]]:
         """Distinct lexicon entries found in ``text``, by domain index (one pass)."""
         out: dict[int, set[str]] = {}
+        cased_joined = " ".join(_TOKEN_CASED.findall(text))  # one regex pass; lower-casing is one C call
         for cased in (False, True):
             words, phrases = self._words[cased], self._phrases[cased]
             if not words and not phrases:
                 continue
-            toks = _TOKEN_CASED.findall(text) if cased else _TOKEN.findall(text.lower())
-            found = [words[w] for w in set(toks).intersection(words)]
+            joined = cased_joined if cased else cased_joined.lower()
+            found = [words[w] for w in set(joined.split()).intersection(words)]
             if phrases:
-                joined = f" {' '.join(toks)} "
-                found.extend(hit for p, hit in phrases.items() if f" {p} " in joined)
+                padded = f" {joined} "
+                found.extend(hit for p, hit in phrases.items() if p in padded)
             for hits in found:
                 for i, entry in hits:
                     out.setdefault(i, set()).add(entry)
