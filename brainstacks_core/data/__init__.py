@@ -1,6 +1,6 @@
 """The data path: sources -> normalise -> strip chat tokens -> decontaminate -> split.
 
-What belongs here: source readers and format adapters (``sources``, ``formats``),
+What belongs here: file readers, sources and format adapters (``readers``, ``sources``, ``formats``),
 chat-token stripping (``text_cleaning``), keyword and benchmark decontamination
 (``decontamination``, ``benchmark_decontamination``), the per-step functions and
 the versioned pipeline (``steps``, ``pipeline``), the ``data:`` profile section
