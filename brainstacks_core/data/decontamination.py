@@ -79,13 +79,17 @@ class KeywordMatcher:
                         continue
                     table = (self._phrases if len(toks) > 1 else self._words)[cased]
                     key = f" {' '.join(toks)} " if len(toks) > 1 else toks[0]  # phrases padded: whole words
-                    hit = (self._index[d], entry)
+                    hit = (self._index[d], entry, alt.strip())
                     if hit not in table.setdefault(key, []):
                         table[key].append(hit)
 
     def hits(self, text: str) -> dict[int, list[str]]:
-        """Distinct lexicon entries found in ``text``, by domain index (one pass)."""
-        out: dict[int, set[str]] = {}
+        """Distinct lexicon entries found in ``text``, by domain index (one pass).
+
+        Each entry found is shown by its alternative that matched (the first in
+        sorted order when several did), so ``python|java`` appears as ``java``.
+        """
+        out: dict[int, dict[str, str]] = {}  # domain -> entry -> the alternative shown as evidence
         cased_joined = " ".join(_TOKEN_CASED.findall(text))  # one regex pass; lower-casing is one C call
         for cased in (False, True):
             words, phrases = self._words[cased], self._phrases[cased]
@@ -97,9 +101,10 @@ class KeywordMatcher:
                 padded = f" {joined} "
                 found.extend(hit for p, hit in phrases.items() if p in padded)
             for hits in found:
-                for i, entry in hits:
-                    out.setdefault(i, set()).add(entry)
-        return {i: sorted(v) for i, v in out.items()}
+                for i, entry, alt in hits:
+                    seen = out.setdefault(i, {})
+                    seen[entry] = min(seen.get(entry, alt), alt)  # deterministic whatever the set order
+        return {i: sorted(v.values()) for i, v in out.items()}
 
     def score(self, text: str) -> tuple[np.ndarray, dict[int, list[str]]]:
         """Distinct-keyword counts per domain (``self.domains`` order) and the keywords."""
