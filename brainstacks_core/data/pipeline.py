@@ -28,13 +28,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from brainstacks_core.data import steps as steps
 from brainstacks_core.data.config import DataConfig
+from brainstacks_core.data.prepared import (
+    _SPLIT_COLUMNS,
+    TRAIN_COLUMNS,
+    ConservationError,
+    EmptyDomainError,
+    PreparedDataset,
+    check_conservation,
+)
 from brainstacks_core.data.steps import SPLITS
 from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
 from brainstacks_core.lineage.catalog import Catalog
@@ -43,92 +50,9 @@ from brainstacks_core.profile import Profile
 
 log = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ["record_id", "domain", "prompt", "response", "system", "source_uri", "source_version",
-                 "source_row_key"]
-_SPLIT_COLUMNS = TRAIN_COLUMNS + ["origin_domain"]
-
-
-class ConservationError(AssertionError):
-    """Rows were lost or double-counted between input and output."""
-
-
-class EmptyDomainError(ValueError):
-    """A domain has no rows left to train on; nothing is written or registered."""
-
-
-@dataclass(frozen=True)
-class PreparedDataset:
-    """One prepared domain dataset.
-
-    Attributes:
-        domain: The domain.
-        version: Content version of the dataset (every split together).
-        train_path: Train parquet (columns ``TRAIN_COLUMNS`` + ``origin_domain``).
-        val_path: Validation parquet (early stopping, best-stack choice).
-        quarantine_path: Quarantined rows with stage, check, field, value, reason.
-        dropped_path: Dropped rows with their reason (keyword, benchmark, duplicate, cap).
-        moves_path: Keyword moves into and out of this domain, and rows flagged as
-            foreign-looking but kept (``action``), with their keywords.
-        test_path: Test parquet (the numbers a report shows).
-        router_path: Router parquet (held out for the routing oracle and meta-router).
-        counts: in, moved_in, moved_out, quarantined, dropped_*, flagged, one per split.
-        report: Most common quarantine reasons and example moves (for ``prepare``'s printout).
-        cache_hit: True when nothing was recomputed.
-        new_version: True when registering it gave its URI a new latest version.
-    """
-
-    domain: str
-    version: str
-    train_path: Path
-    val_path: Path
-    quarantine_path: Path
-    dropped_path: Path
-    moves_path: Path
-    test_path: Path | None = None
-    router_path: Path | None = None
-    counts: dict = field(default_factory=dict)
-    report: dict = field(default_factory=dict)
-    cache_hit: bool = False
-    new_version: bool = False
-
-    def split_path(self, split: str) -> Path | None:
-        """Parquet of one split (``train``, ``val``, ``test``, ``router``)."""
-        return {"train": self.train_path, "val": self.val_path, "test": self.test_path,
-                "router": self.router_path}[split]
-
-    def uri_version(self, split: str) -> str:
-        """Catalog version of one split's artifact."""
-        return f"{self.version}-{split}"
-
-    @property
-    def train_uri_version(self) -> str:
-        """Catalog version of the train artifact."""
-        return self.uri_version("train")
-
-    @property
-    def val_uri_version(self) -> str:
-        """Catalog version of the val artifact."""
-        return self.uri_version("val")
-
-    @property
-    def test_uri_version(self) -> str:
-        """Catalog version of the test artifact."""
-        return self.uri_version("test")
-
-    @property
-    def router_uri_version(self) -> str:
-        """Catalog version of the router artifact."""
-        return self.uri_version("router")
-
-
-def check_conservation(counts: dict, domain: str) -> None:
-    """``in + moved_in == splits + quarantined + moved_out + dropped``, else raise."""
-    dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
-    lhs = counts["in"] + counts["moved_in"]
-    rhs = sum(counts.get(s, 0) for s in SPLITS) + counts["quarantined"] + counts["moved_out"] + dropped
-    if lhs != rhs:
-        raise ConservationError(f"{domain}: {lhs} rows in (in + moved_in) but {rhs} accounted for: {counts}")
-
+__all__ = ["TRAIN_COLUMNS", "ConservationError", "EmptyDomainError", "PreparedDataset", "assign_domains",
+           "check_conservation", "domain_config", "finalize_domain", "from_manifest", "ingest_domain",
+           "load_prepared", "prepare_all", "prepare_domain", "register_prepared", "top_reasons"]
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> Path:
     with atomic_write(path) as tmp:
