@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import pandas as pd
-import yaml
+from two_domain_profile import write_two_domain_profile
 
 from brainstacks_core.data.pipeline import prepare_all
 from brainstacks_core.profile import load_profile
@@ -16,15 +15,7 @@ from flows.audit import cli_audit
 def _profile(tmp_path):
     chat = [{"instruction": f"Write a friendly letter {i}", "output": f"Dear friend {i}"} for i in range(15)]
     chat.append({"instruction": "Write a python function def f that will return a loop", "output": "def f(): return 1"})
-    (tmp_path / "chat.json").write_text(json.dumps(chat))
-    (tmp_path / "code.json").write_text(json.dumps([{"instruction": f"python def f{i}", "output": "return 1"}
-                                                    for i in range(15)]))
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "t", "artifact_root": str(tmp_path / "art"), "data": {
-        "domains": ["chat", "code"], "margin": 2, "min_score": 2,
-        "lexicons": {"chat": ["letter", "friend"], "code": ["python", "function", "def", "return", "loop"]},
-        "sources": {"chat": [{"kind": "local", "format": "alpaca", "mixed": True, "path": str(tmp_path / "chat.json")}],
-                    "code": [{"kind": "local", "format": "alpaca", "path": str(tmp_path / "code.json")}]}}}))
+    cfg = write_two_domain_profile(tmp_path, chat, 15)
     return cfg
 
 

@@ -37,9 +37,7 @@ def test_core_and_contracts_never_import_prefect():
 
 def test_prepare_printout_names_quarantine_file_reasons_and_move_evidence(tmp_path):
     """What `brainstacks prepare` prints after the table (the same summary dicts the flow returns)."""
-    import json
-
-    import yaml
+    from two_domain_profile import write_two_domain_profile
 
     from brainstacks_core.data.pipeline import prepare_all
     from brainstacks_core.profile import load_profile
@@ -49,15 +47,7 @@ def test_prepare_printout_names_quarantine_file_reasons_and_move_evidence(tmp_pa
     rows = [{"instruction": f"Write a friendly letter {i}", "output": f"Dear friend {i}"} for i in range(12)]
     rows += [{"instruction": "x"}, {"instruction": "y"},
              {"instruction": "Write a python function def f that will return a loop", "output": "def f(): return 1"}]
-    (tmp_path / "chat.json").write_text(json.dumps(rows))
-    (tmp_path / "code.json").write_text(json.dumps([{"instruction": f"python def f{i}", "output": "return 1"}
-                                                    for i in range(12)]))
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "t", "artifact_root": str(tmp_path / "art"), "data": {
-        "domains": ["chat", "code"], "margin": 2, "min_score": 2,
-        "lexicons": {"chat": ["letter", "friend"], "code": ["python", "function", "def", "return", "loop"]},
-        "sources": {"chat": [{"kind": "local", "format": "alpaca", "mixed": True, "path": str(tmp_path / "chat.json")}],
-                    "code": [{"kind": "local", "format": "alpaca", "path": str(tmp_path / "code.json")}]}}}))
+    cfg = write_two_domain_profile(tmp_path, rows, 12)
     summaries = {d: _summary(p) for d, p in prepare_all(load_profile(cfg)).items()}
     table, details = format_table(summaries), format_details(summaries)
     assert table.splitlines()[0].split()[:9] == ["domain", "version", "in", "kept", "moved_in", "moved_out",
