@@ -151,13 +151,63 @@ def only_stacks(model: nn.Module, keep: Sequence[str] | None) -> Iterator[None]:
     saved = [dict(layer.weights) for layer in layers]
     try:
         for layer in layers:
-            for sid in layer.weights:
-                layer.weights[sid] = 1.0 if keep is None or sid in keep else 0.0
+            layer.set_weights({sid: 1.0 if keep is None or sid in keep else 0.0 for sid in layer.weights})
         yield
     finally:
         for layer, w in zip(layers, saved):
-            layer.weights.clear()
-            layer.weights.update(w)
+            layer.set_weights(w)
+
+
+def set_row_weights(model: nn.Module, stack_ids: Sequence[str], weights: torch.Tensor) -> None:
+    """Per-row stack weights in every layer: row b of the next forwards uses ``weights[b]``.
+
+    One row per sequence (prompt), broadcast over its tokens, so prompts that need
+    different stacks share one forward pass. Stacks not listed get weight 0 in
+    every row; a stack whose column is 0 in every row is skipped (never computed).
+    The weights are moved to each layer's device once here, not per forward, and
+    layers holding the same stacks share one ``[B, S]`` tensor. The dict weights
+    come back with :func:`clear_row_weights`.
+
+    Args:
+        model: a model with injected layers.
+        stack_ids: the stacks the columns refer to (frozen or the active one).
+        weights: ``[batch, len(stack_ids)]``.
+
+    Raises:
+        ValueError: wrong shape, duplicate ids, or an id a layer does not hold.
+    """
+    ids = list(stack_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate stack ids in {ids}")
+    weights = torch.as_tensor(weights, dtype=torch.float32)
+    if weights.ndim != 2 or weights.shape[1] != len(ids):
+        raise ValueError(f"row weights must be [batch, {len(ids)}], got {tuple(weights.shape)}")
+    nonzero = (weights != 0).any(dim=0).tolist()  # one host read per call, none per forward
+    shared: dict = {}
+    for layer in stacked_layers(model).values():
+        layer.set_row_weights(ids, weights, nonzero=nonzero, shared=shared)
+
+
+def clear_row_weights(model: nn.Module) -> None:
+    """Back to the per-stack dict weights in every layer."""
+    for layer in stacked_layers(model).values():
+        layer.clear_row_weights()
+
+
+@contextlib.contextmanager
+def row_weights(model: nn.Module, stack_ids: Sequence[str], weights: torch.Tensor) -> Iterator[None]:
+    """:func:`set_row_weights` for the duration of a ``with`` block, then the previous weights."""
+    layers = list(stacked_layers(model).values())
+    saved = [(layer._rows, layer._plan) for layer in layers]
+    set_row_weights(model, stack_ids, weights)
+    try:
+        yield
+    finally:
+        for layer, (rows, plan) in zip(layers, saved):
+            if rows is None:
+                layer.clear_row_weights()
+            else:
+                layer._rows, layer._plan = rows, plan
 
 
 def collect_aux_loss(model: nn.Module) -> torch.Tensor | None:

@@ -28,12 +28,13 @@ from torch import nn
 
 from brainstacks_core.files import atomic_write, sha256_file
 from brainstacks_core.stacks.inject import stacked_layers
-from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+from brainstacks_core.stacks.moe_lora import MoELoRAConfig, project_out
 from brainstacks_core.stacks.stacked_layer import FrozenStackWeights
 
 log = logging.getLogger(__name__)
-FORMAT = "brainstacks.stack/1"
-_PARTS = ("lora_A", "lora_B", "router", "basis")
+FORMAT = "brainstacks.stack/2"
+_OLD_FORMATS = ("brainstacks.stack/1",)  # lora_B stored before the projection; projected on load
+_PARTS = ("lora_A", "lora_B", "router", "basis", "noise")
 
 
 class StackFileError(ValueError):
@@ -69,8 +70,14 @@ class StackFile:
             layer, _, part = name.rpartition(".")
             layers.setdefault(layer, {})[part] = t
         cfg = self.config
-        return {layer: FrozenStackWeights(p["lora_A"], p["lora_B"], p["router"], p.get("basis"), cfg)
-                for layer, p in layers.items()}
+        out = {}
+        for layer, p in layers.items():
+            b = p["lora_B"]
+            if self.metadata["format"] in _OLD_FORMATS and p.get("basis") is not None:
+                flat = project_out(b.float().reshape(-1, b.shape[-1]), p["basis"].float())
+                b = flat.reshape(b.shape).to(b.dtype)
+            out[layer] = FrozenStackWeights(p["lora_A"], b, p["router"], p.get("basis"), cfg, p.get("noise"))
+        return out
 
 
 def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -155,7 +162,7 @@ def load_stack(path: str | Path, base_fingerprint: str | None = None) -> StackFi
             raw_meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise StackFileError(f"{path}: not a readable safetensors stack file ({exc})") from exc
-    if raw_meta.get("format") != FORMAT:
+    if raw_meta.get("format") not in (FORMAT, *_OLD_FORMATS):
         raise StackFileError(f"{path}: format {raw_meta.get('format')!r} is not {FORMAT!r}")
     actual = tensor_checksum(tensors)
     if actual != raw_meta.get("tensor_sha256"):
@@ -188,4 +195,4 @@ def attach_stack(model: nn.Module, stack: StackFile, weight: float = 1.0) -> Non
             layers[name].add_frozen(stack.stack_id, w)
         except ValueError as exc:
             raise StackFileError(f"{stack.path}: layer {name}: {exc}") from exc
-        layers[name].weights[stack.stack_id] = weight
+        layers[name].set_weights({stack.stack_id: weight})
