@@ -135,6 +135,30 @@ def set_stack_weights(model: nn.Module, weights: dict[str, float]) -> None:
         layer.set_weights(weights)
 
 
+def place_frozen_stacks(model: nn.Module, device: torch.device | str | None) -> int:
+    """Keep every layer's frozen stacks on ``device`` (paper 3.2: on the host while the next stack trains).
+
+    Each layer's :class:`~brainstacks_core.stacks.frozen_bank.FrozenBank` is moved
+    once; it stays there (stacks added later go there too, ``model.to`` leaves it).
+    The forward then copies only the stacks that take part (weight != 0), one
+    contiguous run at a time, for that call only (from page-locked memory when a
+    GPU exists). ``device=None`` puts the stacks back with their layers and lets
+    them follow ``model.to`` again. At Gemma-3-12B shapes (bf16, 10 stacks) this
+    moves 5.4 GB of GPU memory to the host.
+
+    Returns:
+        Bytes of frozen-stack buffers now on the chosen device.
+    """
+    total = 0
+    for layer in stacked_layers(model).values():
+        layer.frozen.place(layer.device if device is None else device)
+        if device is None:
+            layer.frozen.home = None
+        total += layer.frozen.nbytes()
+    log.info("frozen stacks: %.1f MB on %s", total / 1e6, device or "their layers' devices")
+    return total
+
+
 def stack_ids(model: nn.Module) -> list[str]:
     """Ids of all frozen stacks, in the order they were added."""
     layers = list(stacked_layers(model).values())

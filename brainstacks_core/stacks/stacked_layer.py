@@ -63,13 +63,22 @@ class StackedMoELoRALayer(nn.Module):
             p.requires_grad_(False)
         self.active: MoELoRADelta | None = None
         self.active_id: str | None = None
-        self.active_basis: torch.Tensor | None = None
+        self.register_buffer("active_basis", None, persistent=False)  # [K, out] fp32; follows .to()
         self.frozen = FrozenBank(self.in_features, self.out_features, config)
         self._weights: dict[str, float] = {}
         self.frozen_mode = "batched"
         self._rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # ([B, S] frozen, [B] active)
         self._plan: tuple[tuple[tuple[int, int], ...], bool] = ((), False)  # frozen runs, active on
-        self._w: dict[torch.dtype, torch.Tensor] = {}  # [S] weight * scale, per compute dtype
+        self._w: dict[tuple, torch.Tensor] = {}  # [S] weight * scale, per (device, dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``model.to(device)`` also moves the frozen bank, unless :meth:`FrozenBank.place` pinned it."""
+        out = super()._apply(fn, recurse)
+        if self.frozen.home is None and self.frozen.a is not None and self.frozen.device != self.device:
+            self.frozen.place(self.device)
+            self.frozen.home = None
+        self._refresh()
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -220,22 +229,23 @@ class StackedMoELoRALayer(nn.Module):
     def _refresh(self) -> None:
         """Rebuild the plan and the ``[S]`` weight tensor from the dict weights (once per change)."""
         self._w = {}
-        if self._rows is not None:
+        if self._rows is not None or not hasattr(self, "_plan"):
             return
         on = [s for s, sid in enumerate(self.frozen.ids) if self._weights.get(sid, 1.0) != 0.0]
         active_on = self.active is not None and self._weights.get(self.active_id, 1.0) != 0.0
         self._plan = (contiguous_runs(on), active_on)
         if self.frozen.ids:
             w = [self._weights.get(sid, 1.0) * self.config.scale for sid in self.frozen.ids]
-            self._w[torch.float32] = torch.tensor(w, dtype=torch.float32, device=self.device)
+            self._w[self.device, torch.float32] = torch.tensor(w, dtype=torch.float32, device=self.device)
 
     def _gate_weights(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         """``[S_run]`` (dict) or ``[B, S_run]`` (rows) weight x scale of a run."""
         if self._rows is not None:
             return self._rows[0][:, start:stop].to(dtype)
-        if dtype not in self._w:
-            self._w[dtype] = self._w[torch.float32].to(dtype)
-        return self._w[dtype][start:stop]
+        dev = self.device
+        if (dev, dtype) not in self._w:  # once per dtype, not per forward
+            self._w[dev, dtype] = self._w[dev, torch.float32].to(dtype)
+        return self._w[dev, dtype][start:stop]
 
     # ----------------------------------------------------------------- forward
     def active_frozen_ids(self) -> tuple[str, ...]:
