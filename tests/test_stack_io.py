@@ -105,3 +105,32 @@ def test_stack_trained_with_another_moe_config_is_refused(tmp_path):
     inject_stacks(other, MoELoRAConfig(num_experts=4, rank=4, alpha=16))  # same shapes, twice the scale
     with pytest.raises(StackFileError, match="alpha"):
         attach_stack(other, load_stack(path))
+
+
+def test_load_reads_and_hashes_the_file_once(tmp_path, monkeypatch):
+    import hashlib
+
+    import brainstacks_core.stacks.stack_io as stack_io
+
+    path = tmp_path / "s.safetensors"
+    saved = save_stack(path, _trained_model(), "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+    assert saved.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    calls = {"sha": 0, "tensor": 0}
+    sha, tensor = stack_io.sha256_bytes, stack_io.tensor_checksum
+    monkeypatch.setattr(stack_io, "sha256_bytes", lambda d: calls.__setitem__("sha", calls["sha"] + 1) or sha(d))
+    monkeypatch.setattr(stack_io, "tensor_checksum",
+                        lambda t: calls.__setitem__("tensor", calls["tensor"] + 1) or tensor(t))
+    loaded = load_stack(path, expected_sha256=saved.file_sha256)
+    assert calls == {"sha": 1, "tensor": 0} and loaded.file_sha256 == saved.file_sha256
+    for name, t in saved.tensors.items():
+        assert torch.equal(loaded.tensors[name], t)
+    load_stack(path)  # no expected checksum: the stored tensor checksum is verified instead
+    assert calls == {"sha": 2, "tensor": 1}
+    with pytest.raises(StackFileError, match="file checksum mismatch"):
+        load_stack(path, expected_sha256="0" * 64)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StackFileError, match="file checksum mismatch"):
+        load_stack(path, expected_sha256=saved.file_sha256)
+    assert load_stack(path, verify=False).stack_id == "chat-r1"  # explicitly unverified

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
-from brainstacks_core.files import atomic_write, sha256_file
+from brainstacks_core.files import atomic_write, sha256_bytes
 from brainstacks_core.stacks.inject import stacked_layers
 from brainstacks_core.stacks.moe_lora import MoELoRAConfig, project_out
 from brainstacks_core.stacks.stacked_layer import FrozenStackWeights
@@ -143,31 +143,57 @@ def save_stack(path: str | Path, model: nn.Module, stack_id: str, *, domain: str
     return load_stack(path, base_fingerprint=base_fingerprint)
 
 
-def load_stack(path: str | Path, base_fingerprint: str | None = None) -> StackFile:
-    """Read and verify a stack file.
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (8-byte length, then JSON)."""
+    if len(data) < 8:
+        raise ValueError("file shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header length {n} exceeds the file size {len(data)}")
+    return json.loads(data[8:8 + n]).get("__metadata__") or {}
+
+
+def load_stack(path: str | Path, base_fingerprint: str | None = None, expected_sha256: str | None = None,
+               verify: bool = True) -> StackFile:
+    """Read and verify a stack file, reading it once and hashing it once.
+
+    The bytes are read once; their sha256 is the file's checksum; the tensors are
+    parsed from the same bytes (``safetensors.torch.load``). When
+    ``expected_sha256`` is given (e.g. from the catalog or a manifest), the file
+    checksum is the verification and the per-tensor checksum is not recomputed;
+    otherwise ``verify`` recomputes the tensor checksum stored in the metadata.
+    Peak host memory: the file's bytes plus its tensors (2 x 538 MB for a bf16
+    Gemma-3-12B stack, transient).
 
     Args:
         path: the ``.safetensors`` file.
         base_fingerprint: when given, the file must have been trained on this base.
+        expected_sha256: when given, the whole file's sha256 must equal it.
+        verify: without ``expected_sha256``, check the stored tensor checksum.
 
     Raises:
         StackFileError: unreadable, checksum mismatch, or another base.
     """
     path = Path(path)
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            raw_meta = fh.metadata() or {}
+        data = path.read_bytes()
+        raw_meta = _header_metadata(data)
+        tensors = load(data)
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise StackFileError(f"{path}: not a readable safetensors stack file ({exc})") from exc
+    file_sha = sha256_bytes(data)
+    del data
     if raw_meta.get("format") not in (FORMAT, *_OLD_FORMATS):
         raise StackFileError(f"{path}: format {raw_meta.get('format')!r} is not {FORMAT!r}")
-    actual = tensor_checksum(tensors)
-    if actual != raw_meta.get("tensor_sha256"):
-        raise StackFileError(f"{path}: tensor checksum mismatch (stored {raw_meta.get('tensor_sha256', '')[:12]}, "
-                             f"computed {actual[:12]}): the file is corrupt or was edited")
+    if expected_sha256 is not None:
+        if file_sha != expected_sha256:
+            raise StackFileError(f"{path}: file checksum mismatch (expected {expected_sha256[:12]}, "
+                                 f"computed {file_sha[:12]}): the file is corrupt or was edited")
+    elif verify:
+        actual = tensor_checksum(tensors)
+        if actual != raw_meta.get("tensor_sha256"):
+            raise StackFileError(f"{path}: tensor checksum mismatch (stored {raw_meta.get('tensor_sha256', '')[:12]}"
+                                 f", computed {actual[:12]}): the file is corrupt or was edited")
     if base_fingerprint is not None and raw_meta.get("base_fingerprint") != base_fingerprint:
         raise StackFileError(f"{path}: trained on base {raw_meta.get('base_fingerprint')!r}, "
                              f"but the loaded base is {base_fingerprint!r}")
@@ -175,7 +201,7 @@ def load_stack(path: str | Path, base_fingerprint: str | None = None) -> StackFi
     meta["moe_config"] = json.loads(meta["moe_config"])
     meta["lineage"] = json.loads(meta.get("lineage", "{}"))
     meta["round"] = int(meta["round"])
-    return StackFile(path, meta["stack_id"], meta, tensors, sha256_file(path))
+    return StackFile(path, meta["stack_id"], meta, tensors, file_sha)
 
 
 def attach_stack(model: nn.Module, stack: StackFile, weight: float = 1.0) -> None:
