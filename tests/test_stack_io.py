@@ -134,3 +134,58 @@ def test_load_reads_and_hashes_the_file_once(tmp_path, monkeypatch):
     with pytest.raises(StackFileError, match="file checksum mismatch"):
         load_stack(path, expected_sha256=saved.file_sha256)
     assert load_stack(path, verify=False).stack_id == "chat-r1"  # explicitly unverified
+
+
+def test_thawed_stack_equals_frozen_and_trains(tmp_path, input_ids):
+    from brainstacks_core.stacks.inject import collect_aux_loss
+    from brainstacks_core.stacks.stack_io import thaw_stack
+
+    model = build_tiny_llama(seed=0)
+    inject_stacks(model, CFG)
+    layers = stacked_layers(model)
+    bases = {n: torch.linalg.qr(torch.randn(l.out_features, 2))[0].T.contiguous() for n, l in layers.items()}
+    add_active_stack(model, "chat-r1", bases=bases, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.active.lora_B.copy_(torch.randn(layer.active.lora_B.shape, generator=g) * 0.2)
+            layer.active.noise_linear.weight.copy_(torch.randn(layer.active.noise_linear.weight.shape,
+                                                               generator=g) * 0.1)
+    noise = {n: l.active.noise_linear.weight.detach().clone() for n, l in layers.items()}
+    freeze_active_stack(model)
+    frozen_logits = model(input_ids).logits
+    path = tmp_path / "s.safetensors"
+    save_stack(path, model, "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+
+    fresh = build_tiny_llama(seed=0)
+    inject_stacks(fresh, CFG)
+    params = thaw_stack(fresh, load_stack(path))
+    fresh_layers = stacked_layers(fresh)
+    for name, layer in fresh_layers.items():
+        assert layer.active_id == "chat-r1" and not layer.frozen
+        assert torch.equal(layer.active.noise_linear.weight, noise[name])  # the noise projection came back
+        torch.testing.assert_close(layer.active_basis, bases[name])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(input_ids).logits, frozen_logits, rtol=1e-5, atol=1e-5)
+    assert params and all(p.requires_grad for p in params)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    fresh.train()
+    before = {n: l.active.lora_B.detach().clone() for n, l in fresh_layers.items()}
+    losses = []
+    for _ in range(3):
+        loss = fresh(input_ids, labels=input_ids).loss
+        losses.append(loss.item())
+        (loss + 0.01 * collect_aux_loss(fresh)).backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0]
+    assert all(not torch.equal(l.active.lora_B, before[n]) for n, l in fresh_layers.items())
+    name = next(iter(fresh_layers))  # still trained under the same null space
+    x = torch.randn(3, fresh_layers[name].in_features)
+    fresh.eval()
+    with torch.no_grad():
+        d = fresh_layers[name](x) - fresh_layers[name].base_layer(x)
+    assert (d @ bases[name].T).abs().max() < 1e-5
+    # thawing a stack that is frozen in the same model replaces the frozen copy
+    thaw_stack(model, load_stack(path))
+    assert all(l.active_id == "chat-r1" and "chat-r1" not in l.frozen for l in layers.values())

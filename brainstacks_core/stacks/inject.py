@@ -76,7 +76,7 @@ def inject_stacks(model: nn.Module, config: MoELoRAConfig, targets: Sequence[str
     for name, module in matches:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, StackedMoELoRALayer(module, config))
+        setattr(parent, child, StackedMoELoRALayer(module, config).train(module.training))
         replaced.append(name)
     log.info("injected %d stacked MoE-LoRA layers", len(replaced))
     return replaced

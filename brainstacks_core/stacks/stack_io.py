@@ -1,8 +1,12 @@
 """Stack files: one frozen stack (all its layers) per ``.safetensors`` file.
 
 Tensors are named ``<layer name>.lora_A`` ``[E, r, in]``, ``.lora_B`` ``[E, r, out]``,
-``.router`` ``[E, in]`` and, when the stack was trained under a null-space
-projection, ``.basis`` ``[K, out]``. The safetensors metadata (strings only)
+``.router`` ``[E, in]``, ``.noise`` ``[E, in]`` (the router's noise projection)
+and, when the stack was trained under a null-space projection, ``.basis``
+``[K, out]``. Format ``/2`` stores B with that projection folded in
+(``B - (B V^T) V``, what the forward uses); ``/1`` files stored B as trained
+and are projected on load. A file holds everything needed to train the stack
+further (:func:`thaw_stack`). The safetensors metadata (strings only)
 repeats the stack's identity and lineage, so a copied file still says where it
 came from: format, stack_id, domain, round, moe_config, base_fingerprint,
 tensor_sha256, code_version, lineage (JSON: dataset versions, parent stacks,
@@ -222,3 +226,47 @@ def attach_stack(model: nn.Module, stack: StackFile, weight: float = 1.0) -> Non
         except ValueError as exc:
             raise StackFileError(f"{stack.path}: layer {name}: {exc}") from exc
         layers[name].set_weights({stack.stack_id: weight})
+
+
+def thaw_stack(model: nn.Module, stack: StackFile) -> list[nn.Parameter]:
+    """Load a stack file back as the model's active, trainable stack (to train it further, e.g. RL).
+
+    Every layer gets a :class:`MoELoRADelta` holding the file's A, B (as stored:
+    the null-space projection folded in, so training under the same basis gives
+    the same function), router and router-noise projection, and the file's basis
+    as the active basis. A frozen copy of the same stack id is detached first.
+
+    Returns:
+        The trainable parameters.
+
+    Raises:
+        StackFileError: layers or shapes do not fit, or the model already has an active stack.
+    """
+    layers = stacked_layers(model)
+    weights = stack.layer_weights()
+    if set(layers) != set(weights):
+        raise StackFileError(f"{stack.path}: layers do not match the model")
+    if any(layer.active is not None for layer in layers.values()):
+        raise StackFileError(f"{stack.path}: the model already has an active stack; freeze or drop it first")
+    if any(w.noise is None for w in weights.values()):
+        log.warning("%s has no router-noise projection (an older file): it starts at zero", stack.path)
+    params: list[nn.Parameter] = []
+    for name, layer in layers.items():
+        w = weights[name]
+        try:
+            layer.check_fits(stack.stack_id, w)
+        except ValueError as exc:
+            raise StackFileError(f"{stack.path}: layer {name}: {exc}") from exc
+        if stack.stack_id in layer.frozen:
+            layer.remove_frozen(stack.stack_id)
+        delta = layer.add_active(stack.stack_id, w.basis)
+        with torch.no_grad():
+            delta.lora_A.copy_(w.lora_A)
+            delta.lora_B.copy_(w.lora_B)
+            delta.router.weight.copy_(w.router)
+            if w.noise is not None:
+                delta.noise_linear.weight.copy_(w.noise)
+            else:
+                delta.noise_linear.weight.zero_()
+        params.extend(delta.parameters())
+    return params

@@ -100,6 +100,7 @@ class StackedMoELoRALayer(nn.Module):
             raise ValueError(f"stack id {stack_id!r} is already frozen in this layer")
         self._no_rows("add an active stack")
         self.active = MoELoRADelta(self.in_features, self.out_features, self.config).to(self.device)
+        self.active.train(self.training)  # a stack added to a model in eval mode adds no router noise
         self.active_id = stack_id
         self._weights[stack_id] = 1.0
         self.set_active_basis(basis)
