@@ -195,3 +195,37 @@ def test_reinjecting_keeps_the_active_stack_trainable():
     with pytest.raises(ValueError):
         inject_stacks(model, CFG)  # nothing new to wrap
     assert all(p.requires_grad for p in params)
+
+
+def tiny_gemma3_multimodal():
+    """``Gemma3ForConditionalGeneration`` with a 1-layer SigLIP tower, from config classes (random init)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                            sliding_window=16)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=28, patch_size=14)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=127,
+                          boi_token_index=125, eoi_token_index=126)
+    torch.manual_seed(0)
+    return Gemma3ForConditionalGeneration(config).eval()
+
+
+def test_gemma3_multimodal_wraps_the_language_model_only():
+    model, ids = tiny_gemma3_multimodal(), _ids(vocab=120)
+    vision_linears = [n for n, m in model.named_modules() if n.startswith("model.vision_tower.")
+                      and isinstance(m, nn.Linear)]
+    assert any(n.endswith(("q_proj", "k_proj", "v_proj")) for n in vision_linears)  # suffixes that would match
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    names = inject_stacks(model, CFG)
+    assert len(names) == 7 * model.config.text_config.num_hidden_layers
+    assert all(n.startswith("model.language_model.layers.") for n in names)
+    for n in vision_linears:
+        assert not isinstance(model.get_submodule(n), StackedMoELoRALayer), f"{n} was wrapped"
+    params = add_active_stack(model, "s1", seed=0)
+    assert all(".language_model." in n for n, p in model.named_parameters() if p.requires_grad)
+    assert len(params) == 4 * len(names)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, ref)

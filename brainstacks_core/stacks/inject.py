@@ -20,6 +20,15 @@ from brainstacks_core.stacks.moe_lora import MoELoRAConfig
 from brainstacks_core.stacks.stacked_layer import StackedMoELoRALayer
 
 log = logging.getLogger(__name__)
+# Sub-models of multimodal checkpoints that stacks never wrap (Gemma-3's SigLIP tower and its projector, ...):
+# in Gemma3ForConditionalGeneration only ``model.language_model.*`` is wrapped.
+NON_TEXT_MODULES = ("vision_tower", "multi_modal_projector", "vision_model", "visual", "audio_tower",
+                    "embed_vision", "embed_audio")
+
+
+def _non_text_prefixes(model: nn.Module) -> tuple[str, ...]:
+    return tuple(name + "." for name, _ in model.named_modules()
+                 if name and name.rpartition(".")[2] in NON_TEXT_MODULES)
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -48,6 +57,8 @@ def inject_stacks(model: nn.Module, config: MoELoRAConfig, targets: Sequence[str
     """Replace every matching linear projection with a :class:`StackedMoELoRALayer`.
 
     All base parameters are frozen. Already-injected layers are left as they are.
+    Only the language model is wrapped: modules under a vision or audio tower
+    (:data:`NON_TEXT_MODULES`, e.g. Gemma-3's ``model.vision_tower``) never are.
 
     Args:
         model: a causal LM (any ``nn.Module``).
@@ -61,8 +72,10 @@ def inject_stacks(model: nn.Module, config: MoELoRAConfig, targets: Sequence[str
         ValueError: no module matched the targets.
     """
     targets = tuple(targets or config.targets)
+    skip = _non_text_prefixes(model)
     matches = [(name, module) for name, module in model.named_modules()
                if not isinstance(module, StackedMoELoRALayer) and ".base_layer" not in name
+               and not (name + ".").startswith(skip)
                and ".active." not in name and name_matches(name, targets) and _is_linear(module)]
     if not matches:
         raise ValueError(f"no module matched targets {list(targets)}; linear modules are e.g. "
