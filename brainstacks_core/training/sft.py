@@ -8,7 +8,9 @@ training loss is not the inflated mix the paper's Experiment 1 shows.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from trl import SFTConfig, SFTTrainer
@@ -34,6 +36,49 @@ def make_sft_config(s: SFTSettings, output_dir: str | Path) -> SFTConfig:
     )
 
 
+@contextmanager
+def declared_stack_adapters(model: torch.nn.Module) -> Iterator[None]:
+    """Tell transformers, while a trainer is built, that a quantized model carries trainable adapters.
+
+    transformers' ``Trainer.__init__`` refuses a quantized model unless it is a PEFT
+    model or sets ``_hf_peft_config_loaded`` (the flag transformers' own adapter
+    integration sets when an adapter is loaded): ``validate_quantization_for_training``
+    in ``transformers/trainer_utils.py``. A MoE-LoRA stack is such an adapter, so the
+    flag is set for the duration of the constructor only: left on, ``save_pretrained``
+    would take the PEFT adapter-saving path, which does not apply to stacks (they are
+    saved by ``stack_io``). Nothing is changed on an unquantized model.
+
+    trl's ``SFTTrainer`` also casts every trainable parameter of a 4-bit model to bf16
+    (its QLoRA default); the active stack's dtypes are restored afterwards, so it keeps
+    fp32 master weights (AdamW updates below bf16 resolution would vanish, the reason
+    trl exempts DoRA's magnitude vector) and the frozen copy is still stored in
+    ``moe.frozen_dtype``. On CUDA the forward runs under bf16 autocast either way.
+
+    Raises:
+        ValueError: the quantized model has no trainable parameter (no active stack):
+            it really is "purely quantized".
+    """
+    if not getattr(model, "is_quantized", False):
+        yield
+        return
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model is quantized and has no trainable parameter: add an active stack "
+                         "(stacks.inject.add_active_stack) before building the trainer")
+    had = model.__dict__.get("_hf_peft_config_loaded")
+    dtypes = {p: p.dtype for p in model.parameters() if p.requires_grad}
+    model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        for p, dtype in dtypes.items():
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        if had is None:
+            del model._hf_peft_config_loaded
+        else:
+            model._hf_peft_config_loaded = had
+
+
 class StackSFTTrainer(SFTTrainer):
     """SFTTrainer that adds the active stack's load-balance loss.
 
@@ -43,7 +88,8 @@ class StackSFTTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, aux_loss_coef: float = 0.01, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        with declared_stack_adapters(kwargs["model"] if "model" in kwargs else args[0]):
+            super().__init__(*args, **kwargs)
         self.stack_aux_loss_coef = aux_loss_coef
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
