@@ -119,11 +119,11 @@ def forgetting_row(model, tokenizer, manifest: dict, data: dict[str, DomainData]
             continue
         val = data[dom].val if cfg.eval_rows is None else data[dom].val.head(cfg.eval_rows)
         with only_stacks(model, domain_stacks(manifest, dom)):
-            iso = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+            iso = completion_loss(model, tokenizer, val, cfg.sft.max_length, cfg.sft.batch_size)
         with only_stacks(model, None):
-            ung = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+            ung = completion_loss(model, tokenizer, val, cfg.sft.max_length, cfg.sft.batch_size)
         with only_stacks(model, []):
-            base = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+            base = completion_loss(model, tokenizer, val, cfg.sft.max_length, cfg.sft.batch_size)
         rows.append({"after": after, "domain": dom, "isolated": iso, "ungated": ung, "base": base})
     return rows
 

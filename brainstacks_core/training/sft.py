@@ -2,15 +2,18 @@
 
 The load-balance loss is added inside ``compute_loss`` and the task loss and
 aux loss are logged separately (``task_loss``, ``aux_loss``), so the reported
-training loss is not the inflated mix the paper's Experiment 1 shows.
+training loss is not the inflated mix the paper's Experiment 1 shows. With
+``eval_loss=`` every evaluation is that function's number (the completion loss of
+``training.loss``), the same measure as the round's starting loss and keep decision.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from trl import SFTConfig, SFTTrainer
@@ -84,13 +87,35 @@ class StackSFTTrainer(SFTTrainer):
 
     Args:
         aux_loss_coef: coefficient of the load-balance loss (paper: 0.01).
+        eval_loss: ``model -> float``; when given, :meth:`evaluate` reports it as
+            ``eval_loss`` instead of trl's mean of per-batch means.
         *args, **kwargs: passed to ``SFTTrainer``.
     """
 
-    def __init__(self, *args, aux_loss_coef: float = 0.01, **kwargs) -> None:
+    def __init__(self, *args, aux_loss_coef: float = 0.01,
+                 eval_loss: Callable[[torch.nn.Module], float] | None = None, **kwargs) -> None:
         with declared_stack_adapters(kwargs["model"] if "model" in kwargs else args[0]):
             super().__init__(*args, **kwargs)
         self.stack_aux_loss_coef = aux_loss_coef
+        self.stack_eval_loss = eval_loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """``{prefix}_loss`` from ``eval_loss`` (logged, then passed to every callback's ``on_evaluate``)."""
+        if self.stack_eval_loss is None or eval_dataset is not None:
+            return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
+                                    metric_key_prefix=metric_key_prefix)
+        was_training = self.model.training
+        start = time.perf_counter()
+        self.model.eval()
+        try:
+            loss = float(self.stack_eval_loss(self.model))
+            metrics = {f"{metric_key_prefix}_loss": loss,
+                       f"{metric_key_prefix}_runtime": round(time.perf_counter() - start, 4)}
+            self.log(metrics)  # in eval mode: trl merges its eval metrics, not the train ones
+        finally:
+            self.model.train(was_training)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
