@@ -191,12 +191,16 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
                                  f"{ns['tensor_sha256'][:12]}: the file was replaced")
             return bases, ns["version"]
         log.warning("%s: null-space file missing; recomputing it from the same frozen stacks and data", ns["file"])
-    examples = [e for p in previous for e in tokenize_for_loss(tokenizer, p.val.head(cfg.null_space_val_rows),
-                                                               cfg.sft.max_length)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = iter_batches(examples, 16, pad, next(model.parameters()).device)
-    with only_stacks(model, None):
-        bases = compute_bases(model, batches, cfg.basis, seed=cfg.seed)
+    device = next(model.parameters()).device
+
+    def batches(p: DomainData):  # lazily: one domain's batches at a time
+        examples = tokenize_for_loss(tokenizer, p.val.head(cfg.null_space_val_rows), cfg.sft.max_length)
+        return iter_batches(examples, cfg.sft.batch_size, pad, device)
+
+    # K directions per earlier domain: its own frozen stacks on its own validation rows
+    groups = [(domain_stacks(manifest, p.domain), batches(p)) for p in previous if domain_stacks(manifest, p.domain)]
+    bases = compute_bases(model, groups, cfg.basis, seed=cfg.seed)
     parents = _stack_versions(manifest)
     inputs = [p.val_version for p in previous] + sorted(parents.values())
     version = content_hash("null_space", ctx.profile, ctx.run_name, inputs, cfg.basis,
