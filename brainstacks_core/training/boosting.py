@@ -101,7 +101,7 @@ def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int,
         trainer = StackSFTTrainer(
             model=model, args=make_sft_config(cfg.sft, out_dir), train_dataset=to_sft_dataset(data.train),
             eval_dataset=to_sft_dataset(val), processing_class=tokenizer, callbacks=[callback],
-            aux_loss_coef=moe.aux_loss_coef, eval_loss=measure)
+            aux_loss_coef=moe.aux_loss_coef, aux_loss_reduction=moe.aux_loss_reduction, eval_loss=measure)
         trainer.train()
         train_log = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
     model.eval()

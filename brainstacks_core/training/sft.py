@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from brainstacks_core.stacks.inject import collect_aux_loss
+from brainstacks_core.stacks.inject import collect_aux_loss, stacked_layers
 from brainstacks_core.training.config import SFTSettings
 
 log = logging.getLogger(__name__)
@@ -85,18 +85,25 @@ def declared_stack_adapters(model: torch.nn.Module) -> Iterator[None]:
 class StackSFTTrainer(SFTTrainer):
     """SFTTrainer that adds the active stack's load-balance loss.
 
+    The load-balance loss is summed over the wrapped projections (``aux_loss_reduction``,
+    the paper's) and counts real tokens only: each training step hands the batch's
+    ``attention_mask`` to the active stack's layers (cleared after the step, so the
+    backward recomputation of gradient checkpointing sees it too).
+
     Args:
         aux_loss_coef: coefficient of the load-balance loss (paper: 0.01).
+        aux_loss_reduction: "sum" or "mean" over the wrapped projections.
         eval_loss: ``model -> float``; when given, :meth:`evaluate` reports it as
             ``eval_loss`` instead of trl's mean of per-batch means.
         *args, **kwargs: passed to ``SFTTrainer``.
     """
 
-    def __init__(self, *args, aux_loss_coef: float = 0.01,
+    def __init__(self, *args, aux_loss_coef: float = 0.01, aux_loss_reduction: str = "sum",
                  eval_loss: Callable[[torch.nn.Module], float] | None = None, **kwargs) -> None:
         with declared_stack_adapters(kwargs["model"] if "model" in kwargs else args[0]):
             super().__init__(*args, **kwargs)
         self.stack_aux_loss_coef = aux_loss_coef
+        self.stack_aux_loss_reduction = aux_loss_reduction
         self.stack_eval_loss = eval_loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -117,13 +124,25 @@ class StackSFTTrainer(SFTTrainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
+    def _set_token_mask(self, mask: torch.Tensor | None) -> None:
+        for layer in stacked_layers(self.model).values():
+            if layer.active is not None:
+                layer.active.token_mask = None if mask is None else mask.reshape(-1).bool()
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        self._set_token_mask(inputs.get("attention_mask"))
+        try:
+            return super().training_step(model, inputs, *args, **kwargs)
+        finally:
+            self._set_token_mask(None)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         task_loss = result[0] if return_outputs else result
         self._metrics[mode]["task_loss"].append(task_loss.detach().float().item())
-        aux = collect_aux_loss(model) if mode == "train" else None
+        aux = collect_aux_loss(model, self.stack_aux_loss_reduction) if mode == "train" else None
         if aux is None:
             return result
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
