@@ -33,13 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DomainData:
-    """One domain's prepared data, with the versions lineage needs."""
+    """One domain's prepared data, with the versions lineage needs.
+
+    ``val`` decides (early stopping, keep, null-space bases); ``test`` is only
+    reported (the forgetting matrix); None falls back to ``val`` (in-memory tests).
+    """
 
     domain: str
     train: pd.DataFrame
     val: pd.DataFrame
     train_version: str
     val_version: str
+    test: pd.DataFrame | None = None
+    test_version: str | None = None
 
 
 @dataclass

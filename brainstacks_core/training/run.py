@@ -35,12 +35,17 @@ log = logging.getLogger(__name__)
 
 def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | None = None,
                      versions: dict[str, str] | None = None) -> list[DomainData]:
-    """Each domain's prepared train/val data (``versions[domain]`` if given, else the latest)."""
+    """Each domain's prepared train/val/test data (``versions[domain]`` if given, else the latest).
+
+    val decides (early stopping, keep, null-space bases); test is reported (forgetting matrix).
+    """
     out = []
     for d in domains:
         p = load_prepared(profile, d, catalog, (versions or {}).get(d))
+        test = pd.read_parquet(p.test_path) if p.test_path is not None and p.test_path.exists() else None
         out.append(DomainData(d, pd.read_parquet(p.train_path), pd.read_parquet(p.val_path),
-                              p.train_uri_version, p.val_uri_version))
+                              p.train_uri_version, p.val_uri_version, test,
+                              p.test_uri_version if test is not None else None))
     return out
 
 
