@@ -1,8 +1,11 @@
 """Outer loop: domains in curriculum order on top of frozen stacks (section 3.4).
 
 For each domain: null-space bases from the PREVIOUS domains' validation data
-(section 3.5), boosting rounds (``boosting.train_round``), then a row of the
-forgetting matrix. A manifest is written atomically after every round, so a run
+(section 3.5; K directions per earlier domain, from its own stacks), boosting
+rounds (``boosting.train_round``, decided on the validation split), then a row of
+the forgetting matrix on every trained domain's held-out test split (isolated,
+as trained, ungated, base; the as-trained validation loss is checked against the
+training-time loss). A manifest is written atomically after every round, so a run
 killed at any point resumes at the round where it stopped; finished rounds are
 re-attached from their stack files (checksums verified), never retrained.
 """
