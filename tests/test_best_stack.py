@@ -97,3 +97,37 @@ def test_aux_loss_changes_the_router_during_trl_training(tmp_path):
         logged = [h for h in trainer.state.log_history if "task_loss" in h]
         assert logged and "aux_loss" in logged[0]  # logged apart from the task loss, whatever the coefficient
     assert not torch.equal(routers[0.0], routers[0.01]), "the aux loss did not change the router"
+
+
+def _rows(n: int, seed: int = 0) -> pd.DataFrame:
+    import random
+
+    rng = random.Random(seed)
+    words = "alpha beta gamma delta echo forest garden harbor island jungle".split()
+    return pd.DataFrame([{"prompt": f"Repeat {i}.", "response": " ".join(rng.choices(words, k=rng.randint(1, 12))),
+                          "system": None} for i in range(n)])
+
+
+def test_untouched_stack_evaluates_to_the_starting_loss(tmp_path):
+    """One measure for the start, every evaluation and the keep decision (a global token mean)."""
+    from brainstacks_core.base.tiny_base import TinyBaseConfig, build_tiny_llama, train_tokenizer
+    from brainstacks_core.stacks.inject import inject_stacks
+    from brainstacks_core.stacks.moe_lora import MoELoRAConfig
+    from brainstacks_core.training.boosting import DomainData, train_round
+    from brainstacks_core.training.config import TrainingConfig
+    from brainstacks_core.training.sft import SFTSettings
+
+    train, val = _rows(16), _rows(24, seed=1)  # responses of 1-12 words: per-batch means differ
+    tok = train_tokenizer([f"{r.prompt} {r.response}" for r in pd.concat([train, val]).itertuples()], 300)
+    model = build_tiny_llama(TinyBaseConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=1), tok)
+    moe = MoELoRAConfig(num_experts=2, rank=4, alpha=8, top_k=1)
+    inject_stacks(model, moe)
+    cfg = TrainingConfig(max_rounds=1, eval_rows=None, null_space=False, spike_threshold=1.0, patience=10,
+                         sft=SFTSettings(max_steps=4, eval_steps=2, learning_rate=0.0, batch_size=5,
+                                         warmup_steps=0, max_length=48))
+    rec = train_round(model, tok, DomainData("d", train, val, "t", "v"), 1, cfg, moe, None, lambda *a: None)
+    assert [s for s, _ in rec.history] == [2, 4]
+    for _, loss in rec.history:
+        assert abs(loss - rec.loss_before) < 1e-6, (loss, rec.loss_before)
+    assert abs(rec.loss_after - rec.loss_before) < 1e-6 and rec.status == "discarded"

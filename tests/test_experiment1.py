@@ -123,3 +123,72 @@ def test_different_bases_are_rejected(setup):
     with pytest.raises(ValueError, match="different weights"):
         exp1.run_experiment1(build, tok, train.head(8), val.head(4),
                              SFTSettings(max_steps=1, eval_steps=1, batch_size=8, max_length=48), MOE)
+
+
+class _Loaded(Exception):
+    """Raised by the recorder once both arms' bases are built (the loader path is what is tested)."""
+
+
+def _profile_yaml(tmp_path, base: dict):
+    from pathlib import Path
+
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    raw["name"] = "exp1load"
+    raw["data"]["domains"] = ["chat"]
+    raw["data"]["sources"] = {"chat": [{"kind": "generated", "generator": "chat", "rows": 60}]}
+    raw["data"]["max_rows_per_domain"] = 60
+    raw["base"] = base
+    raw["training"]["domains"] = ["chat"]
+    raw["experiment1"] = {"domain": "chat", "lora_rank": 4}
+    path = tmp_path / f"{base['kind']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_experiment1_loads_the_base_exactly_as_training(tmp_path, monkeypatch):
+    """Tiny base with load_in_4bit, then a pinned hub snapshot in an offline HF cache: both arms get NF4 bases."""
+    import shutil
+
+    import bitsandbytes as bnb
+    import huggingface_hub
+
+    from brainstacks_core.data.pipeline import prepare_all
+    from brainstacks_core.profile import load_profile
+    from brainstacks_core.training import experiment1, run
+
+    built = []
+
+    def record(build_model, tokenizer, *args, **kwargs):
+        for _ in range(2):
+            model = build_model()
+            q = model.model.layers[0].self_attn.q_proj
+            built.append((type(q), model.config._name_or_path, tokenizer.chat_template is not None))
+        raise _Loaded
+
+    monkeypatch.setattr(experiment1, "run_experiment1", record)
+    tiny = {"kind": "tiny", "load_in_4bit": True,
+            "tiny": {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "pretrain_steps": 2, "pretrain_batch_size": 4, "seq_len": 32}}
+    profile = load_profile(_profile_yaml(tmp_path, tiny), artifact_root=tmp_path / "artifacts")
+    prepare_all(profile)
+    with pytest.raises(_Loaded):
+        run.run_experiment1_for_profile(profile)
+    assert [b[0] for b in built] == [bnb.nn.Linear4bit] * 2 and all(b[2] for b in built)
+    info = run.ensure_base(profile, run.load_domain_data(profile, ["chat"]))
+
+    # the same base as a pinned hub snapshot in the (offline) HF cache
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hf-cache"
+    shutil.copytree(info.path, cache / "models--brainstacks-test--tiny" / "snapshots" / sha)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    hub = {"kind": "hub", "hub": {"repo_id": "brainstacks-test/tiny", "revision": sha, "load_in_4bit": True}}
+    hub_profile = load_profile(_profile_yaml(tmp_path, hub), artifact_root=tmp_path / "artifacts")
+    built.clear()
+    with pytest.raises(_Loaded):
+        run.run_experiment1_for_profile(hub_profile)
+    assert [b[0] for b in built] == [bnb.nn.Linear4bit] * 2
+    # only the pinned revision's snapshot exists (no refs/main): loading it offline proves the revision was used
+    assert all(b[1] == "brainstacks-test/tiny" for b in built), built

@@ -25,6 +25,7 @@ def _manifest(shift: float) -> dict:
     for j, after in enumerate(DOMAINS):
         for i, dom in enumerate(DOMAINS[:j + 1]):
             forgetting.append({"after": after, "domain": dom, "isolated": 1.0 + 0.1 * i + shift,
+                               "as_trained": 1.1 + 0.1 * i + 0.01 * j + shift,
                                "ungated": 1.2 + 0.1 * i + 0.05 * j + shift + 0.00004 * (i + j),
                                "base": base[dom]})
     domains = {}
@@ -63,13 +64,13 @@ def test_plot_forgetting_and_table(tmp_path):
     table = forgetting_table(manifests)
     for m in manifests.values():
         for r in m["forgetting"]:
-            for mode in ("isolated", "ungated", "base"):
+            for mode in ("isolated", "as_trained", "ungated", "base"):
                 assert f"{r[mode]:.4f}" in table, (mode, r)
     for label in manifests:
-        for mode in ("isolated", "ungated"):
+        for mode in ("isolated", "as_trained", "ungated"):
             assert f"**{label}: {mode}**" in table
     header = "| eval domain | after chat | after code | after math | base |"
-    assert table.count(header) == 4
+    assert table.count(header) == 6
     math_row = next(line for line in table.splitlines() if line.startswith("| math |"))
     assert math_row.count("—") == 2  # math is untrained after chat and after code
     with pytest.raises(ValueError):

@@ -17,7 +17,9 @@ from typing import Any, Mapping
 
 from brainstacks_core.files import atomic_write
 
-MODES = ("isolated", "ungated")
+MODES = ("isolated", "as_trained", "ungated")
+"""Forgetting modes: own stacks only; the stacks active while the domain trained (its own and every
+earlier domain's); every stack."""
 
 
 def forgetting_matrix(manifest: Mapping[str, Any], mode: str) -> tuple[list[str], list[str], list[list[float]]]:
@@ -25,7 +27,7 @@ def forgetting_matrix(manifest: Mapping[str, Any], mode: str) -> tuple[list[str]
 
     Args:
         manifest: a continual-run manifest (``forgetting`` rows, ``domains_order``).
-        mode: "isolated", "ungated" or "base".
+        mode: "isolated", "as_trained", "ungated" or "base".
 
     Returns:
         ``(rows, stages, values)``: evaluated domains, "after" domains (both in
@@ -55,10 +57,10 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
 
 
 def plot_forgetting(manifests: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Heatmaps of the forgetting matrix: one panel per (run label x isolated/ungated).
+    """Heatmaps of the forgetting matrix: one panel per (run label x isolated/as_trained/ungated).
 
     Rows are the evaluated domains, columns the "after <domain>" stages, cells the
-    validation loss (annotated); cells of domains not yet trained are blank. All
+    held-out test loss (annotated); cells of domains not yet trained are blank. All
     panels share one colour scale, so runs (e.g. with and without null space) compare.
 
     Args:
@@ -97,7 +99,7 @@ def plot_forgetting(manifests: Mapping[str, Mapping[str, Any]], path: str | os.P
                     ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
                             color="white" if v > mid else "black")
     if image is not None:
-        fig.colorbar(image, ax=axes, label="validation loss", shrink=0.8)
+        fig.colorbar(image, ax=axes, label="test loss", shrink=0.8)
     return _save(fig, path)
 
 

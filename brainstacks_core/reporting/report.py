@@ -62,7 +62,7 @@ def run_summary(profile: Profile, run_name: str) -> dict:
     m = _manifest(profile, run_name)
     png = plots.plot_forgetting({label: m}, profile.store / "reports" / f"forgetting-{run_name}.png")
     md = "\n".join([f"# Continual training `{profile.name}` / `{run_name}`", "", "## Rounds", "", round_table(m), "",
-                    "## Forgetting matrix (validation loss)", "", plots.forgetting_table({label: m}), "",
+                    "## Forgetting matrix (held-out test loss)", "", plots.forgetting_table({label: m}), "",
                     f"Heatmap: {png}"])
     return {"markdown": md, "plot": str(png)}
 
@@ -78,7 +78,9 @@ def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: 
     for run, (label, m) in zip(run_names, manifests.items()):
         png.append(plots.plot_round_losses(m, out_dir / f"rounds-{run}.png"))
         md += [f"## Rounds ({label})", "", round_table(m), ""]
-    md += ["## Forgetting matrix (validation loss; isolated = own stacks only, ungated = all stacks)", "",
+    md += ["## Forgetting matrix (held-out test loss per domain; isolated = own stacks only, as_trained = the "
+           "stacks active while the domain trained, its own and every earlier domain's, checked equal to the "
+           "training-time validation loss; ungated = all stacks)", "",
            plots.forgetting_table(manifests), ""]
     exp_dir = profile.store / "experiment1"
     results = sorted(exp_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if exp_dir.exists() else []

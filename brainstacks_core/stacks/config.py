@@ -8,6 +8,7 @@ a stack trained under one config is refused by a layer built with another.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +26,10 @@ class MoELoRAConfig(BaseModel):
     top_k: int = Field(2, ge=1, description="Experts mixed per token (Shazeer top-k; paper: 2).")
     noisy_router: bool = Field(True, description="Learned softplus noise on the router logits, in training only.")
     aux_loss_coef: float = Field(0.01, ge=0, description="Weight of the load-balance loss added by the trainer.")
+    aux_loss_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="How the per-projection load-balance losses combine: sum (the paper: a training loss "
+                           "of 7.444 vs 0.932 on TinyLlama's 154 projections) or mean (each router's balancing "
+                           "gradient 1/154 as strong).")
     router_init_std: float = Field(0.02, gt=0, description="Std of the router's normal initialisation.")
     frozen_dtype: str = Field("float32", description="dtype frozen stacks are stored in: float32, bfloat16 or "
                                                      "float16.")

@@ -247,13 +247,22 @@ def row_weights(model: nn.Module, stack_ids: Sequence[str], weights: torch.Tenso
                 layer._rows, layer._plan = rows, plan
 
 
-def collect_aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """Mean load-balance loss of the active stack over all layers of the last forward."""
+def collect_aux_loss(model: nn.Module, reduction: str = "sum") -> torch.Tensor | None:
+    """Load-balance loss of the active stack over every wrapped projection of the last forward.
+
+    Args:
+        model: the injected model.
+        reduction: "sum" over the projections (the paper: each router gets the full
+            balancing gradient) or "mean".
+    """
     losses = [layer.active.last_aux_loss for layer in stacked_layers(model).values()
               if layer.active is not None and layer.active.last_aux_loss is not None]
     if not losses:
         return None
-    return torch.stack(losses).mean()
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    total = torch.stack(losses)
+    return total.sum() if reduction == "sum" else total.mean()
 
 
 def active_parameters(model: nn.Module) -> list[nn.Parameter]:

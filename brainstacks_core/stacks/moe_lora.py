@@ -64,8 +64,9 @@ def top_k_gates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return gates, top_idx
 
 
-def load_balance_loss(logits: torch.Tensor, top_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Switch-style load-balance loss ``E * sum_e f_e * P_e``.
+def load_balance_loss(logits: torch.Tensor, top_idx: torch.Tensor, num_experts: int,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch-style load-balance loss ``E * sum_e f_e * P_e`` over the real tokens.
 
     ``f_e`` (fraction of dispatches to expert e, no gradient) times ``P_e`` (mean
     router probability, differentiable), so the gradient reaches the router.
@@ -74,10 +75,19 @@ def load_balance_loss(logits: torch.Tensor, top_idx: torch.Tensor, num_experts: 
         logits: ``[N, E]`` router logits (with noise in training).
         top_idx: ``[N, k]`` chosen experts.
         num_experts: E.
+        mask: ``[N]`` (or any shape with N elements) true at real tokens; padding
+            positions take no part. None: every row counts.
 
     Returns:
-        Scalar loss; 1.0 at perfect balance.
+        Scalar loss; 1.0 at perfect balance (0 with gradient if no token is real).
     """
+    if mask is not None:
+        keep = mask.reshape(-1).to(device=logits.device, dtype=torch.bool)
+        if keep.numel() != logits.shape[0]:
+            raise ValueError(f"token mask has {keep.numel()} entries for {logits.shape[0]} router rows")
+        logits, top_idx = logits[keep], top_idx[keep]
+    if logits.shape[0] == 0:
+        return logits.float().sum() * 0.0
     probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
     p_mean = probs.mean(dim=0)  # (E,)
     counts = torch.zeros(num_experts, device=logits.device, dtype=torch.float32)
@@ -111,6 +121,7 @@ class MoELoRADelta(nn.Module):
         self.router = nn.Linear(in_features, e, bias=False)
         self.noise_linear = nn.Linear(in_features, e, bias=False)
         self.last_aux_loss: torch.Tensor | None = None
+        self.token_mask: torch.Tensor | None = None  # [N] real tokens of the next forwards (set by the trainer)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -142,7 +153,8 @@ class MoELoRADelta(nn.Module):
         n = x.shape[0]
         logits = self.router_logits(x)  # (N, E)
         gates, top_idx = top_k_gates(logits, cfg.top_k)  # (N, E)
-        self.last_aux_loss = load_balance_loss(logits, top_idx, cfg.num_experts) if self.training else None
+        self.last_aux_loss = (load_balance_loss(logits, top_idx, cfg.num_experts, self.token_mask)
+                              if self.training else None)
         h = F.linear(x, self.lora_A.reshape(-1, self.in_features))  # (N, E*r)
         h = (h.view(n, cfg.num_experts, cfg.rank) * gates.unsqueeze(-1)).view(n, -1)  # gates in rank space
         b = project_out(self.lora_B.reshape(-1, self.out_features), basis)  # (E*r, out)

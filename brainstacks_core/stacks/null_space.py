@@ -1,20 +1,35 @@
 """Null-space bases: the output directions earlier domains' frozen stacks use.
 
 Brainstacks section 3.5, done as the paper says (not as its reference code):
-the deltas are collected on the validation data of the PREVIOUS domains, through
-the frozen stacks, at every injected layer; the top-K right singular vectors of
-the stacked deltas (``torch.svd_lowrank``, or a full SVD when small) are kept as
-``V`` ``[K, out]`` per layer (never a dense ``out x out`` projector). The new
-stack's output is projected with ``d - (d V^T) V`` in training and inference.
-Directions whose singular value is negligible (a layer whose frozen delta is
-~0) are dropped, so a no-op stack reserves no capacity.
+for every PREVIOUS domain, its frozen stacks' output deltas are collected on its
+validation data at every injected layer, the top-K right singular vectors of
+each domain's deltas are kept (``torch.svd_lowrank``, seeded, or a full SVD when
+small), and the union over domains is re-orthonormalised (an SVD of the stacked
+rows, dependent directions dropped, at most ``out``): ``V`` ``[K_total, out]`` per
+layer, K directions per earlier domain as the paper's capacity figures assume
+(64 per domain; never a dense ``out x out`` projector). The new stack's output is
+projected with ``d - (d V^T) V`` in training and inference. Directions whose
+singular value is negligible (a layer whose frozen delta is ~0) are dropped, so
+a no-op stack reserves no capacity.
+
+Memory: deltas are sampled per batch on the model's device (padding positions
+masked out), into one :class:`DeltaReservoir` per layer holding at most
+``max_rows`` rows: ``max_rows x out`` elements per layer in the delta's dtype,
+whatever the number of validation rows, for one domain at a time. At Gemma-3-12B
+shapes (48 layers x 7 projections, sum of outputs 46,592 per layer block) and
+``max_rows`` 8192 in bf16 that is 8192 x 46,592 x 48 x 2 B = 36.6 GB (18.3 GB at
+4096 rows), plus 8 B per row per layer of sampling keys (3 MB); the SVD runs one
+layer at a time in fp32 (at most 8192 x 15,360 x 4 B = 503 MB transient). The
+bases themselves are ``K_total x out`` fp32 per layer: 64 x 46,592 x 48 x 4 B =
+572 MB per earlier domain.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,21 +37,23 @@ from torch import nn
 
 from brainstacks_core.files import atomic_write
 from brainstacks_core.stacks.config import NullSpaceConfig
-from brainstacks_core.stacks.inject import stacked_layers
+from brainstacks_core.stacks.inject import only_stacks, stacked_layers
 from brainstacks_core.stacks.stack_io import tensor_checksum
 
 log = logging.getLogger(__name__)
 
 
-def top_directions(deltas: torch.Tensor, cfg: NullSpaceConfig) -> torch.Tensor:
+def top_directions(deltas: torch.Tensor, cfg: NullSpaceConfig, seed: int = 0) -> torch.Tensor:
     """Top right singular vectors of ``deltas``.
 
     Args:
         deltas: ``[N, out]`` frozen-stack output deltas.
         cfg: null-space configuration.
+        seed: seed of the randomized SVD (the global RNG is left untouched).
 
     Returns:
-        ``[K', out]`` orthonormal rows, K' <= cfg.k (negligible directions dropped).
+        ``[K', out]`` orthonormal fp32 rows on the deltas' device, K' <= cfg.k
+        (negligible directions dropped).
     """
     d = deltas.float()
     n, out = d.shape
@@ -45,45 +62,117 @@ def top_directions(deltas: torch.Tensor, cfg: NullSpaceConfig) -> torch.Tensor:
         raise ValueError("frozen-stack deltas contain NaN/inf: a frozen stack is corrupt or diverged; "
                          "refusing to compute a null space from them")
     if k == 0 or d.abs().max() == 0:  # a no-op stack claims no directions
-        return torch.zeros(0, out)
+        return torch.zeros(0, out, device=d.device)
     if min(n, out) <= cfg.full_svd_below:
         _, s, vh = torch.linalg.svd(d, full_matrices=False)
         v = vh[:k]
     else:
-        _, s, v_cols = torch.svd_lowrank(d, q=min(k + cfg.oversample, n, out), niter=cfg.niter)
+        devices = [d.device] if d.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            _, s, v_cols = torch.svd_lowrank(d, q=min(k + cfg.oversample, n, out), niter=cfg.niter)
         v = v_cols[:, :k].T
     s = s[:k]
     keep = s >= cfg.rel_tol * s[0]
     return v[keep].contiguous()
 
 
+def merge_directions(parts: Sequence[torch.Tensor], out: int, tol: float = 1e-4) -> torch.Tensor:
+    """Orthonormal rows spanning the union of several domains' directions.
+
+    Args:
+        parts: ``[K_i, out]`` orthonormal rows per earlier domain.
+        out: output width (the cap on the result's rows).
+        tol: a direction already spanned by the others (singular value < tol) is dropped.
+
+    Returns:
+        ``[K_total, out]`` fp32, ``K_total <= min(sum K_i, out)``.
+    """
+    rows = [p.float() for p in parts if p.shape[0]]
+    if not rows:
+        return torch.zeros(0, out, device=parts[0].device if parts else "cpu")
+    if len(rows) == 1:
+        return rows[0].contiguous()
+    _, s, vh = torch.linalg.svd(torch.cat(rows), full_matrices=False)  # [sum K, out] -> vh [min, out]
+    return vh[s >= tol].contiguous()
+
+
+class DeltaReservoir:
+    """A uniform sample of at most ``max_rows`` delta rows, kept on the rows' device.
+
+    Bottom-k sampling: every row gets a uniform random key and the ``max_rows``
+    rows with the smallest keys seen so far are kept, so after any number of
+    batches the buffer is a uniform sample without replacement of every row seen.
+
+    Attributes:
+        rows: ``[n, out]`` buffer, ``n <= max_rows`` (the delta's dtype).
+        keys: ``[n]`` fp32 sampling keys.
+        seen: rows offered so far.
+    """
+
+    def __init__(self, max_rows: int, generator: torch.Generator) -> None:
+        self.max_rows = max_rows
+        self.generator = generator
+        self.rows: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None
+        self.seen = 0
+
+    def add(self, d: torch.Tensor) -> None:
+        """Offer ``d`` ``[n, out]`` (real token positions only)."""
+        self.seen += d.shape[0]
+        keys = torch.rand(d.shape[0], generator=self.generator, device=self.generator.device).to(d.device)
+        if self.rows is None:
+            take = keys.argsort()[:self.max_rows]
+            self.rows, self.keys = d[take].clone(), keys[take]
+            return
+        room = self.max_rows - self.rows.shape[0]
+        if room > 0:  # fill first
+            take = keys.argsort()[:room]
+            self.rows, self.keys = torch.cat([self.rows, d[take]]), torch.cat([self.keys, keys[take]])
+            rest = torch.ones(d.shape[0], dtype=torch.bool, device=d.device)
+            rest[take] = False
+            d, keys = d[rest], keys[rest]
+            if d.shape[0] == 0:
+                return
+        m = self.rows.shape[0]
+        keep = torch.cat([self.keys, keys]).topk(m, largest=False).indices  # the m smallest keys
+        new = keep[keep >= m] - m
+        evicted = torch.ones(m, dtype=torch.bool, device=d.device)
+        evicted[keep[keep < m]] = False
+        slots = evicted.nonzero().squeeze(1)
+        self.rows[slots] = d[new].to(self.rows.dtype)
+        self.keys[slots] = keys[new]
+
+
 @torch.no_grad()
 def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                           max_rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Run validation batches through the model and record the frozen stacks' deltas.
+    """Run validation batches through the model and sample the frozen stacks' deltas.
 
-    Only frozen stacks contribute (the active stack, if any, is not part of the
-    delta); only real (non-padding) token positions are kept.
+    Only frozen stacks with non-zero weight contribute (the active stack, if any,
+    is not part of the delta); padding positions are masked out before sampling.
 
     Args:
         model: a model with injected stacked layers and frozen stacks.
         batches: ``{"input_ids": [B, T], "attention_mask": [B, T]}`` on the model's device.
-        max_rows: token rows kept per layer (uniform subsample).
-        seed: seed of the subsample.
+        max_rows: token rows kept per layer (uniform sample over all real positions).
+        seed: seed of the sample.
 
     Returns:
-        Layer name -> ``[N, out]`` deltas, N <= max_rows (uniformly subsampled).
+        Layer name -> ``[N, out]`` deltas on the model's device, N <= max_rows.
     """
     layers = stacked_layers(model)
-    rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    keep_mask: list[torch.Tensor] = []
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+    pools = {n: DeltaReservoir(max_rows, gen) for n in layers}
+    real: dict[str, torch.Tensor] = {}
 
     def hook(name):
         def fn(module, inputs, _output):
             ids = module.active_frozen_ids()
             if ids:
-                x = inputs[0].reshape(-1, module.in_features)
-                rows[name].append(module._frozen_delta(x, ids).float().cpu())
+                x = inputs[0].reshape(-1, module.in_features)[real["mask"]]  # [n_real, in]
+                pools[name].add(module._frozen_delta(x, ids))
         return fn
 
     handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]
@@ -91,33 +180,41 @@ def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Te
     model.eval()
     try:
         for batch in batches:
+            real["mask"] = batch["attention_mask"].reshape(-1).bool()
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            keep_mask.append(batch["attention_mask"].reshape(-1).bool().cpu())
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    mask = torch.cat(keep_mask) if keep_mask else torch.zeros(0, dtype=torch.bool)
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, chunks in rows.items():
-        if not chunks:
-            continue
-        d = torch.cat(chunks)[mask]
-        if d.shape[0] > max_rows:
-            d = d[torch.randperm(d.shape[0], generator=gen)[:max_rows]]
-        out[name] = d
-    return out
+    return {n: p.rows for n, p in pools.items() if p.rows is not None}
 
 
-def compute_bases(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], cfg: NullSpaceConfig,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
-    """Null-space rows V ``[K, out]`` per layer from the previous domains' validation batches."""
-    deltas = collect_frozen_deltas(model, batches, cfg.max_rows, seed=seed)
-    bases = {name: top_directions(d, cfg) for name, d in deltas.items()}
+def compute_bases(model: nn.Module, groups: Sequence[tuple[Sequence[str] | None, Iterable[dict[str, torch.Tensor]]]],
+                  cfg: NullSpaceConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Null-space rows V ``[K_total, out]`` per layer: K directions per earlier domain, merged.
+
+    Args:
+        model: the model with every earlier domain's frozen stacks attached.
+        groups: per earlier domain, ``(its stack ids, its validation batches)``;
+            ``None`` as ids uses every frozen stack.
+        cfg: null-space configuration (``k`` per domain, ``max_rows`` per domain and layer).
+        seed: seed of the row sample and the randomized SVD.
+
+    Returns:
+        Layer name -> fp32 ``[K_total, out]`` orthonormal rows on the CPU.
+    """
+    parts: dict[str, list[torch.Tensor]] = {}
+    widths = {n: layer.out_features for n, layer in stacked_layers(model).items()}
+    for i, (ids, batches) in enumerate(groups):
+        with only_stacks(model, ids) if ids is not None else nullcontext():
+            deltas = collect_frozen_deltas(model, batches, cfg.max_rows, seed=seed + i)
+        for name, d in deltas.items():
+            parts.setdefault(name, []).append(top_directions(d, cfg, seed=seed + i).cpu())
+        del deltas
+    bases = {name: merge_directions(p, widths[name]) for name, p in parts.items()}
     kept = [b.shape[0] for b in bases.values()]
-    log.info("null space: %d layers, %s directions kept per layer (k=%d)", len(bases),
-             f"{min(kept)}-{max(kept)}" if kept else "0", cfg.k)
+    log.info("null space: %d layers, %d domains, %s directions kept per layer (k=%d per domain)", len(bases),
+             len(groups), f"{min(kept)}-{max(kept)}" if kept else "0", cfg.k)
     return bases
 
 

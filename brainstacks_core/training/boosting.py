@@ -33,13 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DomainData:
-    """One domain's prepared data, with the versions lineage needs."""
+    """One domain's prepared data, with the versions lineage needs.
+
+    ``val`` decides (early stopping, keep, null-space bases); ``test`` is only
+    reported (the forgetting matrix); None falls back to ``val`` (in-memory tests).
+    """
 
     domain: str
     train: pd.DataFrame
     val: pd.DataFrame
     train_version: str
     val_version: str
+    test: pd.DataFrame | None = None
+    test_version: str | None = None
 
 
 @dataclass
@@ -90,20 +96,24 @@ def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int,
     stack_id = f"{data.domain}-r{round_index}"
     val = data.val if cfg.eval_rows is None else data.val.head(cfg.eval_rows)
     add_active_stack(model, stack_id, bases=bases, seed=cfg.seed * 1000 + round_index)
-    loss_before = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+
+    def measure(m: nn.Module) -> float:  # the one loss of the round: start, every evaluation, keep decision
+        return completion_loss(m, tokenizer, val, cfg.sft.max_length, cfg.sft.batch_size)
+
+    loss_before = measure(model)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     callback = BestStackCallback(params, loss_before, cfg.spike_threshold, cfg.patience)
     with tempfile.TemporaryDirectory(prefix="brainstacks-sft-") as out_dir:
         trainer = StackSFTTrainer(
             model=model, args=make_sft_config(cfg.sft, out_dir), train_dataset=to_sft_dataset(data.train),
             eval_dataset=to_sft_dataset(val), processing_class=tokenizer, callbacks=[callback],
-            aux_loss_coef=moe.aux_loss_coef)
+            aux_loss_coef=moe.aux_loss_coef, aux_loss_reduction=moe.aux_loss_reduction, eval_loss=measure)
         trainer.train()
         train_log = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
     model.eval()
     # measure what is kept: the frozen stack, in its stored dtype (bf16 on the paper profiles)
     freeze_active_stack(model)
-    loss_after = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+    loss_after = measure(model)
     rec = RoundRecord(domain=data.domain, round=round_index, stack_id=stack_id, status="frozen",
                       loss_before=loss_before, loss_after=loss_after, reason=callback.outcome.stop_reason,
                       history=callback.outcome.history, train_log=train_log)

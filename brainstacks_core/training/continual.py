@@ -1,8 +1,11 @@
 """Outer loop: domains in curriculum order on top of frozen stacks (section 3.4).
 
 For each domain: null-space bases from the PREVIOUS domains' validation data
-(section 3.5), boosting rounds (``boosting.train_round``), then a row of the
-forgetting matrix. A manifest is written atomically after every round, so a run
+(section 3.5; K directions per earlier domain, from its own stacks), boosting
+rounds (``boosting.train_round``, decided on the validation split), then a row of
+the forgetting matrix on every trained domain's held-out test split (isolated,
+as trained, ungated, base; the as-trained validation loss is checked against the
+training-time loss). A manifest is written atomically after every round, so a run
 killed at any point resumes at the round where it stopped; finished rounds are
 re-attached from their stack files (checksums verified), never retrained.
 """
@@ -110,21 +113,59 @@ def domain_stacks(manifest: dict, domain: str) -> list[str]:
     return [r["stack_id"] for r in manifest["domains"].get(domain, {}).get("rounds", []) if r["status"] == "frozen"]
 
 
+def training_time_loss(manifest: dict, domain: str) -> float | None:
+    """The validation loss the domain ended training with (its last kept round, else its start)."""
+    rounds = manifest["domains"].get(domain, {}).get("rounds", [])
+    kept = [r for r in rounds if r["status"] == "frozen"]
+    if kept:
+        return kept[-1]["loss_after"]
+    return rounds[0]["loss_before"] if rounds else None
+
+
+def as_trained_stacks(manifest: dict, domain: str) -> list[str]:
+    """The stacks active while ``domain`` trained: its own and every earlier domain's."""
+    order = manifest["domains_order"]
+    return [s for d in order[:order.index(domain) + 1] for s in domain_stacks(manifest, d)]
+
+
 def forgetting_row(model, tokenizer, manifest: dict, data: dict[str, DomainData], after: str,
                    cfg: TrainingConfig) -> list[dict]:
-    """Isolated (own stacks only) and ungated (all stacks) loss of every trained domain."""
+    """Loss of every trained domain on its held-out test split, in four modes.
+
+    Modes: ``isolated`` (its own stacks), ``as_trained`` (the stacks active while it
+    trained: its own and every earlier domain's), ``ungated`` (all stacks) and
+    ``base`` (none). The as-trained loss on the validation rows is checked against
+    the training-time loss (frozen stacks are read-only, so it must be equal).
+
+    Raises:
+        RuntimeError: the as-trained validation loss differs from the training-time one.
+    """
     rows = []
+    loss = lambda df: completion_loss(model, tokenizer, df, cfg.sft.max_length, cfg.sft.batch_size)  # noqa: E731
     for dom in manifest["domains_order"]:
         if dom not in manifest["domains"] or dom not in data:
             continue
-        val = data[dom].val if cfg.eval_rows is None else data[dom].val.head(cfg.eval_rows)
+        d = data[dom]
+        split = "test" if d.test is not None and len(d.test) else "val"
+        df = d.test if split == "test" else d.val
+        df = df if cfg.eval_rows is None else df.head(cfg.eval_rows)
+        val = d.val if cfg.eval_rows is None else d.val.head(cfg.eval_rows)
+        trained_with = as_trained_stacks(manifest, dom)
+        with only_stacks(model, trained_with):
+            as_trained_val = loss(val)
+            as_trained = loss(df)
+        want = training_time_loss(manifest, dom)
+        if want is not None and abs(as_trained_val - want) > 1e-6 * max(1.0, abs(want)):
+            raise RuntimeError(f"{dom}: loss with the stacks it trained with is {as_trained_val:.6f} after "
+                               f"{after}, but it ended training at {want:.6f}: a frozen stack changed")
         with only_stacks(model, domain_stacks(manifest, dom)):
-            iso = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+            iso = loss(df)
         with only_stacks(model, None):
-            ung = completion_loss(model, tokenizer, val, cfg.sft.max_length)
+            ung = loss(df)
         with only_stacks(model, []):
-            base = completion_loss(model, tokenizer, val, cfg.sft.max_length)
-        rows.append({"after": after, "domain": dom, "isolated": iso, "ungated": ung, "base": base})
+            base = loss(df)
+        rows.append({"after": after, "domain": dom, "split": split, "isolated": iso, "as_trained": as_trained,
+                     "ungated": ung, "base": base, "as_trained_val": as_trained_val})
     return rows
 
 
@@ -174,7 +215,7 @@ def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: Trai
         manifest["forgetting"] = [r for r in manifest["forgetting"] if r["after"] != d.domain] + rows
         entry["status"] = "done"
         _write_manifest(ctx, manifest)
-        _record_forgetting(ctx, manifest, d.domain, rows)
+        _record_forgetting(ctx, manifest, d.domain, rows, by_name)
     return manifest
 
 
@@ -191,12 +232,16 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
                                  f"{ns['tensor_sha256'][:12]}: the file was replaced")
             return bases, ns["version"]
         log.warning("%s: null-space file missing; recomputing it from the same frozen stacks and data", ns["file"])
-    examples = [e for p in previous for e in tokenize_for_loss(tokenizer, p.val.head(cfg.null_space_val_rows),
-                                                               cfg.sft.max_length)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batches = iter_batches(examples, 16, pad, next(model.parameters()).device)
-    with only_stacks(model, None):
-        bases = compute_bases(model, batches, cfg.basis, seed=cfg.seed)
+    device = next(model.parameters()).device
+
+    def batches(p: DomainData):  # lazily: one domain's batches at a time
+        examples = tokenize_for_loss(tokenizer, p.val.head(cfg.null_space_val_rows), cfg.sft.max_length)
+        return iter_batches(examples, cfg.sft.batch_size, pad, device)
+
+    # K directions per earlier domain: its own frozen stacks on its own validation rows
+    groups = [(domain_stacks(manifest, p.domain), batches(p)) for p in previous if domain_stacks(manifest, p.domain)]
+    bases = compute_bases(model, groups, cfg.basis, seed=cfg.seed)
     parents = _stack_versions(manifest)
     inputs = [p.val_version for p in previous] + sorted(parents.values())
     version = content_hash("null_space", ctx.profile, ctx.run_name, inputs, cfg.basis,
@@ -244,16 +289,18 @@ def _save_and_register(model, ctx: RunContext, d: DomainData, rec: RoundRecord, 
             ctx.catalog.record_metric(rec.version, "eval_loss", loss, step=step)
 
 
-def _record_forgetting(ctx: RunContext, manifest: dict, after: str, rows: list[dict]) -> None:
+def _record_forgetting(ctx: RunContext, manifest: dict, after: str, rows: list[dict],
+                       by_name: dict[str, DomainData]) -> None:
     if ctx.catalog is None:
         return
     stacks = sorted(_stack_versions(manifest).values())
-    vals = [manifest["domains"][r["domain"]]["val_version"] for r in rows]
+    vals = [(by_name[r["domain"]].test_version if r.get("split") == "test" else None)
+            or manifest["domains"][r["domain"]]["val_version"] for r in rows]
     version = content_hash("forgetting", ctx.profile, ctx.run_name, after, stacks, vals)
     ctx.catalog.record_artifact(uri=f"eval://{ctx.profile}/{ctx.run_name}/forgetting/after-{after}", version=version,
                                 kind="eval", path=str(ctx.manifest_path), sha256=None, code_version=code_version(),
                                 config_hash=manifest["config_hash"], inputs=stacks + sorted(set(vals)),
                                 metadata={"after": after, "rows": rows}, run_ids=ctx.run_ids)
     for r in rows:
-        for mode in ("isolated", "ungated", "base"):
+        for mode in ("isolated", "as_trained", "ungated", "base"):
             ctx.catalog.record_metric(version, f"{r['domain']}/{mode}", r[mode])

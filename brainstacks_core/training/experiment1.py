@@ -198,7 +198,8 @@ def run_experiment1(build_model: Callable[[], PreTrainedModel], tokenizer, train
     inject_stacks(moe_model, moe)
     add_active_stack(moe_model, "experiment1-moe", seed=settings.seed)
     moe_arm = _train_arm("moe_lora", moe_model, StackSFTTrainer, tokenizer, train_df, val_df, settings,
-                         train_key="task_loss", aux_loss_coef=moe.aux_loss_coef)
+                         train_key="task_loss", aux_loss_coef=moe.aux_loss_coef,
+                         aux_loss_reduction=moe.aux_loss_reduction)
     del moe_model
     _free_memory()
 

@@ -35,12 +35,17 @@ log = logging.getLogger(__name__)
 
 def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | None = None,
                      versions: dict[str, str] | None = None) -> list[DomainData]:
-    """Each domain's prepared train/val data (``versions[domain]`` if given, else the latest)."""
+    """Each domain's prepared train/val/test data (``versions[domain]`` if given, else the latest).
+
+    val decides (early stopping, keep, null-space bases); test is reported (forgetting matrix).
+    """
     out = []
     for d in domains:
         p = load_prepared(profile, d, catalog, (versions or {}).get(d))
+        test = pd.read_parquet(p.test_path) if p.test_path is not None and p.test_path.exists() else None
         out.append(DomainData(d, pd.read_parquet(p.train_path), pd.read_parquet(p.val_path),
-                              p.train_uri_version, p.val_uri_version))
+                              p.train_uri_version, p.val_uri_version, test,
+                              p.test_uri_version if test is not None else None))
     return out
 
 
@@ -74,13 +79,24 @@ def ensure_base(profile: Profile, data: list[DomainData], catalog: Catalog | Non
     return info
 
 
-def load_model(profile: Profile, info: BaseModelInfo):
-    """Load the base (4-bit NF4 on CUDA when the profile asks) and inject stack layers."""
+def load_training_base(profile: Profile, info: BaseModelInfo):
+    """The base as every training path loads it: a hub base at its pinned revision with the
+    hub section's 4-bit setting, a local base with ``base.load_in_4bit``; on CUDA when present.
+
+    Returns:
+        ``(model, tokenizer)``, every base parameter frozen, no stack layers.
+    """
+    device_map = "auto" if torch.cuda.is_available() else "cpu"
     if info.source == "hub":
-        model, tok, _ = load_base(profile.base.hub, device_map="auto" if torch.cuda.is_available() else "cpu")
+        model, tok, _ = load_base(profile.base.hub, device_map=device_map)
     else:
-        model, tok, _ = load_base(info.path, load_in_4bit=profile.base.load_in_4bit,
-                                  device_map="auto" if torch.cuda.is_available() else "cpu")
+        model, tok, _ = load_base(info.path, load_in_4bit=profile.base.load_in_4bit, device_map=device_map)
+    return model, tok
+
+
+def load_model(profile: Profile, info: BaseModelInfo):
+    """Load the base (:func:`load_training_base`) and inject stack layers."""
+    model, tok = load_training_base(profile, info)
     inject_stacks(model, profile.moe)
     return model, tok
 
@@ -172,14 +188,20 @@ def run_experiment1_for_profile(profile: Profile, catalog: Catalog | None = None
     (data,) = load_domain_data(profile, [domain], catalog)
     info = ensure_base(profile, load_domain_data(profile, profile.curriculum, catalog), catalog, run_ids)
     cfg, moe = profile.training, profile.moe
-    version = content_hash("experiment1", data.train_version, data.val_version, info.fingerprint, cfg.sft, moe,
+    version = content_hash("experiment1", data.train_version, data.val_version, info.fingerprint,
+                           profile.base.four_bit, cfg.sft, moe,
                            rank, cfg.eval_rows, code_version())
     path = profile.store / "experiment1" / f"{version}.json"
     if path.exists():
         return json.loads(path.read_text())
-    tok = load_base(info.path)[1]
+    first, tok = load_training_base(profile, info)  # as training loads it (pinned revision, 4-bit, device)
+    pending = [first]
+
+    def build():  # the first arm gets the model loaded with the tokenizer, the second a fresh load
+        return pending.pop() if pending else load_training_base(profile, info)[0]
+
     val = data.val if cfg.eval_rows is None else data.val.head(cfg.eval_rows)
-    result = run_experiment1(lambda: load_base(info.path)[0], tok, data.train, val, cfg.sft, moe, lora_rank=rank)
+    result = run_experiment1(build, tok, data.train, val, cfg.sft, moe, lora_rank=rank)
     out = {"domain": domain, "version": version, **result.to_dict()}
     atomic_write_json(path, out)
     if catalog is not None:
