@@ -70,7 +70,7 @@ def test_per_row_output_equals_each_row_alone(tiny_llama):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the last row (all zeros) is exactly the bare base
         set_stack_weights(model, dict.fromkeys(IDS, 0.0))
-        torch.testing.assert_close(got[3], model(ids[3:]).logits[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[3], model(ids[3:]).logits[0], rtol=1e-5, atol=1e-6)  # batch-size-dependent BLAS order
         set_stack_weights(model, dict.fromkeys(IDS, 1.0))
     assert not torch.allclose(got[0], got[1])  # rows really differ
 
