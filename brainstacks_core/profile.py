@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from brainstacks_core.base.config import BaseConfig
 from brainstacks_core.data.config import DataConfig
 from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.lineage.config import LineageConfig
+from brainstacks_core.orchestration import OrchestrationConfig
 from brainstacks_core.routing.config import RouterConfig
 from brainstacks_core.stacks.config import MoELoRAConfig
 from brainstacks_core.training.config import Experiment1Config, TrainingConfig
@@ -54,6 +56,9 @@ class Profile(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmark evaluation.")
     experiment1: Experiment1Config | None = Field(None, description="Experiment 1 (MoE-LoRA vs single LoRA); "
                                                                     "absent = skipped.")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig,
+                                               description="Run locks and source watchers.")
+    lineage: LineageConfig = Field(default_factory=LineageConfig, description="OpenLineage export.")
     source_path: Path | None = Field(None, exclude=True, description="The YAML file the profile came from "
                                                                      "(set by load_profile).")
 

@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("flows.continual_training:cli_train", "train one domain (its boosting rounds) or all domains in order"),
     "run": ("flows.pipeline:cli_run", "the whole pipeline on a profile: prepare, base, continual training, report"),
     "audit": ("flows.audit:cli_audit", "lineage: which data went into an artifact, which artifacts hold a record"),
+    "plan": ("flows.maintenance:cli_plan", "what a training run would retrain and why (which version changed)"),
+    "repair": ("flows.maintenance:cli_repair", "re-verify a run folder, drop a broken round and what follows, "
+                                               "resume"),
     "config": ("flows.config:cli_config", "validate a profile (config check PATH) or print its JSON Schema "
                                           "(config schema)"),
 }
@@ -52,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--record", help="a record_id: list every artifact that contains it")
     g.add_argument("--list", action="store_true", help="list every artifact in the catalog")
     p.add_argument("--current", action="store_true", help="hide versions superseded by a newer one of the same URI")
+    for name in ("plan", "repair"):
+        p = sub.add_parser(name, help=COMMANDS[name][1], description=COMMANDS[name][1])
+        _add_common(p)
+        p.add_argument("--run", default="main", help="run name under <store>/training (default: main)")
+    p.add_argument("--no-resume", action="store_true", help="repair only; do not resume training")
     p = sub.add_parser("config", help=COMMANDS["config"][1], description=COMMANDS["config"][1],
                        epilog="Example: brainstacks config check configs/demo.yaml")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -2,8 +2,9 @@
 
 Sequences the tasks of ``tasks.data``: ingest every domain, keyword decontamination
 over all of them, finalize each requested domain, then register them all at once
-(a failure anywhere registers nothing). A ``dataset.version.changed`` event is
-emitted only for a domain whose version differs from the one registered before.
+(a failure anywhere registers nothing). A ``brainstacks.data.changed`` event is
+emitted once per preparation, listing every domain whose version differs from the one
+registered before (one retraining per preparation, not one per domain).
 ``cli_prepare`` runs it for ``brainstacks prepare`` and prints, per domain, the
 counts, the quarantine file with its most common reasons, and the moves' evidence.
 """
@@ -53,17 +54,27 @@ def prepare_data(config_path: str, domain: str | None = None, artifact_root: str
     finalized = {d: finalize_task(config_path, artifact_root, d, ingested, assigned)
                  for d in ([domain] if domain else cfg.domains)}
     rows = register_task(config_path, artifact_root, finalized)
-    for d, r in rows.items():  # a new dataset version starts retraining (prefect.yaml trigger)
-        if r.get("new_version"):
-            emit_event(event="brainstacks.dataset.version.changed",
-                       resource={"prefect.resource.id": f"brainstacks.dataset.{profile.name}.{d}",
-                                 "brainstacks.profile": profile.name, "brainstacks.domain": d},
-                       payload={"version": r.get("version"), "domain": d, "config_path": config_path})
+    emit_data_changed(profile.name, config_path, rows)
     create_table_artifact(key=f"data-counts-{profile.name}".replace("_", "-").lower(),
                           table=[_cells(r) for r in rows.values()],
                           description=f"Prepared data of profile {profile.name}: every input row is in a split "
                                       f"(train/val/test/router), quarantine, moved out, or dropped with a reason.")
     return rows
+
+
+def emit_data_changed(profile_name: str, config_path: str, rows: dict[str, dict]):
+    """ONE ``brainstacks.data.changed`` event per preparation, listing every changed domain (debounce).
+
+    The retraining trigger (prefect.yaml) starts one run per event, so a preparation
+    that changes five domains starts one retraining, not five. Returns the event or None.
+    """
+    changed = {d: r.get("version") for d, r in rows.items() if r.get("new_version")}
+    if not changed:
+        return None
+    return emit_event(event="brainstacks.data.changed",
+                      resource={"prefect.resource.id": f"brainstacks.profile.{profile_name}",
+                                "brainstacks.profile": profile_name},
+                      payload={"domains": list(changed), "versions": changed, "config_path": config_path})
 
 
 def _cells(r: dict) -> dict:

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run, task_run
 
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
+from tasks.progress import artifact_key, progress_hook
 
 
 def _run_ids() -> dict:
@@ -22,11 +23,11 @@ def _run_ids() -> dict:
 @task(name="build-base", retries=1, retry_delay_seconds=5)
 def build_base_task(config_path: str, artifact_root: str | None, data_versions: dict[str, str] | None = None) -> dict:
     """Build (tiny) or resolve (hub) the base model; returns its identity."""
-    from brainstacks_core.training.run import ensure_base, load_domain_data
+    from brainstacks_core.training.run import ensure_base
 
     profile = load_profile(config_path, artifact_root)
     cat = Catalog(profile.catalog_path)
-    info = ensure_base(profile, load_domain_data(profile, profile.curriculum, cat, data_versions), cat, _run_ids())
+    info = ensure_base(profile, None, cat, _run_ids())  # the tiny base has its own pinned corpus
     get_run_logger().info("base %s (%s) at %s", info.fingerprint, info.source, info.path)
     return {"fingerprint": info.fingerprint, "path": str(info.path), "source": info.source}
 
@@ -45,20 +46,37 @@ def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, 
 @task(name="train-domain", retries=1, retry_delay_seconds=10)
 def train_domain_task(config_path: str, artifact_root: str | None, domain: str, run_name: str = "main",
                       null_space: bool | None = None, data_versions: dict[str, str] | None = None) -> dict:
-    """Train one domain's boosting rounds (earlier domains must be done or are resumed first)."""
+    """Train one domain's boosting rounds (earlier domains must be done or are resumed first).
+
+    Holds the run's lock while training; when another process holds it and the
+    profile says ``orchestration.on_busy: skip``, logs that and returns ``skipped``.
+    Training progress goes to a progress artifact (domain, round, step, val loss).
+    """
     from brainstacks_core.training.run import train_profile
+    from brainstacks_core.training.run_lock import RunBusyError
 
     profile = load_profile(config_path, artifact_root)
-    manifest = train_profile(profile, run_name, null_space, until_domain=domain,
-                             catalog=Catalog(profile.catalog_path), run_ids=_run_ids(), data_versions=data_versions)
-    entry = manifest["domains"][domain]
     log = get_run_logger()
+    hook = progress_hook(artifact_key("training", profile.name, run_name, domain),
+                         f"{profile.name}/{run_name}", profile.training.max_rounds)
+    try:
+        manifest = train_profile(profile, run_name, null_space, until_domain=domain,
+                                 catalog=Catalog(profile.catalog_path), run_ids=_run_ids(),
+                                 data_versions=data_versions, progress=hook)
+    except RunBusyError as exc:
+        log.warning("skipped: %s", exc)
+        return {"domain": domain, "run": run_name, "rounds": [], "stop_reason": None, "skipped": str(exc)}
+    entry = manifest["domains"][domain]
+    if entry.get("reused_from"):
+        log.info("%s: unchanged (base, settings, its data and every earlier domain): stacks reused from %s",
+                 domain, entry["reused_from"])
     for r in entry["rounds"]:
         log.info("%s round %d: %s, val loss %.4f -> %.4f (%s)", domain, r["round"], r["status"],
                  r["loss_before"], r["loss_after"], r["reason"])
     return {"domain": domain, "run": run_name, "rounds": [
         {k: r[k] for k in ("round", "stack_id", "status", "loss_before", "loss_after", "version")}
-        for r in entry["rounds"]], "stop_reason": entry.get("stop_reason")}
+        for r in entry["rounds"]], "stop_reason": entry.get("stop_reason"),
+        "reused_from": entry.get("reused_from")}
 
 
 @task(name="experiment-1")

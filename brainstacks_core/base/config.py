@@ -20,6 +20,18 @@ SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|user|>", "<|
 SHA_RE = re.compile(r"[0-9a-f]{40}")
 
 
+class TinyCorpusConfig(BaseModel):
+    """The tiny base's own pinned pretraining corpus: deterministic generated text, never the fine-tuning data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generators: tuple[str, ...] = Field(("chat", "code", "math", "medical", "reasoning"),
+                                        description="Demo generators whose text the base is pretrained on.")
+    rows_per_generator: int = Field(300, ge=1, description="Rows generated per generator.")
+    seed: int = Field(104729, description="Generator seed; differs from the data section's seed, so the corpus "
+                                          "and the fine-tuning rows are distinct.")
+
+
 class TinyBaseConfig(BaseModel):
     """Shape and pretraining of the tiny CPU base (a LlamaForCausalLM with its own BPE)."""
 
@@ -37,6 +49,9 @@ class TinyBaseConfig(BaseModel):
     pretrain_batch_size: int = Field(8, ge=1, description="Sequences per pretraining step.")
     seq_len: int = Field(128, ge=8, description="Tokens per packed pretraining sequence.")
     seed: int = Field(0, description="Seed of initialisation and batch sampling.")
+    corpus: TinyCorpusConfig = Field(default_factory=TinyCorpusConfig,
+                                     description="Pinned pretraining corpus (and tokenizer corpus), generated "
+                                                 "offline; editing a dataset never changes the base.")
 
     @model_validator(mode="after")
     def _shapes(self) -> "TinyBaseConfig":

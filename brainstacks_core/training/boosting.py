@@ -75,7 +75,7 @@ class RoundRecord:
 
 def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int, cfg: TrainingConfig,
                 moe: MoELoRAConfig, bases: dict[str, torch.Tensor] | None,
-                on_frozen: Callable[[str, RoundRecord], None]) -> RoundRecord:
+                on_frozen: Callable[[str, RoundRecord], None], callbacks: list | None = None) -> RoundRecord:
     """Train, then freeze or discard, one boosting round.
 
     Args:
@@ -88,6 +88,7 @@ def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int,
         bases: null-space rows per layer for this domain, or None.
         on_frozen: called with ``(stack_id, record)`` right after freezing, to
             write the stack file and register it (sets record.file etc.).
+        callbacks: extra ``TrainerCallback``s (e.g. ``progress.ProgressCallback``).
 
     Returns:
         The round's record.
@@ -106,7 +107,7 @@ def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int,
     with tempfile.TemporaryDirectory(prefix="brainstacks-sft-") as out_dir:
         trainer = StackSFTTrainer(
             model=model, args=make_sft_config(cfg.sft, out_dir), train_dataset=to_sft_dataset(data.train),
-            eval_dataset=to_sft_dataset(val), processing_class=tokenizer, callbacks=[callback],
+            eval_dataset=to_sft_dataset(val), processing_class=tokenizer, callbacks=[callback, *(callbacks or [])],
             aux_loss_coef=moe.aux_loss_coef, aux_loss_reduction=moe.aux_loss_reduction, eval_loss=measure)
         trainer.train()
         train_log = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]

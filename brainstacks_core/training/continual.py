@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from brainstacks_core.stacks.stack_io import attach_stack, load_stack, save_stac
 from brainstacks_core.training.boosting import DomainData, RoundRecord, should_continue, train_round
 from brainstacks_core.training.config import TrainingConfig
 from brainstacks_core.training.loss import completion_loss
+from brainstacks_core.training.progress import ProgressCallback
+from brainstacks_core.training.repair import RunInconsistentError, verify_round
+from brainstacks_core.training.run_lock import run_lock
 from brainstacks_core.training.sft_data import iter_batches, tokenize_for_loss
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,11 @@ class RunContext:
         base_version: catalog version of the base artifact ("" if not registered).
         catalog: a ``brainstacks_core.lineage.catalog.Catalog`` or None.
         run_ids: orchestration run ids to store with artifacts (Prefect flow run).
+        domain_keys: chained key per domain (``run.domain_keys``), stored in the manifest.
+        progress: called with ``{"domain", "round", "step", "max_steps", "val_loss", "stage"}``
+            during training (the flows turn it into a Prefect progress artifact).
+        on_busy: ``"wait"`` or ``"skip"`` when another process holds the run folder.
+        lock_timeout_s: with ``"wait"``, give up after this many seconds.
     """
 
     profile: str
@@ -56,6 +64,10 @@ class RunContext:
     base_version: str = ""
     catalog: Any = None
     run_ids: dict | None = None
+    domain_keys: dict | None = None
+    progress: Callable[[dict], None] | None = None
+    on_busy: str = "wait"
+    lock_timeout_s: float | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -101,12 +113,17 @@ def _reattach(model: nn.Module, ctx: RunContext, manifest: dict) -> None:
         for r in manifest["domains"].get(dom, {}).get("rounds", []):
             if r["status"] != "frozen" or r["stack_id"] in present:
                 continue
+            problem = verify_round(r)
+            if problem:
+                raise RunInconsistentError(ctx.run_dir, dom, r["round"], problem)
             sf = load_stack(r["file"], base_fingerprint=ctx.base_fingerprint)
-            if sf.file_sha256 != r["file_sha256"]:
-                raise ValueError(f"{r['file']}: sha256 {sf.file_sha256[:12]} differs from the manifest's "
-                                 f"{r['file_sha256'][:12]}: a frozen stack file changed")
             attach_stack(model, sf)
             log.info("resume: re-attached %s from %s", r["stack_id"], r["file"])
+
+
+def run_config_hash(cfg: TrainingConfig, moe: MoELoRAConfig) -> str:
+    """Hash of the settings a run folder is tied to (the curriculum and ablation flag excluded)."""
+    return config_hash({"training": cfg.model_copy(update={"domains": None, "ablation": True}), "moe": moe})
 
 
 def domain_stacks(manifest: dict, domain: str) -> list[str]:
@@ -181,9 +198,23 @@ def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: Trai
         moe: MoE-LoRA configuration.
         ctx: where to write and what to record.
     """
+    with run_lock(ctx.run_dir, ctx.on_busy, ctx.lock_timeout_s, what=f"run {ctx.profile}/{ctx.run_name}"):
+        return _run_locked(model, tokenizer, data, cfg, moe, ctx)
+
+
+def _progress(ctx: RunContext, **info: Any) -> None:
+    if ctx.progress is not None:
+        try:
+            ctx.progress(info)
+        except Exception:  # noqa: BLE001 - a UI hook must never stop training
+            log.exception("progress hook failed (ignored)")
+
+
+def _run_locked(model: nn.Module, tokenizer, data: list[DomainData], cfg: TrainingConfig, moe: MoELoRAConfig,
+                ctx: RunContext) -> dict:
     order = [d.domain for d in data]
     by_name = {d.domain: d for d in data}
-    cfg_hash = config_hash({"training": cfg.model_copy(update={"domains": None, "ablation": True}), "moe": moe})
+    cfg_hash = run_config_hash(cfg, moe)
     manifest = _read_manifest(ctx, cfg_hash, order)
     _reattach(model, ctx, manifest)
     for i, d in enumerate(data):
@@ -193,6 +224,11 @@ def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: Trai
             raise ValueError(f"{ctx.manifest_path}: {d.domain} was trained on data {entry['train_version']}/"
                              f"{entry['val_version']}, now {d.train_version}/{d.val_version}: a run folder holds "
                              f"one data version; train into a new folder")
+        key = (ctx.domain_keys or {}).get(d.domain)
+        if key is not None:
+            if entry.setdefault("chain_key", key) != key:
+                raise ValueError(f"{ctx.manifest_path}: {d.domain} has chain key {entry['chain_key']}, this run "
+                                 f"{key}: the base, settings or an earlier domain changed; train into a new folder")
         if entry["status"] == "done":
             log.info("%s: done in manifest, skipped", d.domain)
             continue
@@ -205,7 +241,12 @@ def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: Trai
             def on_frozen(stack_id: str, rec: RoundRecord, _d=d, _parents=parents, _ns=ns_version) -> None:
                 _save_and_register(model, ctx, _d, rec, _parents, _ns, cfg_hash)
 
-            rec = train_round(model, tokenizer, d, next_round, cfg, moe, bases, on_frozen)
+            _progress(ctx, stage="train", domain=d.domain, round=next_round, step=0, max_steps=cfg.sft.max_steps,
+                      val_loss=None)
+            hook = [ProgressCallback(ctx.progress, d.domain, next_round)] if ctx.progress else None
+            rec = train_round(model, tokenizer, d, next_round, cfg, moe, bases, on_frozen, callbacks=hook)
+            _progress(ctx, stage="round done", domain=d.domain, round=next_round, step=cfg.sft.max_steps,
+                      max_steps=cfg.sft.max_steps, val_loss=rec.loss_after, status=rec.status)
             entry["rounds"].append(rec.to_dict())
             go, why = should_continue(rec, next_round, cfg)
             entry["stop_reason"] = None if go else why

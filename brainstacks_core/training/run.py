@@ -4,7 +4,8 @@ Glue between a profile (``configs/*.yaml``) and the core: which base to build or
 load (``base:``), the MoE-LoRA and training sections, the prepared data of each
 domain (read by version from the catalog) and where a run writes
 (``<store>/training/<run_name>/``). Prefect tasks call these functions and
-nothing else.
+nothing else. Locks: ``run_lock``; reuse of unchanged domains: ``reuse``; what a
+run would retrain: ``plan``; repairing a folder: ``repair``.
 
 ``base:`` section::
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
 
+from brainstacks_core.base.config import TinyBaseConfig
 from brainstacks_core.base.loading import load_base
 from brainstacks_core.base.tiny_base import BaseModelInfo, build_tiny_base, corpus_hash
 from brainstacks_core.data.pipeline import load_prepared
@@ -28,7 +31,10 @@ from brainstacks_core.lineage.versioning import code_version, config_hash, conte
 from brainstacks_core.profile import Profile
 from brainstacks_core.stacks.inject import inject_stacks
 from brainstacks_core.training.boosting import DomainData
-from brainstacks_core.training.continual import RunContext, run_continual
+from brainstacks_core.training.continual import RunContext, run_config_hash, run_continual
+from brainstacks_core.training.repair import RunInconsistentError
+from brainstacks_core.training.reuse import seed_run
+from brainstacks_core.training.run_lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +55,45 @@ def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | No
     return out
 
 
-def ensure_base(profile: Profile, data: list[DomainData], catalog: Catalog | None = None,
+def pretrain_corpus(cfg: TinyBaseConfig) -> list[str]:
+    """The tiny base's own pinned pretraining corpus (``base.tiny.corpus``), generated offline.
+
+    Deterministic (generators + seed), and independent of the fine-tuning data, so
+    editing a dataset never changes the base (nor, through it, every domain's stacks).
+    """
+    from brainstacks_core.data.generators import generate
+
+    c = cfg.corpus
+    return [f"{r['prompt']}\n{r['response']}" for g in c.generators for r in generate(g, c.rows_per_generator, c.seed)]
+
+
+def tiny_base_dir(profile: Profile) -> tuple[Path, list[str]]:
+    """Folder of the profile's tiny base (keyed by its config and corpus) and the corpus."""
+    texts = pretrain_corpus(profile.base.tiny)
+    return profile.store / "base" / f"tiny-{content_hash(profile.base.tiny, corpus_hash(texts))}", texts
+
+
+def base_identity(profile: Profile) -> str | None:
+    """The base fingerprint without building anything (None: the tiny base is not built yet)."""
+    if profile.base.kind == "hub":
+        hub = profile.base.hub
+        return content_hash("hub", hub.repo_id, hub.revision)
+    import json
+
+    folder, _ = tiny_base_dir(profile)
+    try:
+        return json.loads((folder / "brainstacks_base.json").read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def ensure_base(profile: Profile, data: list[DomainData] | None = None, catalog: Catalog | None = None,
                 run_ids: dict | None = None) -> BaseModelInfo:
     """Build (tiny) or resolve (hub) the base model and register it in the catalog.
 
-    The tiny base is pretrained briefly on the training splits of every domain
-    (never on validation data), so its lineage lists those dataset versions.
+    The tiny base is pretrained on its own pinned corpus (:func:`pretrain_corpus`),
+    never on the fine-tuning data, under a lock on ``<store>/base`` so concurrent
+    runs build it once. ``data`` is accepted for older callers and ignored.
     """
     kind = profile.base.kind
     if kind == "hub":
@@ -64,11 +103,17 @@ def ensure_base(profile: Profile, data: list[DomainData], catalog: Catalog | Non
                              config={"repo_id": hub.repo_id}, source="hub", revision=hub.revision)
         inputs: list[str] = []
     elif kind == "tiny":
-        cfg = profile.base.tiny
-        texts = [f"{r.prompt}\n{r.response}" for d in data for r in d.train.itertuples()]
-        key = content_hash(cfg, corpus_hash(texts))
-        info = build_tiny_base(texts, cfg, profile.store / "base" / f"tiny-{key}")
-        inputs = [d.train_version for d in data]
+        folder, texts = tiny_base_dir(profile)
+        orch = profile.orchestration
+        with run_lock(folder.parent, "wait", orch.lock_timeout_seconds, what=f"base of {profile.name}"):
+            info = build_tiny_base(texts, profile.base.tiny, folder)
+        corpus = content_hash("base-corpus", corpus_hash(texts))
+        inputs = [corpus]
+        if catalog is not None:
+            catalog.record_artifact(uri=f"generated://{profile.name}/base-corpus", version=corpus, kind="generated",
+                                    path=None, sha256=None, code_version=code_version(),
+                                    config_hash=config_hash(profile.base.tiny.corpus),
+                                    metadata={"texts": len(texts)}, run_ids=run_ids)
     else:
         raise ValueError(f"{profile.source_path}: base.kind must be 'tiny' or 'hub', got {kind!r}")
     if catalog is not None:
@@ -101,9 +146,23 @@ def load_model(profile: Profile, info: BaseModelInfo):
     return model, tok
 
 
-def run_key(base_fingerprint: str, data: list[DomainData]) -> str:
-    """Identity of a run's inputs: the base and every curriculum domain's data versions."""
-    return content_hash(base_fingerprint, [(d.domain, d.train_version, d.val_version) for d in data], length=12)
+def domain_keys(base_fingerprint: str, cfg_hash: str, data: list[DomainData]) -> dict[str, str]:
+    """Chained key per curriculum domain: the base, the run's settings, its data and every earlier key.
+
+    Domain k's key changes when the base, the settings, domain k's data or any
+    earlier domain's data changes, and only then: that is exactly what its stacks
+    depend on (parents and null-space bases come from the earlier domains).
+    """
+    prev, out = content_hash("chain", base_fingerprint, cfg_hash), {}
+    for d in data:
+        prev = content_hash(prev, d.domain, d.train_version, d.val_version)
+        out[d.domain] = prev
+    return out
+
+
+def run_key(base_fingerprint: str, data: list[DomainData], cfg_hash: str = "") -> str:
+    """Identity of a run folder: the last domain's chained key (it covers every input)."""
+    return domain_keys(base_fingerprint, cfg_hash, data)[data[-1].domain][:12]
 
 
 def run_dir(profile: Profile, run_name: str, key: str) -> Path:
@@ -129,12 +188,16 @@ def resolve_data_versions(profile: Profile, catalog: Catalog | None = None) -> d
 
 def train_profile(profile: Profile, run_name: str = "main", null_space: bool | None = None,
                   until_domain: str | None = None, catalog: Catalog | None = None,
-                  run_ids: dict | None = None, data_versions: dict[str, str] | None = None) -> dict:
+                  run_ids: dict | None = None, data_versions: dict[str, str] | None = None,
+                  progress: Callable[[dict], None] | None = None, on_busy: str | None = None) -> dict:
     """Continual training of the profile's curriculum (resumable); returns the manifest.
 
-    The run folder is keyed by the base fingerprint and every domain's data versions:
-    the same inputs resume (finished rounds are never retrained), changed data
-    trains a fresh run under the same stack URIs (new versions in the catalog).
+    One writer per run: the whole call holds ``<store>/training/<run_name>/.lock``; a
+    second request waits (then resumes, retraining nothing) or is skipped
+    (``RunBusyError``), per ``orchestration.on_busy``. The run folder is keyed by the
+    chained keys of :func:`domain_keys`; a new folder first links in the unchanged
+    leading domains of an older folder (``reuse.seed_run``), so a change in domain k
+    retrains k and the domains after it only.
 
     Args:
         profile: the profile.
@@ -145,6 +208,13 @@ def train_profile(profile: Profile, run_name: str = "main", null_space: bool | N
         run_ids: orchestration run ids for the catalog.
         data_versions: dataset version per domain (from :func:`resolve_data_versions`);
             missing domains use the latest.
+        progress: hook receiving training progress dicts (``continual.RunContext.progress``).
+        on_busy: ``"wait"`` or ``"skip"``; default ``orchestration.on_busy``.
+
+    Raises:
+        RunBusyError: another process trains this run and the request skips.
+        RunInconsistentError: a stack file differs from the manifest; the message
+            names the ``brainstacks repair`` command.
     """
     cfg = profile.training
     if null_space is not None:
@@ -156,20 +226,31 @@ def train_profile(profile: Profile, run_name: str = "main", null_space: bool | N
         order = order[:order.index(until_domain) + 1]
     from brainstacks_core.files import atomic_write_json
 
+    orch = profile.orchestration
+    busy = on_busy or orch.on_busy
     every = load_domain_data(profile, profile.curriculum, catalog, data_versions)
     data = [d for d in every if d.domain in order]
-    info = ensure_base(profile, every, catalog, run_ids)
-    key = run_key(info.fingerprint, every)
-    folder = run_dir(profile, run_name, key)
-    atomic_write_json(folder.parent / "current.json", {"key": key, "dir": str(folder),
-                                                       "base": info.fingerprint,
-                                                       "data": {d.domain: [d.train_version, d.val_version]
-                                                                for d in every}})
-    model, tok = load_model(profile, info)
-    torch.manual_seed(profile.seed)
-    ctx = RunContext(profile.name, run_name, folder, info.fingerprint,
-                     base_version=info.fingerprint, catalog=catalog, run_ids=run_ids)
-    return run_continual(model, tok, data, cfg, profile.moe, ctx)
+    with run_lock(profile.store / "training" / run_name, busy, orch.lock_timeout_seconds,
+                  what=f"run {profile.name}/{run_name}"):
+        info = ensure_base(profile, every, catalog, run_ids)
+        cfg_hash = run_config_hash(cfg, profile.moe)
+        keys = domain_keys(info.fingerprint, cfg_hash, every)
+        key = keys[every[-1].domain][:12]
+        folder = run_dir(profile, run_name, key)
+        seed_run(folder, profile.curriculum, keys, info.fingerprint, cfg_hash, profile.name, run_name)
+        atomic_write_json(folder.parent / "current.json", {
+            "key": key, "dir": str(folder), "base": info.fingerprint, "config_hash": cfg_hash, "chain": keys,
+            "data": {d.domain: [d.train_version, d.val_version] for d in every}})
+        model, tok = load_model(profile, info)
+        torch.manual_seed(profile.seed)
+        ctx = RunContext(profile.name, run_name, folder, info.fingerprint, base_version=info.fingerprint,
+                         catalog=catalog, run_ids=run_ids, domain_keys=keys, progress=progress, on_busy=busy,
+                         lock_timeout_s=orch.lock_timeout_seconds)
+        try:
+            return run_continual(model, tok, data, cfg, profile.moe, ctx)
+        except RunInconsistentError as exc:
+            raise RunInconsistentError(exc.run_dir, exc.domain, exc.round, exc.problem, repair_hint=(
+                f"brainstacks repair --config {profile.source_path} --run {run_name}")) from None
 
 
 def run_experiment1_for_profile(profile: Profile, catalog: Catalog | None = None, run_ids: dict | None = None) -> dict:
@@ -186,7 +267,7 @@ def run_experiment1_for_profile(profile: Profile, catalog: Catalog | None = None
         raise ValueError(f"{profile.source_path}: the profile has no `experiment1:` section")
     domain, rank = profile.experiment1.domain, profile.experiment1.lora_rank
     (data,) = load_domain_data(profile, [domain], catalog)
-    info = ensure_base(profile, load_domain_data(profile, profile.curriculum, catalog), catalog, run_ids)
+    info = ensure_base(profile, None, catalog, run_ids)
     cfg, moe = profile.training, profile.moe
     version = content_hash("experiment1", data.train_version, data.val_version, info.fingerprint,
                            profile.base.four_bit, cfg.sft, moe,

@@ -1,0 +1,57 @@
+"""``brainstacks plan`` (what a run would retrain, and why) and ``brainstacks repair`` (fix a run folder)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.profile import load_profile
+
+
+def cli_plan(args: argparse.Namespace) -> int:
+    """``brainstacks plan --config PATH [--run NAME]``: one line per domain (reuse / train and why)."""
+    from brainstacks_core.training.plan import format_plan, plan_run
+
+    profile = load_profile(args.config, args.artifact_root)
+    try:
+        rows = plan_run(profile, args.run, Catalog(profile.catalog_path))
+    except LookupError as exc:
+        print(f"plan: {exc}", file=sys.stderr)
+        return 2
+    print(f"# run {profile.name}/{args.run}: {sum(r['action'] == 'train' for r in rows)} of {len(rows)} domains "
+          f"would train")
+    print(format_plan(rows))
+    return 0
+
+
+def cli_repair(args: argparse.Namespace) -> int:
+    """``brainstacks repair --config PATH [--run NAME] [--no-resume]``.
+
+    Under the run's lock: re-verify every frozen stack file of the run's current
+    folder against its manifest, drop the first broken round and everything trained
+    after it; then (unless ``--no-resume``) resume training, which retrains only what
+    was dropped.
+    """
+    from brainstacks_core.training.repair import repair_run
+    from brainstacks_core.training.run import current_run_dir
+    from brainstacks_core.training.run_lock import run_lock
+
+    profile = load_profile(args.config, args.artifact_root)
+    folder = current_run_dir(profile, args.run)
+    with run_lock(folder.parent, "wait", what=f"run {profile.name}/{args.run}"):
+        report = repair_run(folder)
+    if report["broken"] is None:
+        print(f"{folder}: every stack file matches the manifest; nothing to repair")
+    else:
+        dom, rnd, problem = report["broken"]
+        print(f"{folder}: {problem}\n  dropped {dom} round {rnd} and everything after it: "
+              f"{', '.join(report['dropped'])}")
+    if args.no_resume:
+        return 0
+    from flows.continual_training import continual_training
+
+    print(f"resuming run {args.run} ...")
+    continual_training(config_path=args.config, run_name=args.run, artifact_root=args.artifact_root)
+    print("resumed: the run is consistent and complete")
+    return 0
