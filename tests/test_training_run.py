@@ -28,7 +28,7 @@ def _mini_profile(tmp_path: Path) -> Path:
                                pretrain_batch_size=4, seq_len=64)
     raw["moe"].update(rank=4)
     raw["training"].update(max_rounds=1, basis={"k": 4}, eval_rows=16, null_space_val_rows=16,
-                           sft={"max_steps": 6, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.01,
+                           sft={"max_steps": 6, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.003,
                                 "warmup_steps": 0, "max_length": 96})
     cfg_dir = tmp_path / "configs"
     cfg_dir.mkdir()

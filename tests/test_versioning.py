@@ -13,7 +13,8 @@ CONTENT_NEUTRAL = {"brainstacks_core/files.py", "brainstacks_core/profile.py", "
                    "brainstacks_core/__init__.py", "brainstacks_core/lineage/__init__.py",
                    # other stages' sections, imported by profile.py; the data section is hashed as step config
                    *(f"brainstacks_core/{pkg}/config.py" for pkg in ("base", "stacks", "training", "routing",
-                                                                       "evaluation"))}
+                                                                       "evaluation", "lineage")),
+                   "brainstacks_core/orchestration.py"}
 
 
 def _core_imports(path: Path) -> set[str]:
