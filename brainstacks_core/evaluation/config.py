@@ -5,20 +5,49 @@ Pure pydantic (no torch, no lm-eval).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Mode = Literal["base", "ungated", "routed"]
+
 
 class EvalConfig(BaseModel):
-    """Benchmark evaluation (paper 4.3.1), scored by lm-evaluation-harness."""
+    """Benchmark evaluation (paper 4.3.1), scored by lm-evaluation-harness.
+
+    Task names are the YAMLs in ``brainstacks_core/evaluation/tasks/`` (real
+    benchmarks over ``data_dir``) or the generated ``demo_*`` tasks (no files).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(True, description="Run benchmark evaluation at the end of the pipeline.")
-    tasks: tuple[str, ...] = Field((), description="Task names (YAMLs under benchmarks/tasks or generated for the "
-                                                   "demo); empty = none.")
-    modes: tuple[Literal["base", "ungated", "routed"], ...] = Field(("base", "ungated", "routed"),
-                                                                   description="Model modes to score.")
-    limit: int | None = Field(None, ge=1, description="Items per task (None = all).")
+    tasks: tuple[str, ...] = Field((), description="Task names (YAMLs under brainstacks_core/evaluation/tasks, "
+                                                   "e.g. arc_easy, hellaswag, gsm8k, or the generated demo_* "
+                                                   "tasks); empty = none.")
+    modes: tuple[Mode, ...] = Field(("base", "ungated", "routed"), description="Model modes to score.")
+    limit: int | None = Field(None, ge=1, description="Items per task (None = all); the first N items.")
+    task_limits: dict[str, int] = Field(default_factory=dict, description="Per-task item limits that override "
+                                                                          "`limit` (task name -> N).")
+    data_dir: Path = Field(Path("../shared/data"), description="Folder of the benchmark files; a relative path "
+                                                               "resolves against the repository root, as data "
+                                                               "sources do.")
     batch_size: int = Field(8, ge=1, description="Requests per forward pass.")
+    max_length: int | None = Field(None, ge=16, description="Context length for scoring (None = the model's "
+                                                            "max_position_embeddings).")
+    max_gen_toks: int = Field(256, ge=1, description="Most tokens generated per generate_until request (GSM8K).")
+    num_fewshot: dict[str, int] = Field(default_factory=dict, description="Per-task few-shot overrides (task "
+                                                                          "name -> shots); absent = the "
+                                                                          "harness's own setting.")
+    bootstrap_iters: int = Field(1000, ge=1, description="Harness stderr bootstrap iterations (means use the "
+                                                         "closed form) and paired-bootstrap resamples.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided significance level of the paired tests and "
+                                                       "of the minimum detectable difference.")
+    power: float = Field(0.8, gt=0, lt=1, description="Power at which the minimum detectable difference is "
+                                                      "computed.")
+    demo_items: int = Field(60, ge=4, description="Items per generated demo task.")
+
+    def limit_for(self, task: str) -> int | None:
+        """Items scored for ``task``: ``task_limits[task]``, else ``limit``."""
+        return self.task_limits.get(task, self.limit)

@@ -7,6 +7,8 @@ Tables:
     members    which record_ids (from which source rows) are in a dataset version
     metrics    named values per version (losses, forgetting matrix entries)
     events     every time a version is recorded or re-used
+    eval_scores  one harness request's result per key (model identity + request), never computed twice
+    eval_items   per-item benchmark results of an eval version (task, mode, doc, choice scores, metrics)
 
 DuckDB allows one read-write process at a time, so every operation opens its own
 connection and closes it at once (no lock is held between calls). A lock conflict
@@ -45,9 +47,16 @@ CREATE TABLE IF NOT EXISTS metrics (version VARCHAR NOT NULL, name VARCHAR NOT N
     step INTEGER, metadata VARCHAR, recorded_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS events (version VARCHAR NOT NULL, event VARCHAR NOT NULL, event_at TIMESTAMP NOT NULL,
     flow_run_id VARCHAR, task_run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS eval_scores (key VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, value VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS eval_items (eval_version VARCHAR NOT NULL, task VARCHAR NOT NULL, task_version VARCHAR,
+    mode VARCHAR NOT NULL, identity VARCHAR NOT NULL, doc_id INTEGER NOT NULL, doc_hash VARCHAR, target VARCHAR,
+    filter VARCHAR, scores VARCHAR, metrics VARCHAR, recorded_at TIMESTAMP NOT NULL);
 """
 _ART_COLS = ["version", "uri", "kind", "path", "sha256", "code_version", "config_hash", "created_at",
              "last_used_at", "flow_run_id", "task_run_id", "metadata"]
+_EVAL_ITEM_COLS = ["task", "task_version", "mode", "identity", "doc_id", "doc_hash", "target", "filter", "scores",
+                   "metrics"]
 _MEMBER_COLS = ["record_id", "source_uri", "source_version", "source_row_key", "split", "origin_domain"]
 
 
@@ -309,3 +318,53 @@ class Catalog:
         cols = ["version", "event", "event_at", "flow_run_id", "task_run_id"]
         return [dict(zip(cols, r)) for r in self._query(
             f"SELECT {', '.join(cols)} FROM events WHERE version = ? ORDER BY event_at", [version])]
+
+    # ------------------------------------------------------------ evaluation
+    def eval_scores(self, keys: Sequence[str]) -> dict[str, str]:
+        """Stored request results (JSON text) for those of ``keys`` already scored."""
+        if not keys:
+            return {}
+        with self._connect(write=False) as con:
+            if con is None:
+                return {}
+            try:
+                con.register("wanted_keys", pd.DataFrame({"key": list(dict.fromkeys(keys))}))
+                rows = con.execute("SELECT s.key, s.value FROM eval_scores s JOIN wanted_keys w ON s.key = w.key"
+                                   ).fetchall()
+            except duckdb.CatalogException:  # file exists but has no schema yet
+                return {}
+        return dict(rows)
+
+    def record_eval_scores(self, rows: pd.DataFrame) -> None:
+        """Store request results (columns key, kind, value); keys already present are kept."""
+        if rows.empty:
+            return
+        frame = rows[["key", "kind", "value"]].drop_duplicates("key").astype(object).assign(created_at=_now())
+        with self._transaction() as con:
+            con.register("incoming_scores", frame)
+            con.execute("INSERT INTO eval_scores SELECT key, kind, value, created_at FROM incoming_scores "
+                        "ON CONFLICT DO NOTHING")
+            con.unregister("incoming_scores")
+
+    def record_eval_items(self, eval_version: str, rows: pd.DataFrame) -> None:
+        """Replace the per-item results of an eval version (one bulk insert).
+
+        Args:
+            eval_version: The eval result's version.
+            rows: Columns task, task_version, mode, identity, doc_id, doc_hash, target, filter, scores, metrics.
+        """
+        cols = _EVAL_ITEM_COLS
+        frame = rows[cols].astype(object).assign(eval_version=eval_version, recorded_at=_now())
+        with self._transaction() as con:
+            con.register("incoming_items", frame)
+            con.execute("DELETE FROM eval_items WHERE eval_version = ?", [eval_version])
+            con.execute(f"INSERT INTO eval_items (eval_version, {', '.join(cols)}, recorded_at) "
+                        f"SELECT eval_version, {', '.join(cols)}, recorded_at FROM incoming_items")
+            con.unregister("incoming_items")
+
+    def eval_items(self, eval_version: str) -> pd.DataFrame:
+        """The per-item results of an eval version (scores and metrics as JSON text)."""
+        cols = _EVAL_ITEM_COLS
+        rows = self._query(f"SELECT {', '.join(cols)} FROM eval_items WHERE eval_version = ? "
+                           "ORDER BY task, mode, doc_id", [eval_version])
+        return pd.DataFrame(rows, columns=cols)

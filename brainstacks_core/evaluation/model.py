@@ -1,0 +1,173 @@
+"""The harness's model class over a profile's model: ``base``, ``ungated`` or ``routed`` stacks.
+
+:class:`BrainstacksLM` is lm-eval's own ``HFLM`` given a model instance, so
+tokenisation, batching, truncation, log-likelihood and greedy generation are the
+harness's code. It adds two things around HFLM's ``loglikelihood`` and
+``generate_until``:
+
+* **Stack weights per request.** ``base``: every stack off; ``ungated``: every
+  stack at weight 1; ``routed``: the router reads each request's context and its
+  domain weights become stack weights. Requests of one harness batch may route
+  differently: they are grouped by routing decision and each group runs as its
+  own HFLM call with those weights set.
+* **A score cache.** Each request is keyed by the *effective* model (base
+  fingerprint + the versions and weights of the stacks that are on for it), the
+  request kind and its arguments. Keys already in the catalog's ``eval_scores``
+  table are returned without a forward pass; only unseen requests are computed.
+  So a re-run scores nothing, and a changed stack re-scores exactly the requests
+  whose effective model contains it.
+
+Memory: the cache lives in DuckDB, not in RAM beyond one harness call's results
+(a few floats per request); nothing grows with tokens seen. Grouping adds no
+buffers: at Gemma-3-12B shapes (hidden 3840, 48 layers, 262k vocab, 10 stacks)
+one forward of a batch of 8 x 2,048 tokens holds HFLM's usual logits (8 x 2,048
+x 262k fp32 = 17 GB, which is why HFLM slices them to the continuation) and
+the stacks' batched delta buffers of ``StackedMoELoRALayer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Iterator, Mapping, Sequence
+
+import pandas as pd
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from brainstacks_core.evaluation.routing import Router, stack_weights
+from brainstacks_core.lineage.versioning import content_hash
+from brainstacks_core.stacks.inject import only_stacks, set_stack_weights, stack_ids
+
+log = logging.getLogger(__name__)
+
+MODES = ("base", "ungated", "routed")
+
+
+@contextlib.contextmanager
+def weighted(model: torch.nn.Module, weights: Mapping[str, float]) -> Iterator[None]:
+    """Every frozen stack at ``weights.get(id, 0)`` inside the block; previous weights restored after."""
+    with only_stacks(model, None):
+        set_stack_weights(model, {sid: float(weights.get(sid, 0.0)) for sid in stack_ids(model)})
+        yield
+
+
+class BrainstacksLM(HFLM):
+    """lm-eval ``HFLM`` over a model with frozen stacks, in one of three modes.
+
+    Args:
+        model: a causal LM with injected stack layers and its frozen stacks attached.
+        tokenizer: its tokenizer.
+        mode: ``base`` | ``ungated`` | ``routed``.
+        base_fingerprint: identity of the base weights.
+        stack_versions: ``{stack_id: catalog version}`` of every attached stack.
+        router: required for ``routed``; see :class:`~brainstacks_core.evaluation.routing.Router`.
+        domain_stacks: ``{domain: [stack_id, ...]}`` for routed mode.
+        catalog: where scores are cached (``None`` = no cache).
+        batch_size: requests per forward pass.
+        max_length: context length (``None`` = the model's).
+        device: torch device of ``model``.
+
+    Attributes:
+        computed: requests actually run through the model (cache misses) since construction.
+        reused: requests answered from the cache.
+    """
+
+    def __init__(self, model, tokenizer, *, mode: str, base_fingerprint: str,
+                 stack_versions: Mapping[str, str] | None = None, router: Router | None = None,
+                 domain_stacks: Mapping[str, Sequence[str]] | None = None, catalog=None, batch_size: int = 8,
+                 max_length: int | None = None, device: str | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "routed" and (router is None or domain_stacks is None):
+            raise ValueError("routed mode needs a router and the domain -> stack ids map")
+        device = device or str(next(model.parameters()).device)
+        super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+                         device=device)
+        self.mode, self.router, self.catalog = mode, router, catalog
+        self.base_fingerprint = base_fingerprint
+        self.stack_versions = dict(stack_versions or {})
+        self.domain_stacks = {d: list(s) for d, s in (domain_stacks or {}).items()}
+        missing = [s for s in stack_ids(model) if s not in self.stack_versions]
+        if missing:
+            raise ValueError(f"stack_versions lacks attached stacks {missing}")
+        self.computed = 0
+        self.reused = 0
+
+    # ------------------------------------------------------------ identity
+    def weights_for(self, contexts: Sequence[str]) -> list[dict[str, float]]:
+        """``{stack_id: weight}`` for each request context (non-zero entries only)."""
+        if self.mode == "base":
+            return [{} for _ in contexts]
+        if self.mode == "ungated":
+            return [{sid: 1.0 for sid in self.stack_versions} for _ in contexts]
+        unique = list(dict.fromkeys(contexts))
+        routed = dict(zip(unique, stack_weights(self.router, self.domain_stacks, unique)))
+        return [{s: w for s, w in routed[c].items() if w != 0.0} for c in contexts]
+
+    def identity(self, weights: Mapping[str, float]) -> str:
+        """The effective model: base + (version, weight) of each stack that is on; the scoring settings."""
+        on = sorted((self.stack_versions[s], w) for s, w in weights.items() if w != 0.0)
+        return content_hash(self.base_fingerprint, on, self.max_length, self.add_bos_token, length=20)
+
+    def mode_identity(self) -> dict:
+        """What a result of this mode depends on (for the per-item table and lineage)."""
+        stacks = {} if self.mode == "base" else dict(sorted(self.stack_versions.items()))
+        router = getattr(self.router, "version", None) if self.mode == "routed" else None
+        return {"mode": self.mode, "base": self.base_fingerprint, "stacks": stacks, "router": router,
+                "id": content_hash(self.mode, self.base_fingerprint, stacks, router, self.max_length, length=16)}
+
+    # ------------------------------------------------------------ cached, grouped requests
+    def _run(self, kind: str, requests: list, key_args, compute, encode, decode, disable_tqdm: bool) -> list:
+        contexts = [r.args[0] for r in requests]
+        weights = self.weights_for(contexts)
+        keys = [content_hash(kind, self.identity(w), key_args(r), length=32) for r, w in zip(requests, weights)]
+        stored = self.catalog.eval_scores(keys) if self.catalog is not None else {}
+        out: list = [decode(stored[k]) if k in stored else None for k in keys]
+        todo = [i for i, k in enumerate(keys) if k not in stored]
+        groups: dict[str, list[int]] = {}
+        for i in todo:
+            groups.setdefault(json.dumps(sorted(weights[i].items())), []).append(i)
+        new_rows = []
+        for group in groups.values():
+            with weighted(self.model, weights[group[0]]):
+                results = compute([requests[i] for i in group], disable_tqdm)
+            for i, res in zip(group, results):
+                out[i] = res
+                new_rows.append({"key": keys[i], "kind": kind, "value": encode(res)})
+        if self.catalog is not None and new_rows:
+            self.catalog.record_eval_scores(pd.DataFrame(new_rows).drop_duplicates("key"))
+        self.computed += len(todo)
+        self.reused += len(requests) - len(todo)
+        log.info("%s %s: %d requests, %d computed, %d from cache, %d routing groups", self.mode, kind,
+                 len(requests), len(todo), len(requests) - len(todo), len(groups))
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """HFLM's log-likelihoods, with per-request stack weights and the score cache."""
+        return self._run("loglikelihood", requests, lambda r: list(r.args),
+                         lambda reqs, dt: HFLM.loglikelihood(self, reqs, disable_tqdm=dt),
+                         lambda res: json.dumps([float(res[0]), bool(res[1])]),
+                         lambda text: tuple(json.loads(text)), disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """HFLM's greedy generation, with per-request stack weights and the score cache."""
+        return self._run("generate_until", requests,
+                         lambda r: [r.args[0], json.dumps(r.args[1], sort_keys=True, default=str),
+                                    self.max_gen_toks],
+                         lambda reqs, dt: HFLM.generate_until(self, reqs, disable_tqdm=dt),
+                         json.dumps, json.loads, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Perplexity-style tasks: base and ungated only (no per-request context to route on)."""
+        if self.mode == "routed":
+            raise NotImplementedError("loglikelihood_rolling has no context to route on; use base or ungated")
+        with weighted(self.model, self.weights_for([""])[0]):
+            return HFLM.loglikelihood_rolling(self, requests, disable_tqdm=disable_tqdm)
+
+    def continuation_tokens(self, context: str, continuation: str) -> int:
+        """Tokens of ``continuation`` as HFLM scores it after ``context`` (for the mean-per-token score)."""
+        if context == "":
+            return len(self.tok_encode(continuation, add_special_tokens=False))
+        return len(self._encode_pair(context, continuation)[1])

@@ -1,0 +1,120 @@
+"""Task configs for the harness: the repository's YAMLs with their data files made local.
+
+``brainstacks_core/evaluation/tasks/*.yaml`` are the harness's own task YAMLs
+(prompt templates, metrics, filters, few-shot settings) with only the dataset
+loading changed to ``dataset_path: json``. :func:`task_specs` loads one with the
+harness's YAML loader (``include`` and ``!function`` resolved), points each
+split's ``data_files`` at the converted jsonl (:mod:`task_data`) and applies the
+profile's overrides. ``mmlu_medical`` expands to one ``mmlu_<subject>`` task per
+medical subject, ``demo`` to the generated demo tasks.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from brainstacks_core.evaluation import task_data
+from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.lineage.versioning import content_hash
+
+TASK_DIR = Path(__file__).resolve().parent / "tasks"
+_MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {}.\n\n"
+GROUPS = {"mmlu_medical": tuple(f"mmlu_{s}" for s in task_data.MMLU_MEDICAL), "demo": task_data.DEMO_TASKS}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One harness task ready to evaluate.
+
+    Attributes:
+        name: task name (as the harness reports it).
+        config: the harness task config (a dict ``get_task_dict`` accepts).
+        version: task version: the YAML as written, the data versions, the harness version.
+        data: ``{split: (jsonl path, data version)}``.
+        metric: the headline metric compared between modes.
+        filter: the filter whose ``metric`` is the headline (``none`` for log-likelihood tasks).
+    """
+
+    name: str
+    config: dict
+    version: str
+    data: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    metric: str = "acc"
+    filter: str = "none"
+
+
+def expand(names: tuple[str, ...] | list[str]) -> list[str]:
+    """Task names with groups (``mmlu_medical``, ``demo``) expanded, order kept, duplicates dropped."""
+    out: list[str] = []
+    for n in names:
+        out.extend(GROUPS.get(n, (n,)))
+    return list(dict.fromkeys(out))
+
+
+def available() -> list[str]:
+    """Every task name this module can build."""
+    return sorted(set(task_data.SHARED_SOURCES) | set(task_data.DEMO_TASKS))
+
+
+def _yaml_for(name: str) -> Path:
+    if name.startswith("mmlu_"):
+        return TASK_DIR / "_mmlu_template.yaml"
+    if name in task_data.DEMO_TASKS and name != "demo_gsm8k":
+        return TASK_DIR / "_demo_mc_template.yaml"
+    return TASK_DIR / f"{name}.yaml"
+
+
+def _load(path: Path, resolve: bool) -> dict:
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(path, resolve_func=resolve)
+
+
+def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: int = 0) -> TaskSpec:
+    """Build one task's harness config over local files.
+
+    Args:
+        name: a task name from :func:`available`.
+        cfg: the ``eval:`` section (few-shot overrides, generation length).
+        data_dir: folder of the benchmark files (``eval.data_dir`` resolved).
+        out_dir: where converted jsonl files are cached.
+        seed: seed of the generated demo tasks.
+
+    Raises:
+        KeyError: unknown task name (lists the known ones).
+        FileNotFoundError: a benchmark file is missing.
+    """
+    if name not in available():
+        raise KeyError(f"unknown eval task {name!r}; known: {', '.join(available())} (groups: {', '.join(GROUPS)})")
+    path = _yaml_for(name)
+    config = copy.deepcopy(_load(path, resolve=True))
+    raw = _load(path, resolve=False)
+    config.update(task=name)
+    config.pop("tag", None)
+    if name.startswith("mmlu_"):
+        subject = name.removeprefix("mmlu_")
+        config.update(description=_MMLU_DESCRIPTION.format(subject.replace("_", " ")), task_alias=subject)
+    if name in task_data.DEMO_TASKS:
+        data = {"test": task_data.materialize_demo(name, cfg.demo_items, seed + 2000, out_dir)}
+    else:
+        data = {split: task_data.materialize(name, split, data_dir, out_dir) for split in task_data.SHARED_SOURCES[name]}
+    config["dataset_kwargs"] = {"data_files": {split: str(p) for split, (p, _) in data.items()}}
+    if name in cfg.num_fewshot:
+        config["num_fewshot"] = cfg.num_fewshot[name]
+    if config.get("output_type") == "generate_until":
+        config["generation_kwargs"] = {"max_gen_toks": cfg.max_gen_toks, **config.get("generation_kwargs", {})}
+    version = content_hash(name, {k: v for k, v in raw.items() if k != "dataset_kwargs"},
+                           {s: v for s, (_, v) in data.items()}, config.get("num_fewshot"),
+                           config.get("generation_kwargs"), metadata.version("lm_eval"), length=16)
+    generative = config.get("output_type") == "generate_until"
+    return TaskSpec(name, config, version, data, metric="exact_match" if generative else "acc",
+                    filter="flexible-extract" if generative else "none")
+
+
+def task_specs(cfg: EvalConfig, names: list[str] | tuple[str, ...], data_dir: Path, out_dir: Path,
+               seed: int = 0) -> list[TaskSpec]:
+    """:func:`task_spec` for every (expanded) name."""
+    return [task_spec(n, cfg, data_dir, out_dir, seed) for n in expand(names)]
