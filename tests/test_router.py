@@ -277,3 +277,29 @@ def test_routing_heatmap_png(tmp_path):
     assert vals[2] == pytest.approx([0.3, 0.0, 0.75])
     path = plot_routing_heatmap(src, w, DOMAINS, tmp_path / "heat.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_and_save_router_is_idempotent(base, tok, tmp_path):
+    from brainstacks_core.routing.router_run import train_and_save_router
+
+    model = _with_stacks(base)
+    lu = _loss_under(model, tok)
+    frame = _with_losses(_frame(60), lu)
+    cfg = CFG.model_copy(update={"epochs": 3})
+    lineage = {"oracle_version": "oracle-1", "stack_versions": {d: f"s-{d}" for d in DOMAINS},
+               "base_fingerprint": "b-1"}
+    cat = Catalog(tmp_path / "catalog.duckdb")
+    first = train_and_save_router(frame, DOMAINS, model, tok, cfg, tmp_path / "routers", lineage, catalog=cat,
+                                  profile_name="demo", run_name="main", loss_under=lu)
+    assert not first["reused"] and first["report"]["history"][-1]["epoch"] == 3
+    assert (tmp_path / "routers").is_dir() and first["heatmap"].endswith(".png")
+    assert set(first["summary"]) == {"router", "label", "probe"}
+    again = train_and_save_router(frame, DOMAINS, model, tok, cfg, tmp_path / "routers", lineage, catalog=cat,
+                                  profile_name="demo", run_name="main", loss_under=lu)
+    assert again["reused"] and again["version"] == first["version"]
+    prompts = list(frame.prompt[:4])
+    assert torch.equal(again["router"].domain_weights(prompts), first["router"].domain_weights(prompts))
+    other = train_and_save_router(frame, DOMAINS, model, tok, cfg, tmp_path / "routers",
+                                  {**lineage, "oracle_version": "oracle-2"})  # new oracle rows: a new router
+    assert not other["reused"] and other["folder"] != first["folder"]
+    assert cat.latest("router://demo/main")["version"] == first["version"]
