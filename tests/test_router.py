@@ -180,6 +180,18 @@ def test_split_by_unique_prompt_no_leak():
     assert np.array_equal(va, va2)
 
 
+def test_confidence_margin_term():
+    from brainstacks_core.routing.train_router import router_loss
+
+    targets = torch.tensor([[1.0, 0.0, 0.6]])
+    bce = CFG.model_copy(update={"margin_weight": 0.0})
+    unsure = torch.zeros(1, 3)  # p = 0.5 everywhere
+    assert float(router_loss(unsure, targets, CFG)) == pytest.approx(
+        float(router_loss(unsure, targets, bce)) + CFG.margin_weight * CFG.confidence_margin)
+    sure = torch.tensor([[4.0, -4.0, 0.0]])  # clear targets past the margin, the soft one left to BCE
+    assert float(router_loss(sure, targets, CFG)) == pytest.approx(float(router_loss(sure, targets, bce)))
+
+
 def test_metrics_against_naive_reference():
     g = torch.Generator().manual_seed(0)
     s, y = torch.rand(50, generator=g).round(decimals=1), torch.rand(50, generator=g) > 0.6  # ties included
@@ -211,7 +223,11 @@ def test_router_learns_planted_targets_and_beats_label_router(base, tok, tmp_pat
     seen = []
     fit = fit_router(frame, DOMAINS, model, tok, CFG, loss_under=lu, progress_cb=seen.append, progress=False)
     r, lab, probe = fit.report["router"], fit.report["label"], fit.report["probe"]
-    assert len(seen) == CFG.epochs and 1 <= fit.report["best_epoch"] <= CFG.epochs
+    assert len(seen) == CFG.epochs and seen == fit.report["history"]
+    scores = [h["score"] for h in seen]  # best checkpoint = best composite score; cosine LR ends at 0
+    assert fit.report["best_epoch"] == 1 + scores.index(max(scores))
+    assert seen[0]["lr"] < CFG.lr and seen[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert seen[0]["score"] == pytest.approx(seen[0]["mean_auroc"] + seen[0]["mean_f1"] - seen[0]["val_bce"])
     assert r["mean_auroc"] > 0.95, r
     assert r["mean_auroc"] > probe["mean_auroc"]
     assert r["mean_auroc"] >= lab["mean_auroc"] and r["mean_f1"] >= lab["mean_f1"]
