@@ -89,13 +89,14 @@ def _cosine(total: int) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def predict(net: MetaRouter, features: torch.Tensor, mask: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Probabilities ``[N, D]`` in eval mode."""
+def predict(net: MetaRouter, features: torch.Tensor, mask: torch.Tensor, batch_size: int = 64,
+            index: torch.Tensor | None = None) -> torch.Tensor:
+    """Probabilities ``[N, D]`` in eval mode, for ``features[index]`` (all rows when ``index`` is None)."""
     net.eval()
     dev = next(net.parameters()).device
-    out = [net(features[i:i + batch_size].to(dev), mask[i:i + batch_size].to(dev)).float().cpu()
-           for i in range(0, features.shape[0], batch_size)]
-    return torch.cat(out)
+    index = torch.arange(features.shape[0]) if index is None else torch.as_tensor(index, dtype=torch.long)
+    out = [net(features[i].to(dev), mask[i].to(dev)).float().cpu() for i in index.split(batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, net.num_domains)
 
 
 @dataclass
@@ -111,11 +112,13 @@ class TrainResult:
 def train_meta_router(features: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, oracle: torch.Tensor,
                       train_idx: np.ndarray, val_idx: np.ndarray, domains: Sequence[str], cfg: RouterConfig,
                       progress_cb: ProgressCb | None = None, device: str | torch.device = "cpu",
-                      progress: bool = True) -> TrainResult:
+                      progress: bool = True, prompt_index: torch.Tensor | None = None) -> TrainResult:
     """Train a :class:`MetaRouter` (AdamW, cosine LR over every step, best epoch by composite score).
 
     Args:
-        features, mask: ``[N, T, H]`` / ``[N, T]`` base features of every row.
+        features, mask: ``[U, T, H]`` / ``[U, T]`` base features of every unique prompt.
+        prompt_index: ``[N]`` row -> its prompt's feature row (identity when None, ``U = N``), so
+            rows sharing a prompt share one feature tensor (no copy per row).
         targets: blended targets ``[N, D]``; oracle: oracle weights ``[N, D]`` (metrics).
         train_idx, val_idx: positional rows (:func:`split_by_prompt`).
         domains: column order.
@@ -126,11 +129,11 @@ def train_meta_router(features: torch.Tensor, mask: torch.Tensor, targets: torch
     with torch.random.fork_rng(devices=[]):  # seeded init and dropout; the caller's RNG is untouched
         torch.manual_seed(cfg.seed)
         return _train(features, mask, targets, oracle, train_idx, val_idx, domains, cfg, progress_cb, device,
-                      progress)
+                      progress, torch.arange(len(targets)) if prompt_index is None else prompt_index)
 
 
 def _train(features, mask, targets, oracle, train_idx, val_idx, domains, cfg, progress_cb, device,
-           progress) -> TrainResult:
+           progress, prompt_index) -> TrainResult:
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -146,7 +149,8 @@ def _train(features, mask, targets, oracle, train_idx, val_idx, domains, cfg, pr
         net.train()
         total, seen = 0.0, 0
         for chunk in tr[torch.randperm(len(tr), generator=gen)].split(cfg.batch_size):
-            logits = net.logits(features[chunk].to(device), mask[chunk].to(device))
+            fi = prompt_index[chunk]
+            logits = net.logits(features[fi].to(device), mask[fi].to(device))
             loss = router_loss(logits, targets[chunk].to(device), cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,7 +158,7 @@ def _train(features, mask, targets, oracle, train_idx, val_idx, domains, cfg, pr
             sched.step()
             total += float(loss.detach()) * len(chunk)
             seen += len(chunk)
-        p = predict(net, features[va], mask[va])
+        p = predict(net, features, mask, index=prompt_index[va])
         val_bce = float(nn.functional.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), targets[va]))
         m = per_domain_metrics(p, oracle[va], domains, cfg.decision_threshold)
         score = composite_score(m, val_bce)
@@ -231,16 +235,16 @@ def fit_router(frame: pd.DataFrame, domains: Sequence[str], model: nn.Module, to
     feats_u, mask_u = all_features(model, tokenizer, uniq, cfg, dtype=feature_dtype, progress=progress)
     pos = {p: i for i, p in enumerate(uniq)}
     rows = torch.tensor([pos[p] for p in frame["prompt"].astype(str)], dtype=torch.long)
-    feats, mask = feats_u[rows], mask_u[rows]
     targets, oracle = frame_targets(frame, domains)
     train_idx, val_idx = split_by_prompt(frame, cfg.val_fraction, cfg.seed)
-    res = train_meta_router(feats, mask, targets, oracle, train_idx, val_idx, domains, cfg, progress_cb,
-                            device=device, progress=progress)
+    res = train_meta_router(feats_u, mask_u, targets, oracle, train_idx, val_idx, domains, cfg, progress_cb,
+                            device=device, progress=progress, prompt_index=rows)
     val = frame.iloc[val_idx].reset_index(drop=True)
-    pooled = mean_pool(feats.float(), mask)
+    pooled = torch.cat([mean_pool(feats_u[i:i + 256].float(), mask_u[i:i + 256])  # (U, H), fp32 per chunk
+                        for i in range(0, len(uniq), 256)])[rows]  # (N, H)
     probe = train_linear_probe(pooled[train_idx], targets[train_idx], seed=cfg.seed)
     with torch.no_grad():
-        weights = {"router": predict(res.net, feats[val_idx], mask[val_idx]),
+        weights = {"router": predict(res.net, feats_u, mask_u, index=rows[val_idx]),
                    "label": label_weights(list(val["source_domain"]), domains),
                    "probe": probe(pooled[val_idx])}
     report = {name: evaluate_weights(val, w, domains, cfg, loss_under) for name, w in weights.items()}
