@@ -244,6 +244,8 @@ def test_router_learns_planted_targets_and_beats_label_router(base, tok, tmp_pat
     prompts = list(frame.prompt.iloc[fit.val_idx[:9]])
     assert torch.equal(loaded.probabilities(prompts), live.probabilities(prompts))
     assert isinstance(loaded, Router) and loaded.version == meta["version"] and loaded.domains == DOMAINS
+    with pytest.raises(ValueError, match="max_length"):  # one max length for training and inference
+        load_trained_router(tmp_path / "router", model, tok, CFG.model_copy(update={"max_length": 96}))
     cat = Catalog(tmp_path / "catalog.duckdb")
     for uri, v in [("oracle://demo/main", "oracle-abc"), ("stack://demo/math/0", "stack-math"),
                    ("base://demo", "base-123")]:  # the upstream artifacts, as the pipeline records them
