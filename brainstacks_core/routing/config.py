@@ -24,3 +24,22 @@ class RouterConfig(BaseModel):
                                                            "than this.")
     label_blend: float = Field(0.8, ge=0, le=1, description="Oracle target = blend * oracle + (1 - blend) * "
                                                             "nominal-domain label (paper: 80/20).")
+    # ---- meta-router (routing/features.py, router.py, train_router.py)
+    feature_layer: int | None = Field(None, description="Middle hidden-state layer mixed with the last one "
+                                                        "(None: num_hidden_layers // 2).")
+    feature_mix: float = Field(0.5, ge=0, le=1, description="Router features = mix * middle layer + "
+                                                            "(1 - mix) * last layer.")
+    hidden: int = Field(512, ge=8, description="Router width: tokens are projected to this (paper: 512).")
+    heads: int = Field(8, ge=1, description="Attention heads of the global and per-domain attention.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in the router's fusion MLP.")
+    epochs: int = Field(8, ge=1, description="Router training epochs (paper: 8).")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine schedule to 0).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the router.")
+    batch_size: int = Field(32, ge=1, description="Router training batch (prompts).")
+    feature_batch_size: int = Field(16, ge=1, description="Prompts per base forward when computing features.")
+    margin_weight: float = Field(0.1, ge=0, description="Weight of the confidence-margin term beside BCE.")
+    confidence_margin: float = Field(0.3, ge=0, le=0.5, description="Clear targets push |p - 0.5| past this.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of unique prompts held out for validation.")
+    decision_threshold: float = Field(0.5, gt=0, lt=1, description="Probability above which a domain counts as "
+                                                                   "on for F1.")
+    seed: int = Field(0, description="Seed of the split, the router's initialisation and its batches.")
