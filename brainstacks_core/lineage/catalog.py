@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS eval_scores (key VARCHAR PRIMARY KEY, kind VARCHAR NO
 CREATE TABLE IF NOT EXISTS eval_items (eval_version VARCHAR NOT NULL, task VARCHAR NOT NULL, task_version VARCHAR,
     mode VARCHAR NOT NULL, identity VARCHAR NOT NULL, doc_id INTEGER NOT NULL, doc_hash VARCHAR, target VARCHAR,
     filter VARCHAR, scores VARCHAR, metrics VARCHAR, recorded_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS oracle_losses (key VARCHAR PRIMARY KEY, record_id VARCHAR NOT NULL,
+    combo VARCHAR NOT NULL, loss DOUBLE NOT NULL, tokens INTEGER NOT NULL, created_at TIMESTAMP NOT NULL);
 """
 _ART_COLS = ["version", "uri", "kind", "path", "sha256", "code_version", "config_hash", "created_at",
              "last_used_at", "flow_run_id", "task_run_id", "metadata"]
@@ -368,3 +370,31 @@ class Catalog:
         rows = self._query(f"SELECT {', '.join(cols)} FROM eval_items WHERE eval_version = ? "
                            "ORDER BY task, mode, doc_id", [eval_version])
         return pd.DataFrame(rows, columns=cols)
+
+    # ------------------------------------------------------------ routing oracle
+    def oracle_losses(self, keys: Sequence[str]) -> dict[str, float]:
+        """Cached oracle losses for those of ``keys`` already computed (``{key: loss}``)."""
+        if not keys:
+            return {}
+        with self._connect(write=False) as con:
+            if con is None:
+                return {}
+            try:
+                con.register("wanted_oracle", pd.DataFrame({"key": list(dict.fromkeys(keys))}))
+                rows = con.execute("SELECT o.key, o.loss FROM oracle_losses o JOIN wanted_oracle w "
+                                   "ON o.key = w.key").fetchall()
+            except duckdb.CatalogException:  # file exists but has no schema yet
+                return {}
+        return {k: float(v) for k, v in rows}
+
+    def record_oracle_losses(self, rows: pd.DataFrame) -> None:
+        """Store oracle losses (columns key, record_id, combo, loss, tokens); present keys are kept."""
+        if rows.empty:
+            return
+        frame = rows[["key", "record_id", "combo", "loss", "tokens"]].drop_duplicates("key").assign(
+            created_at=_now())
+        with self._transaction() as con:
+            con.register("incoming_oracle", frame)
+            con.execute("INSERT INTO oracle_losses SELECT key, record_id, combo, loss, tokens, created_at "
+                        "FROM incoming_oracle ON CONFLICT DO NOTHING")
+            con.unregister("incoming_oracle")

@@ -43,3 +43,9 @@ class RouterConfig(BaseModel):
     decision_threshold: float = Field(0.5, gt=0, lt=1, description="Probability above which a domain counts as "
                                                                    "on for F1.")
     seed: int = Field(0, description="Seed of the split, the router's initialisation and its batches.")
+    soft_boost: dict[str, float] = Field(default_factory=lambda: {"reasoning": 0.5},
+                                         description="Oracle: domain -> target weight given when adding the domain "
+                                                     "lowers the loss at all (paper: reasoning 0.5), instead of 1.")
+    oracle_batch_size: int = Field(16, ge=1, description="Oracle: (prompt, combination) rows per forward pass.")
+    exhaustive_sample: int = Field(20, ge=0, description="Oracle: prompts also searched exhaustively over all "
+                                                         "2^D combinations, to report the greedy search's regret.")

@@ -83,6 +83,39 @@ def batch_completion_nll(model: nn.Module, batch: dict[str, torch.Tensor],
     return total, n
 
 
+def per_row_completion_nll(model: nn.Module, batch: dict[str, torch.Tensor],
+                           chunk_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL and count of the labelled positions of EACH row of one batch.
+
+    Same computation as :func:`batch_completion_nll` (hidden states through the head
+    in chunks of ``chunk_tokens`` positions, so logits never exceed ``[chunk, V]``:
+    512 x 262k x 4 B = 537 MB at Gemma-3 vocabulary), accumulated per row.
+
+    Returns:
+        ``(nll [B] fp32, count [B] int64)``.
+    """
+    labels = batch["labels"][:, 1:]  # [B, T-1]
+    keep = labels != -100
+    rows = keep.nonzero()[:, 0]  # [N]: the row of each labelled position
+    b = labels.shape[0]
+    counts = keep.sum(dim=1)
+    parts = _split_head(model)
+    if parts is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        tok = nn.functional.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="none")
+        return torch.zeros(b, dtype=torch.float32, device=tok.device).index_add_(0, rows, tok), counts
+    body, head = parts
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    h = hidden[:, :-1][keep]  # [N, H]
+    y = labels[keep]  # [N]
+    total = torch.zeros(b, dtype=torch.float32, device=h.device)
+    for i in range(0, len(y), chunk_tokens):
+        logits = _finish_logits(model, head(h[i:i + chunk_tokens])).float()  # [<=chunk, V]
+        tok = nn.functional.cross_entropy(logits, y[i:i + chunk_tokens], reduction="none")
+        total.index_add_(0, rows[i:i + chunk_tokens], tok)
+    return total, counts
+
+
 @torch.no_grad()
 def completion_loss(model: nn.Module, tokenizer, df: pd.DataFrame, max_length: int = 256,
                     batch_size: int = 16, chunk_tokens: int = 512) -> float:
