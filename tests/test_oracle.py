@@ -30,7 +30,7 @@ from brainstacks_core.stacks.moe_lora import MoELoRAConfig
 from brainstacks_core.training.loss import completion_loss
 
 TEXTS = ["hello there how are you", "def f(x): return x + 1", "two plus two is four", "the patient has a fever"]
-CFG = RouterConfig(oracle_batch_size=5, exhaustive_sample=3, soft_boost={})
+CFG = RouterConfig(oracle_batch_size=5, exhaustive_sample=3, soft_boost={}, prefix_seeds=False)
 
 
 def _add_stack(model, sid, seed):
@@ -139,11 +139,23 @@ def test_greedy_search_threshold_and_exhaustive_regret(setup):
     assert reg["max_regret"] == pytest.approx(1.0) and reg["mean_regret"] == pytest.approx((0 + 0.005 + 1.0) / 3)
 
 
+def test_curriculum_prefix_seeds_find_stacks_that_only_help_together(setup):
+    f = frozenset
+    doms = ["chat", "code", "math"]
+    # math's stacks were trained on top of chat's and code's: alone nothing helps, the prefix does
+    losses = {(): 2.0, ("chat",): 2.0, ("code",): 2.1, ("math",): 2.05, ("chat", "code"): 1.995,
+              ("chat", "code", "math"): 1.2, ("chat", "math"): 2.2, ("code", "math"): 2.3}
+    pl = _planted(setup, {(0, f(c)): x for c, x in losses.items()}, 1)
+    assert _search(pl, 1, doms, CFG, None) == [f()]  # singles only: stuck at base
+    with_prefixes = CFG.model_copy(update={"prefix_seeds": True})
+    assert _search(pl, 1, doms, with_prefixes, None) == [f(doms)]
+
+
 def test_soft_boost_and_label_blend(setup):
     f = frozenset
     model, tok, pairs = setup
     doms = {"chat": ["chat-r0"], "math": ["math-r0"]}
-    cfg = RouterConfig(soft_boost={"math": 0.5}, label_blend=0.8, exhaustive_sample=0)
+    cfg = RouterConfig(soft_boost={"math": 0.5}, label_blend=0.8, exhaustive_sample=0, prefix_seeds=False)
     pl_losses = {(0, f()): 2.0, (0, f({"chat"})): 1.0, (0, f({"math"})): 1.9, (0, f({"chat", "math"})): 0.999}
     pl = PairLosses(model, tok, pairs.head(1), doms, VERSIONS, "fp", cfg, progress=False)
     pl.losses.update(pl_losses)

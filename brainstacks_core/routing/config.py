@@ -49,3 +49,6 @@ class RouterConfig(BaseModel):
     oracle_batch_size: int = Field(16, ge=1, description="Oracle: (prompt, combination) rows per forward pass.")
     exhaustive_sample: int = Field(20, ge=0, description="Oracle: prompts also searched exhaustively over all "
                                                          "2^D combinations, to report the greedy search's regret.")
+    prefix_seeds: bool = Field(True, description="Oracle: also try every curriculum prefix (chat, chat+code, ...) as "
+                                                 "the first step: a later domain's stacks were trained on top of "
+                                                 "the earlier ones and may help only together with them.")

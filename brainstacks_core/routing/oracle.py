@@ -8,9 +8,10 @@ Per pair:
 
 1. base loss (every stack off) and each single domain's loss (only that domain's
    stacks on, weight 1);
-2. greedy search: starting from the best single domain, add the domain that lowers
-   the loss most while it lowers it by more than ``greedy_min_gain`` (0.01); a pair
-   no domain helps by that much gets the empty combination (base);
+2. greedy search: starting from the best single domain (or curriculum prefix, see
+   :func:`seeds`), add the domain that lowers the loss most while it lowers it by
+   more than ``greedy_min_gain`` (0.01); a pair nothing helps by that much gets the
+   empty combination (base);
 3. soft boost (``soft_boost``, paper: reasoning 0.5): a listed domain whose addition
    to the greedy set lowers the loss at all gets that weight instead of 1;
 4. target = ``label_blend`` x oracle + (1 - ``label_blend``) x one-hot(source domain).
@@ -105,24 +106,45 @@ class OracleResult:
     regret: dict = field(default_factory=dict)
 
 
+def seeds(domains: Sequence[str], cfg: RouterConfig) -> list[frozenset]:
+    """First-step candidates: every single domain and, with ``prefix_seeds``, every curriculum prefix.
+
+    A later domain's stacks were trained as residuals on top of every earlier
+    domain's (its as-trained combination is the curriculum prefix ending at it),
+    so alone they often help less than the 0.01 threshold while the prefix helps a
+    lot: a search from singles only stops at "base" for such prompts. Prefixes are
+    label-free (the same for every prompt) and the measured loss still decides.
+    """
+    out = [frozenset([d]) for d in domains]
+    if cfg.prefix_seeds:
+        out += [frozenset(domains[:k]) for k in range(2, len(domains) + 1)]
+    return out
+
+
 def _search(pl: PairLosses, n: int, domains: list[str], cfg: RouterConfig,
             progress_cb: ProgressCb | None) -> list[frozenset]:
-    """Greedy combination per pair; every step evaluates all pairs' candidates in shared batches."""
-    pl.ensure([(i, frozenset()) for i in range(n)] + [(i, frozenset([d])) for i in range(n) for d in domains])
+    """Greedy combination per pair; every step evaluates all pairs' candidates in shared batches.
+
+    Step 1 picks the best of :func:`seeds`; each later step adds the one domain that
+    lowers the loss most; a step is taken only when it lowers the loss by more than
+    ``greedy_min_gain``.
+    """
+    first = seeds(domains, cfg)
+    pl.ensure([(i, frozenset()) for i in range(n)] + [(i, c) for i in range(n) for c in first])
     chosen = [frozenset() for _ in range(n)]
     active = list(range(n))
     for step in range(len(domains)):
-        cands = [(i, chosen[i] | {d}) for i in active for d in domains if d not in chosen[i]]
-        pl.ensure(cands)
+        cands = {i: (first if step == 0 else [chosen[i] | {d} for d in domains if d not in chosen[i]])
+                 for i in active}
+        pl.ensure([(i, c) for i in active for c in cands[i]])
         still = []
         for i in active:
             now = pl.get(i, chosen[i])
-            best = min((chosen[i] | {d} for d in domains if d not in chosen[i]),
-                       key=lambda c: (pl.get(i, c), combo_name(c, domains)), default=None)
+            best = min(cands[i], key=lambda c: (pl.get(i, c), len(c), combo_name(c, domains)), default=None)
             if best is not None and now - pl.get(i, best) > cfg.greedy_min_gain:
                 chosen[i] = frozenset(best)
                 still.append(i)
-        active = still
+        active = [i for i in still if len(chosen[i]) < len(domains)]
         if progress_cb is not None:
             progress_cb({"stage": "greedy", "step": step + 1, "max_steps": len(domains), "active": len(active),
                          "computed": pl.computed})

@@ -1,0 +1,223 @@
+"""The routing stage of a profile's run: oracle -> meta-router -> routed losses, panels, report.
+
+What belongs here: :func:`route_profile`, what ``brainstacks run``, ``brainstacks
+train-router`` and the ``train-router`` flow call after continual training, and
+:func:`trained_router` (the run's router, for ``generate`` and routed evaluation).
+
+Every step is cached by its inputs: oracle losses in the catalog (a re-run runs 0
+oracle forwards), the router folder by (config, domains, oracle version, stacks,
+base, code), so a second call recomputes only the routed losses and panels.
+
+Outputs under ``<store>/routing/<run>/``: ``oracle/<version>/targets.parquet``,
+``router/<key>/`` (weights, report, heatmap), ``report.md`` and ``routed.json``.
+Catalog: ``oracle://<profile>/<run>`` (inputs: every stack, the base, the router
+splits' dataset versions), ``router://<profile>/<run>`` (inputs: the oracle, the
+stacks, the base) and ``routing-eval://<profile>/<run>`` (inputs: router, oracle,
+the test splits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from brainstacks_core.files import atomic_write, atomic_write_json, atomic_write_text, sha256_file
+from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
+from brainstacks_core.routing.oracle import combination_markdown, combination_table, discover, router_pairs
+from brainstacks_core.routing.pair_loss import routed_losses
+from brainstacks_core.routing.panels import panels_markdown, three_panels
+
+log = logging.getLogger(__name__)
+
+
+def routing_dir(profile, run_name: str) -> Path:
+    """``<store>/routing/<run>``."""
+    return profile.store / "routing" / run_name
+
+
+def trained_router(profile, run_name: str, model, tokenizer, catalog=None):
+    """The run's latest trained router (a :class:`~brainstacks_core.routing.router.TrainedRouter`), or None.
+
+    Found through the catalog's ``router://<profile>/<run>`` (checksum verified on load).
+    """
+    from brainstacks_core.routing.router import load_trained_router, router_uri
+
+    if catalog is None:
+        return None
+    art = catalog.latest(router_uri(profile.name, run_name))
+    if art is None:
+        return None
+    return load_trained_router(Path(art["path"]).parent, model, tokenizer, profile.router,
+                               expected_sha256=art["sha256"])
+
+
+def _save_targets(result, folder: Path) -> Path:
+    path = folder / "targets.parquet"
+    if not path.exists():
+        with atomic_write(path) as tmp:
+            result.targets.to_parquet(tmp, index=False)
+    return path
+
+
+def _test_rows(profile, data_versions: dict, catalog, rows_per_domain: int | None) -> tuple[pd.DataFrame, list]:
+    """Each domain's held-out test split (the numbers the report shows) and their versions."""
+    from brainstacks_core.training.run import load_domain_data
+
+    frames, versions = [], []
+    for d in load_domain_data(profile, profile.curriculum, catalog, data_versions):
+        df = d.test if d.test is not None and len(d.test) else d.val
+        df = df if rows_per_domain is None else df.head(rows_per_domain)
+        frames.append(df.assign(source_domain=d.domain, record_id=df["record_id"].astype(str)))
+        versions.append(d.test_version or d.val_version)
+    return pd.concat(frames, ignore_index=True), versions
+
+
+def routed_table(test: pd.DataFrame, losses: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Mean loss per source domain and mode (columns = modes), plus an ``all`` row."""
+    frame = pd.DataFrame({m: x.double().numpy() for m, x in losses.items()}).assign(domain=test["source_domain"])
+    table = frame.groupby("domain", sort=False).mean()
+    table.loc["all"] = frame.drop(columns="domain").mean()
+    return table
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """Routed losses as markdown (lower is better; routed vs ungated and vs oracle)."""
+    cols = list(table.columns)
+    lines = ["| domain | " + " | ".join(cols) + " | routed ≤ ungated | routed / oracle |",
+             "|---|" + "---|" * (len(cols) + 2)]
+    for dom, r in table.iterrows():
+        ok = "yes" if r["routed"] <= r["ungated"] + 1e-9 else "**no**"
+        lines.append(f"| {dom} | " + " | ".join(f"{r[c]:.4f}" for c in cols)
+                     + f" | {ok} | {r['routed'] / r['oracle']:.3f} |")
+    return "\n".join(lines)
+
+
+def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict | None = None,
+                  progress_cb: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
+    """Oracle discovery, router training and routed evaluation of run ``run_name`` of ``profile``.
+
+    Returns:
+        ``{"oracle": {...}, "router": {...}, "table": DataFrame, "markdown", "plots", "version"}``.
+    """
+    from brainstacks_core.evaluation.run import load_run
+    from brainstacks_core.routing.router_run import train_and_save_router
+    from brainstacks_core.training.continual import as_trained_stacks
+    from brainstacks_core.training.run import current_run_dir
+
+    cfg = profile.router
+    out_dir = routing_dir(profile, run_name)
+    folder = current_run_dir(profile, run_name)
+    pointer = json.loads((folder.parent / "current.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data_versions = {d: v[0] for d, v in pointer.get("data", {}).items()}
+    run = load_run(profile, run_name, catalog)
+    model, tok = run["model"], run["tokenizer"]
+    stacks = {d: s for d, s in run["domain_stacks"].items() if s}
+    domains = [d for d in profile.curriculum if d in stacks]
+    stack_versions = run["stack_versions"]
+
+    # 1. oracle on the router split
+    pairs = router_pairs(profile, catalog, data_versions)
+    pairs = pairs[pairs["source_domain"].isin(domains)].reset_index(drop=True)
+    oracle = discover(model, tok, pairs, stacks, stack_versions, run["base_fingerprint"], cfg, catalog,
+                      domains=domains, progress=progress,
+                      progress_cb=(lambda info: progress_cb({"stage": "oracle", **info})) if progress_cb else None)
+    odir = out_dir / "oracle" / oracle.version
+    targets_path = _save_targets(oracle, odir)
+    router_split_versions = []
+    if catalog is not None:
+        from brainstacks_core.data.pipeline import load_prepared
+
+        router_split_versions = [load_prepared(profile, d, catalog, data_versions.get(d)).router_uri_version
+                                 for d in domains]
+        catalog.record_artifact(uri=f"oracle://{profile.name}/{run_name}", version=oracle.version, kind="oracle",
+                                path=str(targets_path), sha256=sha256_file(targets_path),
+                                code_version=code_version(), config_hash=config_hash(cfg),
+                                inputs=[*stack_versions.values(), run["base_fingerprint"], *router_split_versions],
+                                metadata={"pairs": len(pairs), "computed": oracle.computed,
+                                          "reused": oracle.reused, "forwards": oracle.forwards,
+                                          "regret": oracle.regret}, run_ids=run_ids)
+
+    # 2. the meta-router
+    def loss_under(rows: pd.DataFrame, weights: torch.Tensor) -> torch.Tensor:
+        return routed_losses(model, tok, rows, stacks, domains, weights, cfg.max_length, cfg.oracle_batch_size)
+
+    lineage = {"oracle_version": oracle.version, "stack_versions": dict(stack_versions),
+               "base_fingerprint": run["base_fingerprint"]}
+    fitted = train_and_save_router(oracle.targets, domains, model, tok, cfg, out_dir / "router", lineage,
+                                   catalog=catalog, profile_name=profile.name, run_name=run_name,
+                                   loss_under=loss_under, run_ids=run_ids,
+                                   progress_cb=(lambda info: progress_cb({"stage": "router", **info}))
+                                   if progress_cb else None)
+    router = fitted["router"]
+
+    # 3. routed evaluation on the test split: base, ungated, as-trained, oracle, routed
+    test, test_versions = _test_rows(profile, data_versions, catalog, profile.training.eval_rows)
+    test = test[test["source_domain"].isin(domains)].reset_index(drop=True)
+    ones = torch.ones(len(test), len(domains))
+    losses = {"base": loss_under(test, torch.zeros_like(ones)), "ungated": loss_under(test, ones)}
+    as_trained = torch.zeros(len(test))
+    for d in domains:
+        sel = torch.tensor((test["source_domain"] == d).to_numpy())
+        keep = set(as_trained_stacks(manifest, d))
+        w = torch.tensor([[1.0 if any(s in keep for s in stacks[x]) else 0.0 for x in domains]]).expand(len(test), -1)
+        as_trained[sel] = loss_under(test[sel.numpy()].reset_index(drop=True), w[sel])
+    losses["as_trained"] = as_trained
+    test_oracle = discover(model, tok, test, stacks, stack_versions, run["base_fingerprint"],
+                           cfg.model_copy(update={"exhaustive_sample": 0}), catalog, domains=domains,
+                           progress=progress)
+    losses["oracle"] = torch.tensor(test_oracle.targets["oracle_loss"].to_numpy())
+    weights = router.domain_weights(list(test["prompt"].astype(str)))  # [N, D], floor and gate applied
+    losses["routed"] = loss_under(test, weights)
+    table = routed_table(test, losses)
+    gain = float(((losses["base"] - losses["routed"]).sum() / (losses["base"] - losses["oracle"]).sum()).item())
+
+    # 4. pictures and panels
+    from brainstacks_core.reporting.routing_plots import plot_routing_heatmap
+
+    heat = plot_routing_heatmap(list(test["source_domain"]), weights, domains, out_dir / "routing_heatmap_test.png",
+                                title="test prompts: mean routed weight")
+    sample = test.groupby("source_domain", sort=False).head(1).reset_index(drop=True)
+    panels = three_panels(model, tok, sample, router, stacks, max_new_tokens=24)
+    combos = combination_table(oracle.targets)
+    rep = fitted["report"]
+    md = ["## Routing (oracle, meta-router, routed inference)", "",
+          f"Oracle on {len(pairs)} router-split prompts: {oracle.computed} losses computed, {oracle.reused} reused "
+          f"from the catalog, {oracle.forwards} forward passes. Greedy vs exhaustive on {oracle.regret.get('n', 0)} "
+          f"prompts: mean regret {oracle.regret.get('mean_regret', float('nan')):.4f}, optimal in "
+          f"{100 * oracle.regret.get('optimal_fraction', float('nan')):.0f}%.", "",
+          "### Winning combinations per prompt domain (oracle)", "", combination_markdown(combos), "",
+          "### Router vs baselines (validation prompts, against the oracle's targets)", "",
+          "| router | mean AUROC | mean F1 | gain recovered |", "|---|---|---|---|"]
+    for name, label in (("router", "meta-router"), ("label", "nominal-domain label"), ("probe", "linear probe")):
+        r = rep[name]
+        md.append(f"| {label} | {r['mean_auroc']:.3f} | {r['mean_f1']:.3f} | {r.get('gain_recovered', float('nan')):.3f} |")
+    r = rep["router"]
+    md += ["", "| domain | AUROC | F1 |", "|---|---|---|"]
+    md += [f"| {d} | {r['auroc'][d]:.3f} | {r['f1'][d]:.3f} |" for d in domains]
+    md += ["", f"### Routed loss on the held-out test split (chat floor {cfg.chat_floor}, gate {cfg.gate_threshold}; "
+           f"gain recovered over base: {gain:.3f})", "", table_markdown(table), "",
+           "### Answers: own domain's stacks, ungated, routed", "", panels_markdown(panels), "",
+           f"Plots: {fitted['heatmap']}, {heat}"]
+    text = "\n".join(md)
+    summary = {"table": table.reset_index(names="domain").to_dict("records"), "gain_recovered_test": gain,
+               "router": fitted["summary"], "oracle": {"computed": oracle.computed, "reused": oracle.reused,
+                                                       "forwards": oracle.forwards, "regret": oracle.regret,
+                                                       "version": oracle.version},
+               "router_version": fitted["version"]}
+    version = content_hash("routing-eval", fitted["version"], test_versions, text)
+    atomic_write_json(out_dir / "routed.json", summary)
+    path = atomic_write_text(out_dir / "report.md", text + "\n")
+    if catalog is not None:
+        catalog.record_artifact(uri=f"routing-eval://{profile.name}/{run_name}", version=version, kind="eval",
+                                path=str(path), sha256=sha256_file(path), code_version=code_version(),
+                                config_hash=config_hash(cfg), inputs=[fitted["version"], oracle.version,
+                                                                      *test_versions],
+                                metadata={k: v for k, v in summary.items() if k != "table"}, run_ids=run_ids)
+    return {"markdown": text, "plots": [fitted["heatmap"], str(heat)], "summary": summary, "table": table,
+            "version": version, "router": router, "oracle": oracle, "combinations": combos}
