@@ -17,6 +17,7 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import DomainName, ProfilePath, RunName  # noqa: E402
 from tasks.training import build_base_task, resolve_data_task, run_summary_task, train_domain_task  # noqa: E402
 
@@ -40,8 +41,9 @@ def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     versions = {**resolve_data_task(config_path, artifact_root), **(data_versions or {})}
-    build_base_task(config_path, artifact_root, versions)
-    return train_domain_task(config_path, artifact_root, domain, run_name, null_space, versions)
+    with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
+        build_base_task(config_path, artifact_root, versions)
+        return train_domain_task(config_path, artifact_root, domain, run_name, null_space, versions)
 
 
 @flow(name="continual-training")
@@ -63,9 +65,10 @@ def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name:
 
     profile = load_profile(config_path, artifact_root)
     versions = resolve_data_task(config_path, artifact_root)  # pinned once: every domain trains on the same data
-    build_base_task(config_path, artifact_root, versions)
-    results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
-               for d in profile.curriculum]
+    with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
+        build_base_task(config_path, artifact_root, versions)
+        results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
+                   for d in profile.curriculum]
     summary = run_summary_task(config_path, artifact_root, run_name)
     create_markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
                              markdown=summary["markdown"],
