@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     base, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(work / "prefect-home"), PREFECT_API_URL=api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               BRAINSTACKS_HOME=str(ROOT), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+               DO_NOT_TRACK="1", BRAINSTACKS_HOME=str(ROOT), PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     os.environ.update(env)  # this process runs two flows against the same server
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                               stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT,

@@ -4,8 +4,8 @@ Slow on purpose (marked ``slow``, about 2-3 minutes on 2 CPU cores): it starts
 ``prefect server start`` on a free port of 127.0.0.1 (PREFECT_HOME in a temp dir,
 PREFECT_API_URL set, analytics off), creates a process pool, deploys the
 ``prepare-demo`` and ``retrain-demo-on-data-change`` blocks of the repository's
-prefect.yaml re-pointed at a tiny three-domain profile (``prefect --no-prompt deploy``,
-the pull step resolving ``BRAINSTACKS_HOME`` on the worker), starts a worker and runs
+prefect.yaml re-pointed at a tiny three-domain profile (``prefect --no-prompt deploy``
+with a wrong ``BRAINSTACKS_HOME``: the pull step must read the worker's), starts a worker and runs
 the prepare deployment twice:
 
 1. first preparation: three new dataset versions -> ONE event -> ONE retraining run,
@@ -47,7 +47,7 @@ def server_env(tmp: Path, port: int) -> dict[str, str]:
     """Environment of every process of the test: its own PREFECT_HOME, API URL, no telemetry."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_WORKER_QUERY_SECONDS="2",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="2",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", BRAINSTACKS_HOME=str(ROOT),
                PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return env
@@ -171,14 +171,15 @@ def test_real_server_one_retraining_per_data_change_only_stale_domains(tmp_path)
     api = env["PREFECT_API_URL"]
     profile = write_profile(tmp_path)
     deployments = write_deployments(tmp_path, profile)
-    cli = lambda *a: subprocess.run([PREFECT, *a], env=env, cwd=ROOT, capture_output=True, text=True,  # noqa: E731
-                                    timeout=120)
+    deploy_env = {**env, "BRAINSTACKS_HOME": "/nonexistent/deploy-time-value"}  # the worker's value must win
+    cli = lambda *a, e=env: subprocess.run([PREFECT, *a], env=e, cwd=ROOT, capture_output=True,  # noqa: E731
+                                           text=True, timeout=120)
     server = worker = None
     try:
         server = start_server(env, port, tmp_path / "server.log")
         r = cli("work-pool", "create", POOL, "--type", "process")
         assert r.returncode == 0, r.stdout + r.stderr
-        r = cli("--no-prompt", "deploy", "--all", "--prefect-file", str(deployments))
+        r = cli("--no-prompt", "deploy", "--all", "--prefect-file", str(deployments), e=deploy_env)
         assert r.returncode == 0, r.stdout + r.stderr
         ids = {d["name"]: d["id"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
         assert set(ids) == {"prepare-srv", "retrain-srv"}, ids
