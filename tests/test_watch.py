@@ -149,3 +149,28 @@ def test_flow_forms_offer_profiles_domains_and_describe_every_field():
     props = parameter_schema(train_domain).model_dump()["properties"]
     assert props["domain"]["enum"] == DOMAINS
     assert parameter_schema(watch_sources).model_dump()["properties"]["dry_run"]["type"] == "boolean"
+
+
+def test_tracked_source_is_read_at_the_branch_head_or_the_last_commit_seen(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from brainstacks_core.data.config import DataConfig
+    from brainstacks_core.data.sources import source_identity
+
+    spec = SourceConfig(kind="hf", repo="org/ds", track="main")
+    cfg = DataConfig(domains=["chat"], sources={"chat": [spec]})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(HfApi, "dataset_info", lambda self, repo, revision=None, timeout=None: type(
+        "Info", (), {"sha": "head123"})())
+    assert source_identity(spec, cfg, tmp_path)[1] == "head123"  # the dataset version names the commit read
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="no commit was seen"):
+        source_identity(spec, cfg, tmp_path)
+    (tmp_path / "watch").mkdir()
+    (tmp_path / "watch" / "sources.json").write_text(json.dumps(
+        {"sources": {"chat|x": {"hub": watch._hf_key(spec), "commit": "seen456"}}}))
+    assert source_identity(spec, cfg, tmp_path)[1] == "seen456"
+    pinned = spec.model_copy(update={"revision": "pin789"})
+    (tmp_path / "watch" / "sources.json").unlink()
+    assert source_identity(pinned, cfg, tmp_path)[1] == "pin789"
