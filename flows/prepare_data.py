@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 # Before prefect is imported (its settings are read once): a loaded CPU box can take
 # longer than the default 20 s to start the ephemeral API server.
@@ -25,6 +26,7 @@ from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.events import emit_event  # noqa: E402
 
 from brainstacks_core.data.sources import check_sources  # noqa: E402
+from brainstacks_core.data.watch import move_partners  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.params import DomainName, ProfilePath  # noqa: E402
 from tasks.data import PERMANENT_ERRORS, assign_task, finalize_task, ingest_task, register_task  # noqa: E402
@@ -44,7 +46,8 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainN
         domain: One domain of the profile (empty: every domain, in curriculum order). Keyword moves
             always consider every domain, so the version is the same either way.
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
-        domains: Several domains (what the watch-sources flow passes: the changed ones); overrides domain.
+        domains: Several domains (what the watch-sources flow passes: the changed ones), plus the domains
+            that receive rows moved out of them; overrides domain.
 
     Returns:
         Per-domain counts, version, paths and report by domain.
@@ -57,6 +60,8 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainN
         raise ValueError(f"unknown domain {unknown[0]!r}; profile {profile.name!r} has {cfg.domains}")
     ingested = {d: ingest_task(config_path, artifact_root, d) for d in cfg.domains}
     assigned = assign_task(config_path, artifact_root, ingested)
+    if domains:  # rows moved out of the requested domains change the domains they moved to
+        wanted += move_partners(Path(assigned["folder"]), wanted, cfg.domains)
     finalized = {d: finalize_task(config_path, artifact_root, d, ingested, assigned)
                  for d in cfg.domains if d in wanted}
     rows = register_task(config_path, artifact_root, finalized)

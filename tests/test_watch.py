@@ -113,6 +113,15 @@ def test_watch_flow_prepares_only_changed_domains_and_emits_one_event(harness, t
     assert out["changed"] == ["code"] and list(out["prepared"]) == ["code"] and out["prepared"]["code"]["new_version"]
     assert len(events) == 2 and events[1].payload["domains"] == ["code"]
 
+    # a new chat row that belongs to code: chat's source changed, and code (which receives it) is written too
+    rows = json.loads((tmp_path / "chat.json").read_text())
+    rows.append({"instruction": "Write a python function def f that will return a loop", "output": "def f(): return 1"})
+    (tmp_path / "chat.json").write_text(json.dumps(rows))
+    out = watch_sources(config_path=cfg)
+    assert out["changed"] == ["chat"] and list(out["prepared"]) == ["chat", "code"], out
+    assert out["prepared"]["code"]["new_version"] and out["prepared"]["code"]["train"] is not None
+    assert events[-1].payload["domains"] == [d for d in ("chat", "code") if out["prepared"][d]["new_version"]]
+
 
 def test_prefect_yaml_watch_deployments_use_the_profiles_interval():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())

@@ -181,6 +181,28 @@ def check_sources(profile: Profile) -> WatchResult:
                        state_path=path)
 
 
+def move_partners(assign_folder: Path, domains: list[str], order: list[str]) -> list[str]:
+    """Domains outside ``domains`` that receive rows moved out of them by keyword decontamination.
+
+    Their datasets change with the changed domains' sources, so a preparation of only
+    the changed domains must write them too. Reads two columns of the assignment's
+    ``moves.parquet`` (one row per moved record).
+
+    Args:
+        assign_folder: the folder of ``pipeline.assign_domains``' result (its ``folder``).
+        domains: the changed domains.
+        order: every domain of the profile (the order of the answer).
+    """
+    import pandas as pd
+
+    path = Path(assign_folder) / "moves.parquet"
+    if not path.is_file():
+        return []
+    moves = pd.read_parquet(path, columns=["from_domain", "to_domain"])
+    hit = set(moves.loc[moves["from_domain"].isin(domains), "to_domain"])
+    return [d for d in order if d in hit and d not in domains]
+
+
 def commit_state(result: WatchResult) -> Path:
     """Write the state of a check (after the changed domains were prepared), atomically."""
     result.state_path.parent.mkdir(parents=True, exist_ok=True)
