@@ -3,8 +3,8 @@
 Scheduled per profile (prefect.yaml: ``watch-demo``, ``watch-shared``, ...; the
 interval is the profile's ``orchestration.watch_interval_seconds``). Nothing changed:
 the run ends after one stat per local file and one hub request per tracked branch.
-Something changed: the ``prepare-data`` flow runs for those domains (keyword moves
-still see every domain) and emits the ONE ``brainstacks.data.changed`` event that
+Something changed: the ``prepare-data`` flow runs for those domains and the domains
+their rows move to (keyword moves still see every domain) and emits the ONE ``brainstacks.data.changed`` event that
 the retraining deployment's trigger listens to. The watch state is committed only
 after the preparation succeeded, so a failed one is retried at the next check.
 """
