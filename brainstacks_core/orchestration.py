@@ -23,6 +23,7 @@ class OrchestrationConfig(BaseModel):
     lock_timeout_seconds: float | None = Field(
         None, ge=0, description="With on_busy=wait, give up after this many seconds (null: wait as long as it takes).")
     watch_interval_seconds: int = Field(
-        900, ge=10, description="Interval of the scheduled watch-sources deployment (prefect.yaml reads it via "
-                                "`brainstacks deployments`; the flow checks sources cheaply and prepares only "
-                                "changed domains).")
+        900, ge=10, description="Interval of the scheduled watch-sources deployment (watch-<profile> in "
+                                "prefect.yaml repeats it as `schedules: [{interval: N}]`; tests/test_watch.py "
+                                "checks they agree). The flow checks sources cheaply and prepares only changed "
+                                "domains.")

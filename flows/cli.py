@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("flows.maintenance:cli_plan", "what a training run would retrain and why (which version changed)"),
     "repair": ("flows.maintenance:cli_repair", "re-verify a run folder, drop a broken round and what follows, "
                                                "resume"),
+    "watch": ("flows.watch:cli_watch", "check the profile's sources (stat, sha256, tracked hub branch) and "
+                                       "prepare only the changed domains"),
     "config": ("flows.config:cli_config", "validate a profile (config check PATH) or print its JSON Schema "
                                           "(config schema)"),
 }
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         p.add_argument("--run", default="main", help="run name under <store>/training (default: main)")
     p.add_argument("--no-resume", action="store_true", help="repair only; do not resume training")
+    p = sub.add_parser("watch", help=COMMANDS["watch"][1], description=COMMANDS["watch"][1])
+    _add_common(p)
+    p.add_argument("--dry-run", action="store_true", help="only report what changed")
     p = sub.add_parser("config", help=COMMANDS["config"][1], description=COMMANDS["config"][1],
                        epilog="Example: brainstacks config check configs/demo.yaml")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -17,38 +17,58 @@ from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.gpu import gpu_slot  # noqa: E402
+from flows.params import DomainName, ProfilePath, RunName  # noqa: E402
 from tasks.training import build_base_task, resolve_data_task, run_summary_task, train_domain_task  # noqa: E402
 
 
 @flow(name="train-domain")
-def train_domain(config_path: str, domain: str, run_name: str = "main", null_space: bool | None = None,
-                 data_versions: dict[str, str] | None = None, artifact_root: str | None = None) -> dict:
+def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName = "main",
+                 null_space: bool | None = None, data_versions: dict[str, str] | None = None,
+                 artifact_root: str | None = None) -> dict:
     """Train one domain's boosting rounds on top of the run's frozen stacks.
 
     Args:
-        config_path: profile YAML.
-        domain: the domain (earlier curriculum domains are resumed/trained first if missing).
-        run_name: run folder under ``<store>/training``.
-        null_space: override of ``training.null_space`` (False for the ablation).
-        data_versions: dataset version per domain (``brainstacks audit --list`` shows them);
-            default: the latest prepared version of each, pinned at the start of the flow.
-        artifact_root: override of the profile's artifact root.
+        config_path: Profile YAML (one of configs/*.yaml, relative to the checkout the worker runs in,
+            BRAINSTACKS_HOME).
+        domain: The domain to train (a domain of the profile's curriculum; earlier domains are
+            resumed or trained first if missing).
+        run_name: Run folder under <store>/training (main; no-null-space is the ablation).
+        null_space: Null-space projection on (true) or off (false, the ablation); empty: the profile's
+            training.null_space.
+        data_versions: Dataset version per domain (`brainstacks audit --list` shows them); empty: the
+            latest prepared version of each, pinned at the start of the flow.
+        artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     versions = {**resolve_data_task(config_path, artifact_root), **(data_versions or {})}
-    build_base_task(config_path, artifact_root, versions)
-    return train_domain_task(config_path, artifact_root, domain, run_name, null_space, versions)
+    with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
+        build_base_task(config_path, artifact_root, versions)
+        return train_domain_task(config_path, artifact_root, domain, run_name, null_space, versions)
 
 
 @flow(name="continual-training")
-def continual_training(config_path: str, run_name: str = "main", null_space: bool | None = None,
-                       artifact_root: str | None = None) -> list[dict]:
-    """Every domain of the curriculum in order, then a markdown artifact of the rounds and forgetting matrix."""
+def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
+                       null_space: bool | None = None, artifact_root: str | None = None) -> list[dict]:
+    """Every domain of the curriculum in order, then a markdown artifact of the rounds and forgetting matrix.
+
+    Finished rounds on unchanged inputs are never retrained: a change in domain k retrains k and the
+    domains after it. One writer per run folder (a second request waits or is skipped).
+
+    Args:
+        config_path: Profile YAML (one of configs/*.yaml, relative to the checkout the worker runs in,
+            BRAINSTACKS_HOME).
+        run_name: Run folder under <store>/training (main; no-null-space is the ablation).
+        null_space: Null-space projection on (true) or off (false, the ablation); empty: the profile's
+            training.null_space.
+        artifact_root: Override of the profile's artifact_root (empty: the profile's).
+    """
 
     profile = load_profile(config_path, artifact_root)
     versions = resolve_data_task(config_path, artifact_root)  # pinned once: every domain trains on the same data
-    build_base_task(config_path, artifact_root, versions)
-    results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
-               for d in profile.curriculum]
+    with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
+        build_base_task(config_path, artifact_root, versions)
+        results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
+                   for d in profile.curriculum]
     summary = run_summary_task(config_path, artifact_root, run_name)
     create_markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
                              markdown=summary["markdown"],

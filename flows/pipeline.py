@@ -18,13 +18,20 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.continual_training import continual_training  # noqa: E402
+from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
 from tasks.training import experiment1_task, report_task  # noqa: E402
 
 
 @flow(name="brainstacks-pipeline")
-def brainstacks_pipeline(config_path: str = "configs/demo.yaml", artifact_root: str | None = None) -> dict:
-    """Run every stage of the profile and return the report (paths, markdown)."""
+def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifact_root: str | None = None) -> dict:
+    """Run every stage of the profile and return the report (paths, markdown).
+
+    Args:
+        config_path: Profile YAML (one of configs/*.yaml, relative to the checkout the worker runs in,
+            BRAINSTACKS_HOME).
+        artifact_root: Override of the profile's artifact_root (empty: the profile's).
+    """
     profile = load_profile(config_path, artifact_root)
     counts = prepare_data(config_path=config_path, artifact_root=artifact_root)
     runs = ["main"]

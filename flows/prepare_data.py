@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 # Before prefect is imported (its settings are read once): a loaded CPU box can take
 # longer than the default 20 s to start the ephemeral API server.
@@ -25,7 +26,9 @@ from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.events import emit_event  # noqa: E402
 
 from brainstacks_core.data.sources import check_sources  # noqa: E402
+from brainstacks_core.data.watch import move_partners  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.params import DomainName, ProfilePath  # noqa: E402
 from tasks.data import PERMANENT_ERRORS, assign_task, finalize_task, ingest_task, register_task  # noqa: E402
 
 COLUMNS = ["domain", "version", "in", "kept", "moved_in", "moved_out", "quarantined", "dropped", "flagged",
@@ -33,26 +36,34 @@ COLUMNS = ["domain", "version", "in", "kept", "moved_in", "moved_out", "quaranti
 
 
 @flow(name="prepare-data")
-def prepare_data(config_path: str, domain: str | None = None, artifact_root: str | None = None) -> dict[str, dict]:
-    """Prepare one domain or all domains of a profile.
+def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainName | None = None,
+                 artifact_root: str | None = None, domains: list[DomainName] | None = None) -> dict[str, dict]:
+    """Prepare one domain, some domains or all domains of a profile.
 
     Args:
-        config_path: Profile YAML.
-        domain: One domain (default: all, in curriculum order). Keyword moves
+        config_path: Profile YAML (one of configs/*.yaml, relative to the checkout the worker runs in,
+            BRAINSTACKS_HOME).
+        domain: One domain of the profile (empty: every domain, in curriculum order). Keyword moves
             always consider every domain, so the version is the same either way.
-        artifact_root: Override of the profile's artifact root.
+        artifact_root: Override of the profile's artifact_root (empty: the profile's).
+        domains: Several domains (what the watch-sources flow passes: the changed ones), plus the domains
+            that receive rows moved out of them; overrides domain.
 
     Returns:
         Per-domain counts, version, paths and report by domain.
     """
     profile = load_profile(config_path, artifact_root)
     cfg = profile.data
-    if domain is not None and domain not in cfg.domains:
-        raise ValueError(f"unknown domain {domain!r}; profile {profile.name!r} has {cfg.domains}")
+    wanted = list(domains) if domains else ([domain] if domain else list(cfg.domains))
+    unknown = [d for d in wanted if d not in cfg.domains]
+    if unknown:
+        raise ValueError(f"unknown domain {unknown[0]!r}; profile {profile.name!r} has {cfg.domains}")
     ingested = {d: ingest_task(config_path, artifact_root, d) for d in cfg.domains}
     assigned = assign_task(config_path, artifact_root, ingested)
+    if domains:  # rows moved out of the requested domains change the domains they moved to
+        wanted += move_partners(Path(assigned["folder"]), wanted, cfg.domains)
     finalized = {d: finalize_task(config_path, artifact_root, d, ingested, assigned)
-                 for d in ([domain] if domain else cfg.domains)}
+                 for d in cfg.domains if d in wanted}
     rows = register_task(config_path, artifact_root, finalized)
     emit_data_changed(profile.name, config_path, rows)
     create_table_artifact(key=f"data-counts-{profile.name}".replace("_", "-").lower(),

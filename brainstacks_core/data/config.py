@@ -26,7 +26,10 @@ class SourceConfig(BaseModel):
         repo: Hub repo id (``hf``).
         config: Hub dataset config name (``hf``).
         split: Hub split (``hf``).
-        revision: Pinned hub revision, a commit sha (``hf``; required).
+        revision: Pinned hub revision, a commit sha (``hf``; required unless ``track``).
+        track: Branch of a hub dataset to follow (``hf``): the watcher prepares again
+            when the branch's latest commit changes, and preparation reads that commit.
+            Without it the pinned ``revision`` never changes.
         generator: Generator name (``generated``), e.g. ``math``.
         rows: Number of rows to generate (``generated``).
         max_rows: Keep only the first ``max_rows`` rows of the source.
@@ -46,7 +49,11 @@ class SourceConfig(BaseModel):
     repo: str | None = Field(None, description="Hub dataset repo id (hf).")
     config: str | None = Field(None, description="Hub dataset config name (hf).")
     split: str = Field("train", description="Hub split (hf).")
-    revision: str | None = Field(None, description="Pinned hub revision, a commit sha (hf; required there).")
+    revision: str | None = Field(None, description="Pinned hub revision, a commit sha (hf; required there "
+                                                   "unless `track` is set).")
+    track: str | None = Field(None, description="hf only: a branch to follow (e.g. main). The watch-sources flow "
+                                                "checks its latest commit and prepares again when it moves; "
+                                                "preparation reads that commit. Unset: the pinned revision.")
     generator: str | None = Field(None, description="Generator name (generated), e.g. math.")
     rows: int = Field(400, ge=1, description="Rows to generate (generated).")
     max_rows: int | None = Field(default=None, ge=1, description="Keep only the first max_rows rows of the source.")
@@ -59,8 +66,11 @@ class SourceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> "SourceConfig":
-        if self.kind == "hf" and (not self.repo or not self.revision):
-            raise ValueError(f"hf source {self.repo!r} needs `repo` and a pinned `revision` (commit sha)")
+        if self.kind == "hf" and (not self.repo or not (self.revision or self.track)):
+            raise ValueError(f"hf source {self.repo!r} needs `repo` and a pinned `revision` (commit sha) "
+                             f"or a branch to `track`")
+        if self.track is not None and self.kind != "hf":
+            raise ValueError(f"`track: {self.track}` is for hf sources only (a {self.kind} source)")
         if self.kind == "local" and not self.path:
             raise ValueError("local source needs `path`")
         if self.kind == "generated" and not self.generator:

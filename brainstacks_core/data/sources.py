@@ -110,6 +110,10 @@ def source_identity(spec: SourceConfig, cfg: DataConfig, store: Path) -> tuple[s
     """``(uri, version, local path)`` of a source; generated files are written here."""
     uri = source_uri(spec, cfg)
     if spec.kind == "hf":
+        if spec.track:  # the branch head now (or the last commit seen): the version names the commit read
+            from brainstacks_core.data.watch import tracked_revision
+
+            return uri, tracked_revision(spec, store), None
         return uri, str(spec.revision), None
     if spec.kind == "generated":
         from brainstacks_core.data.generators import write_generated
@@ -143,6 +147,8 @@ def normalise_source(spec: SourceConfig, domain: str, cfg: DataConfig, store: Pa
     """
     uri, version, path = identity or source_identity(spec, cfg, store)
     adapter = get_adapter("prompt_response" if spec.kind == "generated" else spec.format)
+    if spec.kind == "hf" and spec.track:
+        spec = spec.model_copy(update={"revision": version})
     raw = read_hf(spec, cache_dir) if spec.kind == "hf" else read_raw(path, adapter.reader, spec.loader, cache_dir)
     if spec.max_rows is not None:
         raw = raw[: spec.max_rows]
