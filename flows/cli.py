@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("flows.prepare_data:cli_prepare", "download, clean, decontaminate, validate and split domain data"),
     "train": ("flows.continual_training:cli_train", "train one domain (its boosting rounds) or all domains in order"),
     "run": ("flows.pipeline:cli_run", "the whole pipeline on a profile: prepare, base, continual training, report"),
+    "train-router": ("flows.train_router:cli_train_router", "oracle discovery, meta-router training and routed "
+                                                            "evaluation of a trained run"),
     "audit": ("flows.audit:cli_audit", "lineage: which data went into an artifact, which artifacts hold a record"),
     "plan": ("flows.maintenance:cli_plan", "what a training run would retrain and why (which version changed)"),
     "repair": ("flows.maintenance:cli_repair", "re-verify a run folder, drop a broken round and what follows, "
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None, help="one domain (default: all, in curriculum order)")
     p = sub.add_parser("run", help=COMMANDS["run"][1], description=COMMANDS["run"][1])
     _add_common(p)
+    p = sub.add_parser("train-router", help=COMMANDS["train-router"][1], description=COMMANDS["train-router"][1],
+                       epilog="Example: brainstacks train-router --config configs/demo.yaml")
+    _add_common(p)
+    p.add_argument("--run", default="main", help="run name under <store>/training (default: main)")
     p = sub.add_parser("audit", help=COMMANDS["audit"][1], description=COMMANDS["audit"][1])
     _add_common(p)
     g = p.add_mutually_exclusive_group(required=True)

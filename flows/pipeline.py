@@ -2,7 +2,7 @@
 
 prepare data -> base model -> continual training (with null space; and, when the
 profile asks for the ablation, without) -> Experiment 1 -> report (plots,
-markdown artifact, lineage). Every step is resumable and cached by version.
+markdown artifact, lineage) -> routing (oracle, meta-router, routed losses). Every step is resumable and cached by version.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.continual_training import continual_training  # noqa: E402
 from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
+from flows.train_router import train_router  # noqa: E402
 from tasks.training import experiment1_task, report_task  # noqa: E402
 
 
@@ -45,6 +46,10 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
     if profile.experiment1 is not None and profile.experiment1.enabled:
         experiment1_task(config_path, artifact_root)
     report = report_task(config_path, artifact_root, runs)
+    if profile.router.enabled:
+        routing = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)
+        report["markdown"] += "\n\n" + routing["markdown"]
+        report["plots"] += routing["plots"]
     create_markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],
                              description="Brainstacks report: round losses, forgetting matrix, Experiment 1")
     report["data_counts"] = counts

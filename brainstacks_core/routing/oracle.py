@@ -12,8 +12,10 @@ Per pair:
    :func:`seeds`), add the domain that lowers the loss most while it lowers it by
    more than ``greedy_min_gain`` (0.01); a pair nothing helps by that much gets the
    empty combination (base);
-3. soft boost (``soft_boost``, paper: reasoning 0.5): a listed domain whose addition
-   to the greedy set lowers the loss at all gets that weight instead of 1;
+3. soft boost (``soft_boost``, paper: reasoning 0.5): a listed domain the search
+   did not take (its gain was under the threshold) but whose addition to the greedy
+   set lowers the loss at all gets that weight instead of 0, so the router does not
+   learn to ignore a subtle contribution; a domain the search took keeps 1;
 4. target = ``label_blend`` x oracle + (1 - ``label_blend``) x one-hot(source domain).
 
 **No chat floor in the oracle.** The floor (0.20) and the gate (0.12) are
@@ -44,7 +46,7 @@ import pandas as pd
 
 from brainstacks_core.lineage.versioning import content_hash
 from brainstacks_core.routing.config import RouterConfig
-from brainstacks_core.routing.pair_loss import PairLosses, loss_code_version
+from brainstacks_core.routing.pair_loss import PairLosses, answerable, loss_code_version
 
 log = logging.getLogger(__name__)
 ProgressCb = Callable[[dict], None]
@@ -162,8 +164,8 @@ def _oracle_weights(pl: PairLosses, i: int, greedy: frozenset, domains: list[str
     pl.ensure([(i, greedy | {d}) for d, _ in boosts if d not in greedy])
     for d, w in boosts:
         if d in greedy:
-            weights[d] = w  # chosen by the search: still the soft weight, never 1 (paper 3.6)
-        elif pl.get(i, greedy | {d}) < pl.get(i, greedy):
+            continue  # chosen by the search (gain > greedy_min_gain): a full 1
+        if pl.get(i, greedy | {d}) < pl.get(i, greedy):
             weights[d] = w
             if pl.get(i, greedy | {d}) < best_loss:
                 best, best_loss = greedy | {d}, pl.get(i, greedy | {d})
@@ -204,7 +206,11 @@ def discover(model, tokenizer, pairs: pd.DataFrame, domain_stacks: Mapping[str, 
         domains: column order (default: ``domain_stacks``' order).
     """
     domains = [d for d in (domains or list(domain_stacks)) if domain_stacks.get(d)]
-    pairs = pairs.reset_index(drop=True)
+    keep = answerable(tokenizer, pairs, cfg.max_length)
+    if not all(keep):
+        log.warning("oracle: %d of %d pairs have no answer token within max_length %d: left out",
+                    keep.count(False), len(keep), cfg.max_length)
+    pairs = pairs[keep].reset_index(drop=True)
     pl = PairLosses(model, tokenizer, pairs, domain_stacks, stack_versions, base_fingerprint, cfg, catalog,
                     progress=progress)
     n = len(pairs)

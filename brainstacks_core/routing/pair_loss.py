@@ -46,6 +46,11 @@ def _as_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.rename(columns={"answer": "response"}) if "response" not in df and "answer" in df else df
 
 
+def answerable(tokenizer, df: pd.DataFrame, max_length: int) -> list[bool]:
+    """Per row: does any answer token survive truncation to ``max_length``? (Others have no loss.)"""
+    return [any(t != -100 for t in labels) for _, labels in tokenize_for_loss(tokenizer, _as_rows(df), max_length)]
+
+
 @torch.no_grad()
 def weighted_row_losses(model, tokenizer, examples: list[tuple[list[int], list[int]]], stack_ids: Sequence[str],
                         weights: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:

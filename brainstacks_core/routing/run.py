@@ -29,7 +29,7 @@ import torch
 from brainstacks_core.files import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
 from brainstacks_core.routing.oracle import combination_markdown, combination_table, discover, router_pairs
-from brainstacks_core.routing.pair_loss import routed_losses
+from brainstacks_core.routing.pair_loss import answerable, routed_losses
 from brainstacks_core.routing.panels import panels_markdown, three_panels
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     # 3. routed evaluation on the test split: base, ungated, as-trained, oracle, routed
     test, test_versions = _test_rows(profile, data_versions, catalog, profile.training.eval_rows)
     test = test[test["source_domain"].isin(domains)].reset_index(drop=True)
+    test = test[answerable(tok, test, cfg.max_length)].reset_index(drop=True)
     ones = torch.ones(len(test), len(domains))
     losses = {"base": loss_under(test, torch.zeros_like(ones)), "ungated": loss_under(test, ones)}
     as_trained = torch.zeros(len(test))

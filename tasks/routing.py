@@ -1,0 +1,61 @@
+"""Prefect tasks of the routing stage: thin wrappers over ``brainstacks_core.routing.run``.
+
+One task runs oracle -> router -> routed evaluation, because all three read the
+same loaded model (base plus every frozen stack): loading it once per stage would
+triple the load time at Gemma-3-12B scale (~8 GB of 4-bit weights). Each stage is
+cached by its inputs inside the core (oracle rows in the catalog, the router folder
+by key), so a retry redoes only what did not finish. Progress (oracle greedy
+steps, router epochs) goes to one progress artifact.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.profile import load_profile
+from tasks.progress import artifact_key
+from tasks.training import _run_ids
+
+
+def routing_progress(key: str, title: str, epochs: int, min_interval_s: float = 1.0):
+    """A ``progress(info)`` callable for the routing stage: oracle steps fill 0-50 %, router epochs 50-100 %."""
+    art = create_progress_artifact(progress=0.0, key=key, description=f"{title}: starting")
+    last = {"t": 0.0}
+
+    def hook(info: dict) -> None:
+        now = time.monotonic()
+        if now - last["t"] < min_interval_s:
+            return
+        last["t"] = now
+        if info.get("stage") == "oracle":
+            pct = 50.0 * min(1.0, int(info.get("step", 0)) / max(1, int(info.get("max_steps", 1))))
+            desc = (f"{title}: oracle greedy step {info.get('step')}/{info.get('max_steps')}, "
+                    f"{info.get('active')} prompts still improving, {info.get('computed')} losses computed")
+        else:
+            epoch = int(info.get("epoch", 0))
+            pct = 50.0 + 50.0 * min(1.0, epoch / max(1, epochs))
+            desc = f"{title}: router epoch {epoch}/{epochs}" + "".join(
+                f", {k} {v:.4f}" for k, v in info.items() if isinstance(v, float))
+        update_progress_artifact(artifact_id=art, progress=pct, description=desc)
+
+    return hook
+
+
+@task(name="route-run", retries=1, retry_delay_seconds=10)
+def route_task(config_path: str, artifact_root: str | None, run_name: str = "main") -> dict:
+    """Oracle discovery, meta-router training and routed evaluation of one trained run."""
+    from brainstacks_core.routing.run import route_profile
+
+    profile = load_profile(config_path, artifact_root)
+    log = get_run_logger()
+    hook = routing_progress(artifact_key("routing", profile.name, run_name), f"{profile.name}/{run_name}",
+                            profile.router.epochs)
+    out = route_profile(profile, run_name, Catalog(profile.catalog_path), _run_ids(), progress_cb=hook)
+    o = out["summary"]["oracle"]
+    log.info("oracle %s: %d losses computed, %d reused, %d forwards; router %s", o["version"], o["computed"],
+             o["reused"], o["forwards"], out["summary"]["router_version"])
+    return {"markdown": out["markdown"], "plots": out["plots"], "summary": out["summary"], "version": out["version"]}
