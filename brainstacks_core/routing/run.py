@@ -188,8 +188,9 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     combos = combination_table(oracle.targets)
     rep = fitted["report"]
     md = ["## Routing (oracle, meta-router, routed inference)", "",
-          f"Oracle on {len(pairs)} router-split prompts: {oracle.computed} losses computed, {oracle.reused} reused "
-          f"from the catalog, {oracle.forwards} forward passes. Greedy vs exhaustive on {oracle.regret.get('n', 0)} "
+          f"Oracle on {len(oracle.targets)} router-split prompts: {oracle.computed + oracle.reused} (prompt, "
+          f"combination) losses, cached in the catalog (what each call computed: the task log and routed.json). "
+          f"Greedy vs exhaustive on {oracle.regret.get('n', 0)} "
           f"prompts: mean regret {oracle.regret.get('mean_regret', float('nan')):.4f}, optimal in "
           f"{100 * oracle.regret.get('optimal_fraction', float('nan')):.0f}%.", "",
           "### Winning combinations per prompt domain (oracle)", "", combination_markdown(combos), "",
