@@ -223,9 +223,10 @@ class StackStore:
         return loaded
 
     def evict(self, stack_id: str) -> None:
-        """Detach one stack now (its verified file version is still remembered)."""
+        """Detach one stack now if attached (its verified file version is still remembered)."""
         with self._lock:
-            self._detach(stack_id)
+            if stack_id in self._lru:
+                self._detach(stack_id)
 
     def _expected_bytes(self, stack_id: str) -> int:
         """Bytes a stack will hold: measured at its last load, else counted from its file's header."""
