@@ -189,9 +189,12 @@ def test_stacks_under_the_gate_are_never_loaded(base, files, reference, tok, tmp
     plan = routed.plan(["hello there"])
     assert plan.stack_ids == ["chat-r1"] and plan.gated == ["code", "math"]
     ids, att = _ids(tok, plan.prompts)
+    banks = {n: (l.frozen.a.data_ptr(), l.frozen.b.data_ptr()) for n, l in stacked_layers(store.model).items()}
     with routed.routed(plan):
         got = store.model(input_ids=ids, attention_mask=att).logits
     assert torch.isfinite(got).all() and store.stats.hits == 1 and store.stats.misses == 3
+    assert banks == {n: (l.frozen.a.data_ptr(), l.frozen.b.data_ptr())  # a hit rebuilds no buffer
+                     for n, l in stacked_layers(store.model).items()}
     with only_stacks(reference, ["chat-r1"]):
         torch.testing.assert_close(got, reference(input_ids=ids, attention_mask=att).logits, rtol=1e-4, atol=1e-4)
 
