@@ -43,6 +43,24 @@ def router_flops(h: int, t: int, d: int, w: int) -> float:
 
 
 @torch.no_grad()
+def router_vs_base(base, feature_dim: int, d: int, b: int, t: int, vocab: int,
+                   widths=((512, 8), (64, 4))) -> tuple[float, list[dict]]:
+    """Seconds per batch of ``base``'s feature forward, and per router width the network's seconds on its features.
+
+    Returns:
+        ``(base_seconds, [{"width", "params", "seconds"}, ...])`` for a batch of ``b`` prompts of ``t`` tokens.
+    """
+    ids = torch.randint(0, vocab, (b, t))
+    t_base = _time(lambda: base(input_ids=ids, output_hidden_states=True, use_cache=False))
+    feats, mask = torch.randn(b, t, feature_dim), torch.ones(b, t, dtype=torch.bool)
+    rows = []
+    for w, heads in widths:
+        net = MetaRouter(feature_dim, d, RouterConfig(hidden=w, heads=heads)).eval()
+        rows.append({"width": w, "params": sum(p.numel() for p in net.parameters()),
+                     "seconds": _time(lambda: net(feats, mask))})
+    return t_base, rows
+
+
 def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,16 +69,11 @@ def main() -> None:
     base = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2,
                                         max_position_embeddings=512)).eval()
-    ids = torch.randint(0, 1024, (b, t))
-    t_base = _time(lambda: base(input_ids=ids, output_hidden_states=True, use_cache=False))
-    feats, mask = torch.randn(b, t, 64), torch.ones(b, t, dtype=torch.bool)
+    t_base, rows = router_vs_base(base, 64, d, b, t, 1024)
     print(f"demo shapes (B={b}, T={t}, H=64, D={d}): base forward {1e3 * t_base / b:.3f} ms/prompt")
-    for w, heads in ((512, 8), (64, 4)):
-        net = MetaRouter(64, d, RouterConfig(hidden=w, heads=heads)).eval()
-        t_r = _time(lambda: net(feats, mask))
-        params = sum(p.numel() for p in net.parameters())
-        print(f"  router width {w:3d} ({params / 1e6:.2f}M params): {1e3 * t_r / b:.3f} ms/prompt = "
-              f"{100 * t_r / t_base:.1f}% of a base forward")
+    for r in rows:
+        print(f"  router width {r['width']:3d} ({r['params'] / 1e6:.2f}M params): {1e3 * r['seconds'] / b:.3f} "
+              f"ms/prompt = {100 * r['seconds'] / t_base:.1f}% of a base forward")
     gemma = router_flops(3840, 256, 10, 512)
     base_f = 2.0 * 11.8e9 * 256
     print(f"Gemma-3-12B shapes (T=256, D=10, width 512): router {gemma / 1e9:.2f} GFLOP vs base "

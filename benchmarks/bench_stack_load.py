@@ -32,18 +32,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build_stack_file(directory: Path, hidden: int, layers: int) -> Path:
+def stack_model(hidden: int, layers: int):
+    """The random-init Llama the stack file is made for, with injected bf16 stack layers (no stacks)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from brainstacks_core.stacks.inject import add_active_stack, freeze_active_stack, inject_stacks, stacked_layers
+    from brainstacks_core.stacks.inject import inject_stacks
     from brainstacks_core.stacks.moe_lora import MoELoRAConfig
-    from brainstacks_core.stacks.stack_io import save_stack
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=256, hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
                       num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8)
     model = LlamaForCausalLM(cfg)
     inject_stacks(model, MoELoRAConfig(frozen_dtype="bfloat16"))
+    return model
+
+
+def build_stack_file(directory: Path, hidden: int, layers: int) -> Path:
+    from brainstacks_core.stacks.inject import add_active_stack, freeze_active_stack, stacked_layers
+    from brainstacks_core.stacks.stack_io import save_stack
+
+    model = stack_model(hidden, layers)
     add_active_stack(model, "s", seed=0)
     with torch.no_grad():
         for layer in stacked_layers(model).values():

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.pipeline:cli_run", "the whole pipeline on a profile: prepare, base, continual training, report"),
     "train-router": ("flows.train_router:cli_train_router", "oracle discovery, meta-router training and routed "
                                                             "evaluation of a trained run"),
+    "generate": ("flows.generate:cli_generate", "routed answer from a trained run: routing weights, the stacks "
+                                                "loaded, the streamed answer, the stack store's hits and misses"),
     "audit": ("flows.audit:cli_audit", "lineage: which data went into an artifact, which artifacts hold a record"),
     "plan": ("flows.maintenance:cli_plan", "what a training run would retrain and why (which version changed)"),
     "repair": ("flows.maintenance:cli_repair", "re-verify a run folder, drop a broken round and what follows, "
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Example: brainstacks train-router --config configs/demo.yaml")
     _add_common(p)
     p.add_argument("--run", default="main", help="run name under <store>/training (default: main)")
+    p = sub.add_parser("generate", help=COMMANDS["generate"][1], description=COMMANDS["generate"][1],
+                       epilog="Example: brainstacks generate --config configs/demo.yaml --prompt 'What is 7 * 6?'")
+    _add_common(p)
+    importlib.import_module("flows.generate").add_arguments(p)  # light module: heavy imports are in the command
     p = sub.add_parser("audit", help=COMMANDS["audit"][1], description=COMMANDS["audit"][1])
     _add_common(p)
     g = p.add_mutually_exclusive_group(required=True)

@@ -18,6 +18,9 @@ class RouterConfig(BaseModel):
                                                             "(paper: 0.20).")
     gate_threshold: float = Field(0.12, ge=0, le=1, description="Stacks whose routed weight is below this are "
                                                                 "never loaded (paper: 0.12).")
+    store_budget_mb: float | None = Field(4096.0, gt=0, description="Routed inference: MB of attached stacks "
+                                          "the stack store keeps (LRU; one bf16 Gemma-3-12B stack is ~538 MB, so "
+                                          "4096 keeps 7 of 10); null: no limit.")
     max_length: int = Field(256, ge=8, description="Token length of router features, training and inference "
                                                    "alike.")
     greedy_min_gain: float = Field(0.01, ge=0, description="Oracle: add a domain while the loss drops by more "

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,7 @@ def _header_metadata(data: bytes) -> dict[str, str]:
 
 
 def load_stack(path: str | Path, base_fingerprint: str | None = None, expected_sha256: str | None = None,
-               verify: bool = True) -> StackFile:
+               verify: bool = True, verified_sha256: str | None = None) -> StackFile:
     """Read and verify a stack file, reading it once and hashing it once.
 
     The bytes are read once; their sha256 is the file's checksum; the tensors are
@@ -174,6 +174,10 @@ def load_stack(path: str | Path, base_fingerprint: str | None = None, expected_s
         base_fingerprint: when given, the file must have been trained on this base.
         expected_sha256: when given, the whole file's sha256 must equal it.
         verify: without ``expected_sha256``, check the stored tensor checksum.
+        verified_sha256: the caller already verified THIS file version (same size, mtime,
+            ctime, inode) to have this sha256 (e.g. the stack store's record): nothing is
+            hashed and it is returned as ``file_sha256``. Never pass a checksum that was
+            not computed from the file itself.
 
     Raises:
         StackFileError: unreadable, checksum mismatch, or another base.
@@ -185,11 +189,13 @@ def load_stack(path: str | Path, base_fingerprint: str | None = None, expected_s
         tensors = load(data)
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
         raise StackFileError(f"{path}: not a readable safetensors stack file ({exc})") from exc
-    file_sha = sha256_bytes(data)
+    file_sha = verified_sha256 if verified_sha256 is not None else sha256_bytes(data)
     del data
     if raw_meta.get("format") not in (FORMAT, *_OLD_FORMATS):
         raise StackFileError(f"{path}: format {raw_meta.get('format')!r} is not {FORMAT!r}")
-    if expected_sha256 is not None:
+    if verified_sha256 is not None:
+        pass  # verified by the caller for this exact file version
+    elif expected_sha256 is not None:
         if file_sha != expected_sha256:
             raise StackFileError(f"{path}: file checksum mismatch (expected {expected_sha256[:12]}, "
                                  f"computed {file_sha[:12]}): the file is corrupt or was edited")
@@ -208,8 +214,16 @@ def load_stack(path: str | Path, base_fingerprint: str | None = None, expected_s
     return StackFile(path, meta["stack_id"], meta, tensors, file_sha)
 
 
-def attach_stack(model: nn.Module, stack: StackFile, weight: float = 1.0) -> None:
+def attach_stack(model: nn.Module, stack: StackFile, weight: float = 1.0, inference_only: bool = False) -> None:
     """Attach a loaded stack to every injected layer of ``model`` as a frozen stack.
+
+    Args:
+        model: the injected model.
+        stack: a loaded stack file.
+        weight: its dict weight in every layer.
+        inference_only: keep only what the forward reads (A, B, router): the null-space
+            basis (fp32 ``[K, out]``, 572 MB per stack at Gemma-3-12B K=64) and the router
+            noise (15 MB) are dropped, so the stack can no longer be saved or thawed.
 
     Raises:
         StackFileError: a layer is missing on either side, or a shape does not fit.
@@ -221,6 +235,8 @@ def attach_stack(model: nn.Module, stack: StackFile, weight: float = 1.0) -> Non
         raise StackFileError(f"{stack.path}: layers do not match the model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     for name, w in weights.items():
+        if inference_only:
+            w = replace(w, basis=None, noise=None)
         try:
             layers[name].add_frozen(stack.stack_id, w)
         except ValueError as exc:
