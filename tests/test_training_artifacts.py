@@ -104,3 +104,12 @@ def test_training_flow_progress_model_cards_stacks_table_plots_and_lineage(harne
     for dom in ("chat", "math"):
         assert ins[f"dataset://mini/{dom}/train"] == manifest["domains"][dom]["train_version"]
         assert ins[f"dataset://mini/{dom}/val"] == manifest["domains"][dom]["val_version"]
+
+    # a second run trains nothing; its lineage still names the data it read (train, val and test splits)
+    continual_training(config_path=str(cfg), artifact_root=str(root))
+    events = job_events(read_events(profile.store / "lineage" / "openlineage.jsonl"), "continual-training")
+    assert [e.eventType.value for e in events] == ["START", "COMPLETE"] * 2
+    ins = {d.name: d.facets["version"].datasetVersion for d in events[3].inputs}
+    for dom in ("chat", "math"):
+        version = manifest["domains"][dom]["train_version"].rsplit("-", 1)[0]
+        assert {f"dataset://mini/{dom}/{s}": f"{version}-{s}" for s in ("train", "val", "test")}.items() <= ins.items()
