@@ -17,7 +17,8 @@ from prefect.testing.fixtures import asserting_events_worker  # noqa: F401 - a f
 
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.lineage.config import LineageConfig
-from brainstacks_core.lineage.openlineage import LineageDataset, OpenLineageEmitter, read_events
+from brainstacks_core.lineage.openlineage import LineageDataset, OpenLineageEmitter
+from brainstacks_core.lineage.openlineage_io import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -76,7 +77,8 @@ _WRITER = """
 import json, sys, time
 from pathlib import Path
 from brainstacks_core.lineage.config import LineageConfig
-from brainstacks_core.lineage.openlineage import LineageDataset, OpenLineageEmitter, append_line
+from brainstacks_core.lineage.openlineage import LineageDataset, OpenLineageEmitter
+from brainstacks_core.lineage.openlineage_io import append_line
 store, tag = Path(sys.argv[1]), sys.argv[2]
 em = OpenLineageEmitter(LineageConfig(), store, "demo")
 big = [LineageDataset(uri=f"dataset://demo/{tag}/{i}/" + "x" * 400, version=f"v{i}", kind="dataset", rows=i)

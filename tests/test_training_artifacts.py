@@ -14,7 +14,7 @@ from test_training_run import _mini_profile
 
 from brainstacks_core.data.pipeline import prepare_all
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.lineage.openlineage import job_events, read_events
+from brainstacks_core.lineage.openlineage_io import job_events, read_events
 from brainstacks_core.profile import load_profile
 from brainstacks_core.reporting.model_card import card_path
 from brainstacks_core.training.run import current_run_dir

@@ -4,34 +4,28 @@ What a run read and wrote is already in the catalog: every artifact a step recor
 carries the Prefect flow run id, and its input edges. :func:`run_datasets` turns
 that into the run's OpenLineage inputs and outputs; :class:`OpenLineageEmitter`
 builds ``START`` / ``COMPLETE`` / ``FAIL`` / ``ABORT`` :class:`RunEvent` objects
-with ``openlineage-python``'s own classes and emits them through its transports:
+with ``openlineage-python``'s own classes and emits them through openlineage's
+``CompositeTransport``:
 
-* a JSONL file (``lineage.openlineage_file``, default
-  ``<store>/lineage/openlineage.jsonl``): one event per line, appended by
-  :class:`LockedFileTransport` under an exclusive ``flock`` on the file.
-  openlineage's ``FileTransport(append=True)`` takes no lock and relies on one
-  ``write()`` being atomic with ``O_APPEND``; that holds on one local disk (measured:
-  4 processes x 300 events of 200 KB, every line whole) but not on a network share,
-  where each client computes the end of the file itself, and two workers may
-  share the artifact folder. Here a line goes out in bounded writes (a partial
-  write is then the normal path, and tested), all under the lock;
+* always a JSONL file (``lineage.openlineage_file``, default
+  ``<store>/lineage/openlineage.jsonl``), appended under a file lock
+  (``openlineage_io.LockedFileTransport``: two workers may share the folder);
 * an OpenLineage HTTP endpoint (Marquez) through ``HttpTransport`` when
-  ``lineage.marquez_url`` or ``$OPENLINEAGE_URL`` is set. Both go through
-  openlineage's ``CompositeTransport`` (a failing endpoint is logged, not raised,
-  as long as the file was written); ``OPENLINEAGE_DISABLED=true`` turns it all off.
+  ``lineage.marquez_url`` or ``$OPENLINEAGE_URL`` is set; a failing endpoint is
+  logged, not raised, as long as the file was written. ``OPENLINEAGE_DISABLED=true``
+  turns it all off.
 
 Naming: jobs in namespace ``<lineage.namespace>.<profile>`` named after the flow;
 datasets in ``lineage.namespace`` named by their catalog URI (``dataset://demo/math/train``),
 with the catalog version as the standard ``version`` facet
-(``DatasetVersionDatasetFacet``), row counts as input/output statistics, and a
-``brainstacks`` facet (kind, path, sha256, code version). The run id is the
-Prefect flow run id when there is one. Memory: one event at a time (about 1 KB
-per dataset); nothing depends on model shapes or grows with tokens seen.
+(``DatasetVersionDatasetFacet``), row counts and file sizes as input/output
+statistics, and a ``brainstacks`` facet (kind, path, sha256, code version). The run
+id is the Prefect flow run id when there is one. Memory: one event at a time (about
+1 KB per dataset); nothing depends on model shapes or grows with tokens seen.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -39,7 +33,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import attr
 from openlineage.client import OpenLineageClient
@@ -56,19 +50,16 @@ from openlineage.client.generated import (
     processing_engine_run,
 )
 from openlineage.client.generated.base import DatasetFacet, RunFacet
-from openlineage.client.serde import Serde
-from openlineage.client.transport import register_transport
 from openlineage.client.transport.composite import CompositeConfig, CompositeTransport
-from openlineage.client.transport.transport import Config, Transport
 from openlineage.client.uuid import generate_new_uuid
 
 from brainstacks_core.lineage.config import LineageConfig
+from brainstacks_core.lineage.openlineage_io import LockedFileTransport
 
 log = logging.getLogger(__name__)
 
 PRODUCER = "https://github.com/brainstacks/brainstacks"
 _FACET_SCHEMA = PRODUCER + "/blob/main/brainstacks_core/lineage/openlineage.py#/$defs/"
-_WRITE_CHUNK = 1 << 16  # bytes per os.write of a line; the flock keeps a line's chunks together
 _ROW_KINDS = {"dataset"}
 
 
@@ -163,54 +154,6 @@ class BrainstacksRunFacet(RunFacet):
     @staticmethod
     def _get_schema() -> str:
         return _FACET_SCHEMA + "BrainstacksRunFacet"
-
-
-@attr.define
-class LockedFileConfig(Config):
-    """Config of :class:`LockedFileTransport`: the JSONL file."""
-
-    log_file_path: str
-
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "LockedFileConfig":
-        return cls(log_file_path=str(params["log_file_path"]))
-
-
-def append_line(path: str | os.PathLike[str], line: str) -> None:
-    """Append ``line`` + newline to ``path`` under an exclusive ``flock``, fsynced before unlocking.
-
-    The bytes go out in writes of at most 64 KiB, looping over partial writes;
-    concurrent writers (other processes, other hosts on a shared folder) wait for
-    the lock, so lines never interleave. Nothing is buffered beyond the one line.
-    """
-    data = (line.rstrip("\n") + "\n").encode("utf-8")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view[:_WRITE_CHUNK]):]
-            os.fsync(fd)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-@register_transport
-class LockedFileTransport(Transport):
-    """openlineage transport: one JSON event per line, appended with :func:`append_line`."""
-
-    kind = "brainstacks_locked_file"
-    config_class = LockedFileConfig
-
-    def __init__(self, config: LockedFileConfig) -> None:
-        self.config = config
-
-    def emit(self, event) -> None:  # noqa: ANN001 - openlineage's Event union
-        append_line(self.config.log_file_path, Serde.to_json(event))
 
 
 def _input(d: LineageDataset, namespace: str) -> InputDataset:
@@ -339,39 +282,3 @@ def _ol_version() -> str:
     from importlib.metadata import version
 
     return version("openlineage-python")
-
-
-def read_events(path: str | os.PathLike[str]) -> list[RunEvent]:
-    """The run events of a JSONL file, rebuilt as openlineage :class:`RunEvent` objects.
-
-    The spec's required fields are validated by openlineage's classes (event type,
-    ISO event time, UUID run id); dataset versions and the error message are rebuilt
-    as their facet classes, other facets are left out.
-    """
-    return [parse_run_event(json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def parse_run_event(obj: dict) -> RunEvent:
-    """One event's JSON object as a :class:`RunEvent` (see :func:`read_events`)."""
-    def facets(d: dict) -> dict:
-        f = d.get("facets") or {}
-        return {"version": dataset_version_dataset.DatasetVersionDatasetFacet(
-            datasetVersion=f["version"]["datasetVersion"])} if "version" in f else {}
-
-    run_facets = {}
-    err = (obj["run"].get("facets") or {}).get("errorMessage")
-    if err:
-        run_facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
-            message=err["message"], programmingLanguage=err["programmingLanguage"], stackTrace=err.get("stackTrace"))
-    return RunEvent(eventType=RunState(obj["eventType"]), eventTime=obj["eventTime"], producer=obj["producer"],
-                    run=Run(runId=obj["run"]["runId"], facets=run_facets),
-                    job=Job(namespace=obj["job"]["namespace"], name=obj["job"]["name"]),
-                    inputs=[InputDataset(namespace=d["namespace"], name=d["name"], facets=facets(d))
-                            for d in obj.get("inputs") or []],
-                    outputs=[OutputDataset(namespace=d["namespace"], name=d["name"], facets=facets(d))
-                             for d in obj.get("outputs") or []])
-
-
-def job_events(events: Iterable[RunEvent], job: str) -> list[RunEvent]:
-    """The events of one job, in file order."""
-    return [e for e in events if e.job.name == job]
