@@ -14,15 +14,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import DomainName, ProfilePath, RunName  # noqa: E402
+from tasks.artifacts import markdown_artifact  # noqa: E402
+from tasks.lineage import lineage_hooks  # noqa: E402
 from tasks.training import build_base_task, resolve_data_task, run_summary_task, train_domain_task  # noqa: E402
 
 
-@flow(name="train-domain")
+@flow(name="train-domain", **lineage_hooks())
 def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName = "main",
                  null_space: bool | None = None, data_versions: dict[str, str] | None = None,
                  artifact_root: str | None = None) -> dict:
@@ -46,7 +47,7 @@ def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName
         return train_domain_task(config_path, artifact_root, domain, run_name, null_space, versions)
 
 
-@flow(name="continual-training")
+@flow(name="continual-training", **lineage_hooks())
 def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
                        null_space: bool | None = None, artifact_root: str | None = None) -> list[dict]:
     """Every domain of the curriculum in order, then a markdown artifact of the rounds and forgetting matrix.
@@ -70,9 +71,9 @@ def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name:
         results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
                    for d in profile.curriculum]
     summary = run_summary_task(config_path, artifact_root, run_name)
-    create_markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
-                             markdown=summary["markdown"],
-                             description="per-round validation losses and the forgetting matrix")
+    markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
+                      markdown=summary["markdown"], plots=summary["plots"],
+                      description="per-round validation losses and the forgetting matrix")
     return results
 
 

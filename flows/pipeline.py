@@ -14,17 +14,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.continual_training import continual_training  # noqa: E402
 from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
 from flows.train_router import train_router  # noqa: E402
+from tasks.artifacts import markdown_artifact  # noqa: E402
+from tasks.lineage import lineage_hooks  # noqa: E402
 from tasks.training import experiment1_task, report_task  # noqa: E402
 
 
-@flow(name="brainstacks-pipeline")
+@flow(name="brainstacks-pipeline", **lineage_hooks())
 def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifact_root: str | None = None) -> dict:
     """Run every stage of the profile and return the report (paths, markdown).
 
@@ -50,8 +51,9 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
         routing = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)
         report["markdown"] += "\n\n" + routing["markdown"]
         report["plots"] += routing["plots"]
-    create_markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],
-                             description="Brainstacks report: round losses, forgetting matrix, Experiment 1")
+    markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],
+                      plots=report["plots"], description="Brainstacks report: round losses, forgetting matrix, "
+                                                         "Experiment 1")
     report["data_counts"] = counts
     return report
 

@@ -30,12 +30,13 @@ from brainstacks_core.data.watch import move_partners  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.params import DomainName, ProfilePath  # noqa: E402
 from tasks.data import PERMANENT_ERRORS, assign_task, finalize_task, ingest_task, register_task  # noqa: E402
+from tasks.lineage import lineage_hooks  # noqa: E402
 
 COLUMNS = ["domain", "version", "in", "kept", "moved_in", "moved_out", "quarantined", "dropped", "flagged",
            "train", "val", "test", "router", "new_version"]
 
 
-@flow(name="prepare-data")
+@flow(name="prepare-data", **lineage_hooks())
 def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainName | None = None,
                  artifact_root: str | None = None, domains: list[DomainName] | None = None) -> dict[str, dict]:
     """Prepare one domain, some domains or all domains of a profile.
@@ -67,7 +68,7 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainN
     rows = register_task(config_path, artifact_root, finalized)
     emit_data_changed(profile.name, config_path, rows)
     create_table_artifact(key=f"data-counts-{profile.name}".replace("_", "-").lower(),
-                          table=[_cells(r) for r in rows.values()],
+                          table=[_artifact_cells(r) for r in rows.values()],
                           description=f"Prepared data of profile {profile.name}: every input row is in a split "
                                       f"(train/val/test/router), quarantine, moved out, or dropped with a reason.")
     return rows
@@ -93,6 +94,11 @@ def _cells(r: dict) -> dict:
     out["kept"] = sum(int(r.get(s) or 0) for s in ("train", "val", "test", "router"))
     out["dropped"] = sum(int(v or 0) for k, v in r.items() if k.startswith("dropped_"))
     return out
+
+
+def _artifact_cells(r: dict) -> dict:
+    """The table's cells plus the dropped rows per reason (benchmark, duplicate, keyword, cap) for the UI."""
+    return {**_cells(r), **{k: int(v or 0) for k, v in sorted(r.items()) if k.startswith("dropped_")}}
 
 
 def format_table(rows: dict[str, dict]) -> str:

@@ -23,6 +23,7 @@ from brainstacks_core.data.watch import check_sources, commit_state  # noqa: E40
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import prepare_data  # noqa: E402
+from tasks.lineage import lineage_hooks  # noqa: E402
 
 
 @task(name="check-sources")
@@ -37,7 +38,7 @@ def check_sources_task(config_path: str, artifact_root: str | None):
     return result
 
 
-@flow(name="watch-sources")
+@flow(name="watch-sources", **lineage_hooks())
 def watch_sources(config_path: ProfilePath = "configs/demo.yaml", artifact_root: str | None = None,
                   dry_run: bool = False) -> dict:
     """Check every source of the profile; prepare only the domains whose sources changed.

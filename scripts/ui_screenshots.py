@@ -10,11 +10,14 @@ Needs a headless Chromium (Debian: ``apt-get install -y chromium``). What it doe
 2. creates the ``cpu`` and ``gpu`` process pools and deploys every deployment of
    prefect.yaml (``prefect --no-prompt deploy --all``);
 3. runs, in this process against that server, ``prepare-data`` on the demo profile
-   (one domain; a table artifact) and ``continual-training`` on a tiny two-domain
-   copy of it (progress and markdown artifacts), artifacts in a temp dir;
+   (one domain; a table artifact) and the whole ``brainstacks-pipeline`` on a tiny
+   two-domain copy of it (data table, training progress, model cards, stacks table,
+   training summary, report and routing report with their plots inline), artifacts
+   in a temp dir;
 4. saves PNGs of the deployments list, the run forms of the pipeline, prepare,
-   retraining, train-domain and watch deployments, the training flow run's
-   Artifacts tab and each artifact's page; then stops the server.
+   retraining, train-domain and watch deployments, the training and pipeline flow
+   runs' Artifacts tabs and each artifact's page (markdown pages taller, so the
+   plots are in the picture); then stops the server.
 """
 
 from __future__ import annotations
@@ -51,10 +54,10 @@ def chromium() -> str:
     sys.exit("ui_screenshots: no chromium found; install it: apt-get install -y chromium")
 
 
-def shoot(browser: str, url: str, png: Path, wait_ms: int = 12000) -> Path:
-    """One headless screenshot (1400x1000) after the page's scripts ran for ``wait_ms`` of virtual time."""
+def shoot(browser: str, url: str, png: Path, wait_ms: int = 12000, height: int = 1000) -> Path:
+    """One headless screenshot (1400 x ``height``) after the page's scripts ran for ``wait_ms`` of virtual time."""
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--virtual-time-budget={wait_ms}", "--window-size=1400,1000", f"--screenshot={png}", url],
+                    f"--virtual-time-budget={wait_ms}", f"--window-size=1400,{height}", f"--screenshot={png}", url],
                    check=True, capture_output=True, timeout=120)
     print(f"{png}  <- {url}")
     return png
@@ -75,7 +78,9 @@ def tiny_profile(folder: Path) -> Path:
     raw["training"].update(max_rounds=2, basis={"k": 4}, eval_rows=8, null_space_val_rows=8, ablation=False,
                            sft={"max_steps": 6, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.01,
                                 "warmup_steps": 0, "max_length": 64})
+    raw["router"] = {"max_length": 64, "hidden": 32, "heads": 2, "epochs": 2, "exhaustive_sample": 4}
     raw.pop("experiment1", None)
+    raw.pop("eval", None)
     path = folder / "ui-demo.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -133,19 +138,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         sys.path.insert(0, str(ROOT))
-        from flows.continual_training import continual_training
+        from flows.pipeline import brainstacks_pipeline
         from flows.prepare_data import prepare_data
 
         prepare_data(config_path=str(ROOT / "configs" / "demo.yaml"), domain="math",
                      artifact_root=str(work / "artifacts"))
         cfg = str(tiny_profile(work))
-        prepare_data(config_path=cfg)
-        continual_training(config_path=cfg)
+        brainstacks_pipeline(config_path=cfg)
 
         runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC"}, timeout=10).json()
-        train_run = next(r for r in runs if flows.get(r["flow_id"]) == "continual-training")
-        shots.append(shoot(browser, f"{base}/v2/runs/flow-run/{train_run['id']}?tab=Artifacts",
-                           out / f"{len(shots) + 1:02d}-flow-run-artifacts.png"))
+        for flow_name in ("continual-training", "brainstacks-pipeline"):
+            run = next(r for r in runs if flows.get(r["flow_id"]) == flow_name)
+            shots.append(shoot(browser, f"{base}/v2/runs/flow-run/{run['id']}?tab=Artifacts",
+                               out / f"{len(shots) + 1:02d}-flow-run-artifacts-{flow_name}.png"))
         arts = httpx.post(f"{api}/artifacts/filter", json={"sort": "CREATED_DESC"}, timeout=10).json()
         seen: set[str] = set()
         for a in arts:
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             seen.add(a["key"])
             shots.append(shoot(browser, f"{base}/v2/artifacts/artifact/{a['id']}",
-                               out / f"{len(shots) + 1:02d}-artifact-{a['key']}.png"))
+                               out / f"{len(shots) + 1:02d}-artifact-{a['key']}.png",
+                               height=3200 if a.get("type") == "markdown" else 1000))
         print(f"{len(shots)} screenshots in {out}")
     finally:
         os.kill(server.pid, signal.SIGTERM)

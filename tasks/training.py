@@ -12,6 +12,7 @@ from prefect.runtime import flow_run, task_run
 
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
+from tasks.artifacts import markdown_artifact, table_artifact
 from tasks.progress import artifact_key, progress_hook
 
 
@@ -38,7 +39,11 @@ def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, 
     from brainstacks_core.training.run import resolve_data_versions
 
     profile = load_profile(config_path, artifact_root)
-    versions = resolve_data_versions(profile, Catalog(profile.catalog_path))
+    cat = Catalog(profile.catalog_path)
+    versions = resolve_data_versions(profile, cat)
+    # what this run reads: every domain's train/val (training, null space) and test (forgetting) split
+    cat.record_reads([f"{v.rsplit('-', 1)[0]}-{s}" for v in versions.values() for s in ("train", "val", "test")],
+                     _run_ids())
     get_run_logger().info("data versions: %s", versions)
     return versions
 
@@ -50,7 +55,8 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
 
     Holds the run's lock while training; when another process holds it and the
     profile says ``orchestration.on_busy: skip``, logs that and returns ``skipped``.
-    Training progress goes to a progress artifact (domain, round, step, val loss).
+    Training progress goes to a progress artifact (domain, round, step, val loss); every frozen stack of
+    the domain gets a model card (a markdown artifact and ``<stack>.model_card.md`` beside its file).
     """
     from brainstacks_core.training.run import train_profile
     from brainstacks_core.training.run_lock import RunBusyError
@@ -67,9 +73,12 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
         log.warning("skipped: %s", exc)
         return {"domain": domain, "run": run_name, "rounds": [], "stop_reason": None, "skipped": str(exc)}
     entry = manifest["domains"][domain]
+    cat = Catalog(profile.catalog_path)
     if entry.get("reused_from"):
         log.info("%s: unchanged (base, settings, its data and every earlier domain): stacks reused from %s",
                  domain, entry["reused_from"])
+        cat.record_reads([r["version"] for r in entry["rounds"] if r["status"] == "frozen"], _run_ids())
+    model_cards(profile, run_name, manifest, domain, cat)
     for r in entry["rounds"]:
         log.info("%s round %d: %s, val loss %.4f -> %.4f (%s)", domain, r["round"], r["status"],
                  r["loss_before"], r["loss_after"], r["reason"])
@@ -77,6 +86,18 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
         {k: r[k] for k in ("round", "stack_id", "status", "loss_before", "loss_after", "version")}
         for r in entry["rounds"]], "stop_reason": entry.get("stop_reason"),
         "reused_from": entry.get("reused_from")}
+
+
+def model_cards(profile, run_name: str, manifest: dict, domain: str, catalog: Catalog) -> list[dict]:
+    """Write each frozen stack's model card beside its file and show it as a markdown artifact."""
+    from brainstacks_core.reporting.model_card import write_model_cards
+
+    cards = write_model_cards(profile.name, run_name, manifest, domain, catalog)
+    for card in cards:
+        markdown_artifact(artifact_key("model-card", profile.name, run_name, card["stack_id"]), card["markdown"],
+                          description=f"Model card of stack {card['stack_id']} ({profile.name}/{run_name}), "
+                                      f"also at {card['path']}")
+    return cards
 
 
 @task(name="experiment-1")
@@ -99,7 +120,12 @@ def report_task(config_path: str, artifact_root: str | None, run_names: list[str
 
 @task(name="run-summary")
 def run_summary_task(config_path: str, artifact_root: str | None, run_name: str) -> dict:
-    """One run's round table and forgetting matrix (markdown + heatmap PNG)."""
+    """One run's round table and forgetting matrix (markdown + PNGs), and a table artifact of its stacks."""
     from brainstacks_core.reporting.report import run_summary
 
-    return run_summary(load_profile(config_path, artifact_root), run_name)
+    profile = load_profile(config_path, artifact_root)
+    summary = run_summary(profile, run_name)
+    table_artifact(artifact_key("stacks", profile.name, run_name), summary["stacks"],
+                   description=f"Stacks trained in run {profile.name}/{run_name}: domain, round, status (frozen or "
+                               f"discarded), validation loss before/after, catalog version")
+    return summary

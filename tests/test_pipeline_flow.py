@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,21 @@ def test_pipeline_flow_end_to_end(harness, tmp_path):
     assert stacks and all(s["flow_run_id"] for s in stacks)
     rep = cat.latest("report://mini")
     assert rep is not None and {a["kind"] for a in cat.upstream(rep["version"])} >= {"stack", "dataset", "base"}
+    # the report artifact shows every plot inline (PNG data URIs), not as a path the browser cannot reach
+    from test_training_artifacts import _artifacts
+
+    ui = _artifacts(["report-mini"])["report-mini"].data
+    names = re.findall(r"!\[([\w-]+)\]\(data:image/png;base64,", ui)
+    assert sorted(names) == sorted(Path(p).stem for p in report["plots"]) and ".png" not in ui
+    # OpenLineage: the pipeline run and its subflows, each subflow naming the pipeline run as its parent
+    events = [json.loads(x) for x in (store / "lineage" / "openlineage.jsonl").read_text().splitlines()]
+    top = [e for e in events if e["job"]["name"] == "brainstacks-pipeline"]
+    assert [e["eventType"] for e in top] == ["START", "COMPLETE"]
+    subs = [e for e in events if e["job"]["name"] != "brainstacks-pipeline"]
+    assert {e["job"]["name"] for e in subs} == {"prepare-data", "continual-training", "train-router"}
+    assert all(e["run"]["facets"]["parent"]["run"]["runId"] == top[0]["run"]["runId"] for e in subs)
+    assert {"report://mini", "eval://mini/experiment1"} <= {d["name"] for d in top[1]["outputs"]}
+
     # running it again recomputes nothing: same stacks, same report version
     again = brainstacks_pipeline(config_path=str(cfg), artifact_root=str(root))
     assert again["markdown"] == md

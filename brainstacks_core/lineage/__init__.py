@@ -1,8 +1,11 @@
-"""Lineage: the DuckDB catalog and content versions.
+"""Lineage: the DuckDB catalog, content versions and their OpenLineage export.
 
 What belongs here: the catalog of artifacts, edges, row membership, metrics and
-events (``catalog``) and content/code/config versions (``versioning``).
+events (``catalog``), content/code/config versions (``versioning``), the
+``lineage:`` profile section (``config``) and OpenLineage run events built from the
+catalog (``openlineage``; the locked JSONL file and reading it back: ``openlineage_io``).
 
-What it may import: duckdb, pandas and ``files``; nothing else of the core, so
-every other subpackage (except ``stacks``, which stands alone) may record lineage.
+What it may import: duckdb, pandas, pydantic, openlineage-python and ``files``;
+nothing else of the core, so every other subpackage (except ``stacks``, which
+stands alone) may record lineage.
 """

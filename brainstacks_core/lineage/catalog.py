@@ -6,7 +6,8 @@ Tables:
     edges      input version -> output version
     members    which record_ids (from which source rows) are in a dataset version
     metrics    named values per version (losses, forgetting matrix entries)
-    events     every time a version is recorded or re-used
+    events     every time a version is recorded or re-used (``created``/``used``), or read by a run
+               without being recorded (``read``)
     eval_scores  one harness request's result per key (model identity + request), never computed twice
     eval_items   per-item benchmark results of an eval version (task, mode, doc, choice scores, metrics)
 
@@ -201,6 +202,37 @@ class Catalog:
             con.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
                         [version, "created" if exists is None else "used", now,
                          run_ids.get("flow_run_id"), run_ids.get("task_run_id")])
+
+    def record_reads(self, versions: Sequence[str], run_ids: dict | None) -> None:
+        """Log a ``read`` event per version under the run's ids (what a run used without recording it).
+
+        Idempotent per run: a version already read by the same flow run is not logged twice.
+        """
+        run_ids = run_ids or {}
+        wanted = [v for v in dict.fromkeys(versions) if v]
+        if not wanted or not run_ids.get("flow_run_id"):
+            return
+        now = _now()
+        with self._transaction() as con:
+            for v in wanted:
+                con.execute("INSERT INTO events SELECT ?, 'read', ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM events "
+                            "WHERE version = ? AND event = 'read' AND flow_run_id = ?)",
+                            [v, now, run_ids["flow_run_id"], run_ids.get("task_run_id"), v, run_ids["flow_run_id"]])
+
+    def run_artifacts(self, flow_run_ids: Sequence[str]) -> list[dict]:
+        """Every artifact a flow run recorded or read, with ``events`` (set of event names) and ``inputs``.
+
+        ``inputs`` are the artifact's direct input versions (edges), whichever run recorded them.
+        """
+        ids = [str(i) for i in flow_run_ids if i]
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        rows = self._query(f"SELECT {', '.join('a.' + c for c in _ART_COLS)}, LIST(DISTINCT e.event), "
+                           f"(SELECT LIST(input_version ORDER BY input_version) FROM edges "
+                           f"WHERE output_version = a.version) FROM events e JOIN artifacts a ON a.version = "
+                           f"e.version WHERE e.flow_run_id IN ({marks}) GROUP BY ALL ORDER BY a.uri, a.version", ids)
+        return [{**_row(_ART_COLS, r[:-2]), "events": set(r[-2]), "inputs": list(r[-1] or [])} for r in rows]
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._connect(write=False) as con:

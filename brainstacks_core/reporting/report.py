@@ -54,17 +54,31 @@ def experiment1_summary(result: dict) -> str:
         f"Wall time: MoE-LoRA {moe['seconds']:.1f} s, single LoRA {lora['seconds']:.1f} s."])
 
 
+def stack_rows(manifest: dict) -> list[dict]:
+    """One row per trained round (frozen or discarded): domain, round, status, val losses, version, stack id."""
+    return [{"domain": dom, "round": r["round"], "status": r["status"],
+             "val_loss_before": round(float(r["loss_before"]), 4), "val_loss": round(float(r["loss_after"]), 4),
+             "version": r.get("version"), "stack_id": r["stack_id"],
+             "reused_from": manifest["domains"][dom].get("reused_from")}
+            for dom in manifest["domains_order"] for r in manifest["domains"].get(dom, {}).get("rounds", [])]
+
+
 def run_summary(profile: Profile, run_name: str) -> dict:
-    """One run's rounds and forgetting matrix as markdown, plus its heatmap PNG."""
+    """One run's rounds and forgetting matrix as markdown, its heatmap and round-loss PNGs, and its stacks.
+
+    Returns:
+        ``{"markdown", "plot" (the heatmap), "plots" (heatmap, round losses), "stacks" (:func:`stack_rows`)}``.
+    """
     from brainstacks_core.reporting import plots
 
     label = RUN_LABELS.get(run_name, run_name)
     m = _manifest(profile, run_name)
     png = plots.plot_forgetting({label: m}, profile.store / "reports" / f"forgetting-{run_name}.png")
+    rounds = plots.plot_round_losses(m, profile.store / "reports" / f"rounds-{run_name}.png")
     md = "\n".join([f"# Continual training `{profile.name}` / `{run_name}`", "", "## Rounds", "", round_table(m), "",
                     "## Forgetting matrix (held-out test loss)", "", plots.forgetting_table({label: m}), "",
-                    f"Heatmap: {png}"])
-    return {"markdown": md, "plot": str(png)}
+                    f"Plots: {png}, {rounds}"])
+    return {"markdown": md, "plot": str(png), "plots": [str(png), str(rounds)], "stacks": stack_rows(m)}
 
 
 def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
