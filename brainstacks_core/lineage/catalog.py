@@ -10,6 +10,8 @@ Tables:
                without being recorded (``read``)
     eval_scores  one harness request's result per key (model identity + request), never computed twice
     eval_items   per-item benchmark results of an eval version (task, mode, doc, choice scores, metrics)
+    oracle_losses  one routing-oracle loss per (prompt, combination) key
+    (the three cache tables' methods are in :mod:`brainstacks_core.lineage.cache_tables`)
 
 DuckDB allows one read-write process at a time, so every operation opens its own
 connection and closes it at once (no lock is held between calls). A lock conflict
@@ -25,12 +27,13 @@ import json
 import logging
 import random
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import duckdb
 import pandas as pd
+
+from brainstacks_core.lineage.cache_tables import CacheTables, _now
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +61,11 @@ CREATE TABLE IF NOT EXISTS oracle_losses (key VARCHAR PRIMARY KEY, record_id VAR
 """
 _ART_COLS = ["version", "uri", "kind", "path", "sha256", "code_version", "config_hash", "created_at",
              "last_used_at", "flow_run_id", "task_run_id", "metadata"]
-_EVAL_ITEM_COLS = ["task", "task_version", "mode", "identity", "doc_id", "doc_hash", "target", "filter", "scores",
-                   "metrics"]
 _MEMBER_COLS = ["record_id", "source_uri", "source_version", "source_row_key", "split", "origin_domain"]
 
 
 class CatalogLockedError(RuntimeError):
     """Another process held the catalog's write lock for longer than the timeout."""
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -83,7 +80,7 @@ def _row(cols: Sequence[str], values: Sequence[Any]) -> dict:
     return out
 
 
-class Catalog:
+class Catalog(CacheTables):
     """A DuckDB lineage catalog.
 
     Args:
@@ -352,81 +349,3 @@ class Catalog:
         cols = ["version", "event", "event_at", "flow_run_id", "task_run_id"]
         return [dict(zip(cols, r)) for r in self._query(
             f"SELECT {', '.join(cols)} FROM events WHERE version = ? ORDER BY event_at", [version])]
-
-    # ------------------------------------------------------------ evaluation
-    def eval_scores(self, keys: Sequence[str]) -> dict[str, str]:
-        """Stored request results (JSON text) for those of ``keys`` already scored."""
-        if not keys:
-            return {}
-        with self._connect(write=False) as con:
-            if con is None:
-                return {}
-            try:
-                con.register("wanted_keys", pd.DataFrame({"key": list(dict.fromkeys(keys))}))
-                rows = con.execute("SELECT s.key, s.value FROM eval_scores s JOIN wanted_keys w ON s.key = w.key"
-                                   ).fetchall()
-            except duckdb.CatalogException:  # file exists but has no schema yet
-                return {}
-        return dict(rows)
-
-    def record_eval_scores(self, rows: pd.DataFrame) -> None:
-        """Store request results (columns key, kind, value); keys already present are kept."""
-        if rows.empty:
-            return
-        frame = rows[["key", "kind", "value"]].drop_duplicates("key").astype(object).assign(created_at=_now())
-        with self._transaction() as con:
-            con.register("incoming_scores", frame)
-            con.execute("INSERT INTO eval_scores SELECT key, kind, value, created_at FROM incoming_scores "
-                        "ON CONFLICT DO NOTHING")
-            con.unregister("incoming_scores")
-
-    def record_eval_items(self, eval_version: str, rows: pd.DataFrame) -> None:
-        """Replace the per-item results of an eval version (one bulk insert).
-
-        Args:
-            eval_version: The eval result's version.
-            rows: Columns task, task_version, mode, identity, doc_id, doc_hash, target, filter, scores, metrics.
-        """
-        cols = _EVAL_ITEM_COLS
-        frame = rows[cols].astype(object).assign(eval_version=eval_version, recorded_at=_now())
-        with self._transaction() as con:
-            con.register("incoming_items", frame)
-            con.execute("DELETE FROM eval_items WHERE eval_version = ?", [eval_version])
-            con.execute(f"INSERT INTO eval_items (eval_version, {', '.join(cols)}, recorded_at) "
-                        f"SELECT eval_version, {', '.join(cols)}, recorded_at FROM incoming_items")
-            con.unregister("incoming_items")
-
-    def eval_items(self, eval_version: str) -> pd.DataFrame:
-        """The per-item results of an eval version (scores and metrics as JSON text)."""
-        cols = _EVAL_ITEM_COLS
-        rows = self._query(f"SELECT {', '.join(cols)} FROM eval_items WHERE eval_version = ? "
-                           "ORDER BY task, mode, doc_id", [eval_version])
-        return pd.DataFrame(rows, columns=cols)
-
-    # ------------------------------------------------------------ routing oracle
-    def oracle_losses(self, keys: Sequence[str]) -> dict[str, float]:
-        """Cached oracle losses for those of ``keys`` already computed (``{key: loss}``)."""
-        if not keys:
-            return {}
-        with self._connect(write=False) as con:
-            if con is None:
-                return {}
-            try:
-                con.register("wanted_oracle", pd.DataFrame({"key": list(dict.fromkeys(keys))}))
-                rows = con.execute("SELECT o.key, o.loss FROM oracle_losses o JOIN wanted_oracle w "
-                                   "ON o.key = w.key").fetchall()
-            except duckdb.CatalogException:  # file exists but has no schema yet
-                return {}
-        return {k: float(v) for k, v in rows}
-
-    def record_oracle_losses(self, rows: pd.DataFrame) -> None:
-        """Store oracle losses (columns key, record_id, combo, loss, tokens); present keys are kept."""
-        if rows.empty:
-            return
-        frame = rows[["key", "record_id", "combo", "loss", "tokens"]].drop_duplicates("key").assign(
-            created_at=_now())
-        with self._transaction() as con:
-            con.register("incoming_oracle", frame)
-            con.execute("INSERT INTO oracle_losses SELECT key, record_id, combo, loss, tokens, created_at "
-                        "FROM incoming_oracle ON CONFLICT DO NOTHING")
-            con.unregister("incoming_oracle")
