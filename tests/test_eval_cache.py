@@ -33,8 +33,8 @@ from brainstacks_core.profile import ProfileError, load_profile
 from brainstacks_core.stacks.inject import remove_stack
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = EvalConfig(tasks=("demo_math", "demo_medical"), limit=6, demo_items=8, bootstrap_iters=20)
-# "How many ..." questions go to the math stack, every other prompt to the medical stack.
+CFG = EvalConfig(tasks=("demo_math",), limit=6, demo_items=8, bootstrap_iters=20)
+# "How many ..." questions (5 of the first 6) go to the math stack, every other prompt to the medical stack.
 ROUTER = FixedRouter(["math", "medical"], {"medical": 1.0}, rules=[("How", {"math": 1.0})])
 
 
