@@ -6,7 +6,8 @@
   (the cache keys each request by the stacks that are on for it), and the reused
   scores equal a fresh evaluation's;
 * GSM8K answers are extracted by the harness's own filters of ``tasks/gsm8k.yaml``
-  (strict-match and flexible-extract) and scored by its exact_match;
+  (strict-match and flexible-extract) and scored by its exact_match; its 5 shots are
+  the same on every run (seeded), so a re-run hits the cache;
 * an unknown mode or task is named in the error (core, profile, CLI).
 """
 
@@ -123,13 +124,20 @@ PLANTED = {
 }
 
 
-def test_gsm8k_extraction_uses_the_harness_filters_of_the_task_yaml(tmp_path):
+def _gsm8k_files(tmp_path: Path) -> Path:
+    """``gsm8k/test.jsonl`` (the PLANTED questions) and ``gsm8k/train.jsonl`` (20 rows the 5 shots come from)."""
     data = tmp_path / "data" / "gsm8k"
     data.mkdir(parents=True)
-    rows = "".join(json.dumps({"question": q, "answer": a[0]}) + "\n" for q, a in PLANTED.items())
-    (data / "test.jsonl").write_text(rows)
-    (data / "train.jsonl").write_text(rows.replace("Q", "Shot "))  # 5-shot examples come from train
-    spec = task_spec("gsm8k", EvalConfig(), tmp_path / "data", tmp_path / "converted")
+    (data / "test.jsonl").write_text("".join(json.dumps({"question": q, "answer": a[0]}) + "\n"
+                                             for q, a in PLANTED.items()))
+    (data / "train.jsonl").write_text("".join(json.dumps({"question": f"Shot {i}: what is {i} + 1?",
+                                                          "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}) + "\n"
+                                              for i in range(20)))
+    return data.parent
+
+
+def test_gsm8k_extraction_uses_the_harness_filters_of_the_task_yaml(tmp_path):
+    spec = task_spec("gsm8k", EvalConfig(), _gsm8k_files(tmp_path), tmp_path / "converted")
     assert {f["name"] for f in spec.config["filter_list"]} == {"strict-match", "flexible-extract"}
     lm = PlantedGenerations({q: a[1] for q, a in PLANTED.items()})
     out = evaluator.evaluate(lm, get_task_dict([spec.config], TaskManager(include_defaults=False)),
@@ -146,6 +154,24 @@ def test_gsm8k_extraction_uses_the_harness_filters_of_the_task_yaml(tmp_path):
     rows = R.item_rows(spec, {"mode": "base", "id": "x"}, out, lm)
     flex = rows[rows["filter"] == "flexible-extract"]
     assert sorted(json.loads(s)["extracted"] for s in flex["scores"]) == sorted(a[3] for a in PLANTED.values())
+
+
+def test_few_shot_contexts_are_the_same_on_every_run(tmp_path):
+    """GSM8K's 5 shots are sampled with the harness's fixed seed, so a re-run hits the cache."""
+    _, model, tok = stacked()
+    cat = Catalog(tmp_path / "catalog.duckdb")
+    cfg = EvalConfig(tasks=("gsm8k",), modes=("base",), max_gen_toks=4, bootstrap_iters=10)
+    data = _gsm8k_files(tmp_path)
+
+    def run():
+        return evaluate_model(model, tok, cfg, profile_name="t", run_name="r", store=tmp_path / "store",
+                              data_dir=data, base_fingerprint="b", stack_versions=VERSIONS, catalog=cat,
+                              progress=False)
+
+    first = run()
+    assert first["computed"] == len(PLANTED)
+    again = run()
+    assert again["computed"] == 0 and _scores(again) == _scores(first)
 
 
 def test_an_unknown_mode_or_task_is_named(tmp_path, capsys):

@@ -54,6 +54,22 @@ def quiet_harness(enabled: bool = True) -> Iterator[None]:
         logger.setLevel(level)
 
 
+def seeded(task_dict: dict) -> dict:
+    """Fix each task's few-shot sampler to the harness's default seed (what ``simple_evaluate`` does).
+
+    ``evaluator.evaluate`` alone leaves the sampler unseeded: GSM8K's five shots would
+    differ per run, and so would its contexts, its scores and its cache keys.
+    """
+    from lm_eval.defaults import DEFAULT_OTHER_SEED
+
+    for task in task_dict.values():
+        if hasattr(task, "set_fewshot_seed"):
+            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+        elif isinstance(task, dict):
+            seeded(task)
+    return task_dict
+
+
 def register_benchmarks(specs: Sequence[TaskSpec], profile_name: str, catalog) -> list[str]:
     """Each task's data files as ``benchmark://<profile>/<task>/<split>`` artifacts; returns their versions."""
     versions = []
@@ -132,7 +148,7 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
             for spec in specs:
                 bar.set_postfix_str(f"{mode}/{spec.name}")
                 n = limit if limit is not None else cfg.limit_for(spec.name)
-                out = evaluator.evaluate(lm, get_task_dict([spec.config], manager), limit=n,
+                out = evaluator.evaluate(lm, seeded(get_task_dict([spec.config], manager)), limit=n,
                                          bootstrap_iters=cfg.bootstrap_iters, log_samples=True)
                 rows = R.item_rows(spec, identities[mode], out, lm)
                 items[spec.name][mode] = rows
