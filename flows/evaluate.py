@@ -21,6 +21,7 @@ from prefect import flow  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from brainstacks_core.evaluation.config import MODES  # noqa: E402
+from brainstacks_core.evaluation.record import counts_line  # noqa: E402
 from brainstacks_core.evaluation.suite import GROUPS, available, check_request  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
@@ -76,5 +77,5 @@ def cli_eval(args: argparse.Namespace) -> int:
         print(f"brainstacks eval: {exc}", file=sys.stderr)
         return 1
     print(out["markdown"])
-    print(f"\nresults: {out['results']}\nplot: {out['plot']}")
+    print(f"\n{counts_line(out['per_mode'])}\nresults: {out['results']}\nplot: {out['plot']}")
     return 0

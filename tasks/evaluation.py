@@ -16,6 +16,7 @@ from typing import Callable
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from brainstacks_core.evaluation.record import counts_line
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 from tasks.progress import artifact_key
@@ -73,8 +74,7 @@ def evaluate_task(config_path: str, artifact_root: str | None, run_name: str = "
     for mode, why in out["skipped"].items():
         log.warning("%s skipped: %s", mode, why)
     if out["version"] is not None:
-        log.info("eval %s: %d requests computed, %d from the cache; %s", out["version"], out["computed"],
-                 out["reused"], out["results"])
+        log.info("eval %s: %s %s", out["version"], counts_line(out["per_mode"]), out["results"])
         create_markdown_artifact(key=artifact_key("eval-report", profile.name, run_name),
                                  markdown=with_plot(out["markdown"], out["plot"]),
                                  description=f"{title}: scores ± stderr, paired tests, MDD, plot")

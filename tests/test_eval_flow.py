@@ -107,7 +107,7 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     # 3. a re-run scores nothing
     again = evaluate(config_path=str(cfg), artifact_root=str(art))
     assert again["computed"] == 0 and again["per_mode"]["routed"]["routes_computed"] == 0
-    assert again["version"] == first["version"]
+    assert again["version"] == first["version"] and again["markdown"] == first["markdown"]
 
     # 4. a bad request is named before the task starts
     with pytest.raises(ValueError, match="unknown eval mode 'fast'"):

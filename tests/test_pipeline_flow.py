@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from test_training_run import _mini_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,11 +20,16 @@ def test_pipeline_flow_end_to_end(harness, tmp_path):
     from flows.pipeline import brainstacks_pipeline
 
     cfg = _mini_profile(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())  # demo's eval section, fewer items
+    raw["eval"].update(tasks=["demo_math", "demo_gsm8k"], limit=8, task_limits={"demo_gsm8k": 4})
+    cfg.write_text(yaml.safe_dump(raw))
     root = tmp_path / "artifacts"
     report = brainstacks_pipeline(config_path=str(cfg), artifact_root=str(root))
     md = report["markdown"]
     assert "## Rounds (null space)" in md and "## Rounds (no null space)" in md
     assert "Forgetting matrix" in md and "Experiment 1" in md
+    assert "## Benchmark evaluation" in md and "| demo_math | acc | 8 |" in md and "| ungated | routed |" in md
+    assert any(p.endswith("scores.png") for p in report["plots"])
     for p in report["plots"]:
         data = Path(p).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, p

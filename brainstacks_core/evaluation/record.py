@@ -60,7 +60,8 @@ def record_evaluation(cfg: EvalConfig, *, profile_name: str, run_name: str, out_
 
     Returns:
         ``{"version", "markdown", "plot", "results", "summary", "comparisons", "computed", "reused",
-        "per_mode", "skipped"}``.
+        "per_mode", "skipped"}``; the markdown is the same on a re-run (what each call computed is in
+        ``per_mode``, :func:`counts_line` and the log, not in the table).
     """
     computed = sum(c["computed"] for c in per_mode.values())
     reused = sum(c["reused"] for c in per_mode.values())
@@ -70,8 +71,7 @@ def record_evaluation(cfg: EvalConfig, *, profile_name: str, run_name: str, out_
                     "Scores ± the harness's standard errors; `acc_mean_per_token (paper's score)` is the paper's "
                     "mean per-token log-likelihood choice, tokenizer-dependent and comparable with nothing "
                     "outside this repository.", "", table, "",
-                    *[f"Mode `{m}` skipped: {why}." for m, why in skipped.items()], counts_line(per_mode),
-                    f"Plot: {plot}"])
+                    *[f"Mode `{m}` skipped: {why}." for m, why in skipped.items()], f"Plot: {plot}"])
     atomic_write_text(out_dir / "table.md", md)
     doc = {"version": version, "profile": profile_name, "run": run_name, "modes": modes, "skipped": skipped,
            "identities": identities, "tasks": {s.name: {"version": s.version, "limit": limits[s.name]} for s in specs},
@@ -89,6 +89,6 @@ def record_evaluation(cfg: EvalConfig, *, profile_name: str, run_name: str, out_
                                               "reused": reused, "skipped": skipped,
                                               "table": str(out_dir / "table.md")},
                                     run_ids=run_ids)
-    log.info("eval %s: %d requests computed, %d reused; %s", version, computed, reused, res_path)
+    log.info("eval %s: %s %s", version, counts_line(per_mode), res_path)
     return {"version": version, "markdown": md, "plot": str(plot), "results": str(res_path), "summary": summary,
             "comparisons": comps, "computed": computed, "reused": reused, "per_mode": per_mode, "skipped": skipped}
