@@ -9,6 +9,7 @@
    benchmark versions upstream.
 3. A re-run of the flow scores nothing (no request, no routing decision computed).
 4. A bad mode is named by the flow before its task starts.
+5. A router trained on other stack versions than the run now has is not used for routed mode.
 """
 
 from __future__ import annotations
@@ -112,3 +113,12 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     # 4. a bad request is named before the task starts
     with pytest.raises(ValueError, match="unknown eval mode 'fast'"):
         evaluate(config_path=str(cfg), artifact_root=str(art), modes=["base", "fast"])
+
+    # 5. after a retrain (other stack versions), the old router is not used
+    from brainstacks_core.evaluation.run import load_run, run_router
+
+    run = load_run(profile, "main", cat)
+    assert run_router(profile, "main", run, cat)[0] is not None
+    retrained = {**run, "stack_versions": {**run["stack_versions"], next(iter(run["stack_versions"])): "v-new"}}
+    router, why = run_router(profile, "main", retrained, cat)
+    assert router is None and "trained on other stack versions" in why and "train-router" in why
