@@ -1,5 +1,6 @@
 """``brainstacks eval`` and the ``evaluate`` flow on a tiny trained run (issue 11): the paths users take.
 
+0. Before training: ``--mode base`` scores the base alone; ungated says to train first.
 1. The real CLI before the router trains: base and ungated scored, routed skipped
    with the reason; the table with standard errors, paired tests, MDD, plot path.
 2. The meta-router trains; the ``evaluate`` flow (prefect_test_harness) scores routed
@@ -69,6 +70,14 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     profile = load_profile(cfg, artifact_root=art)
     cat = Catalog(profile.catalog_path)
     prepare_all(profile, catalog=cat)
+
+    # 0. before training: base mode scores the base alone; other modes say what to run first
+    common = ["eval", "--config", str(cfg), "--artifact-root", str(art), "--tasks", "demo_math", "--limit", "2"]
+    assert main([*common, "--mode", "base"]) == 0
+    assert "| demo_math | acc | 2 | " in capsys.readouterr().out
+    assert main([*common, "--mode", "base,ungated"]) == 1
+    assert "has not trained yet" in capsys.readouterr().err
+
     train_profile(profile, catalog=cat)
 
     # 1. the CLI, before any router exists
