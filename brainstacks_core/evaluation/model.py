@@ -22,7 +22,10 @@ harness's code. It adds two things around HFLM's ``loglikelihood`` and
   so a re-run does not run the router's feature forwards either.
 
 Memory: the cache lives in DuckDB, not in RAM beyond one harness call's results
-(a few floats per request); nothing grows with tokens seen. Grouping adds no
+(a few floats per request); nothing grows with tokens seen. On disk a score row
+is ~100 bytes (32-char key, kind, ``[loglikelihood, greedy]`` JSON; a generation
+its text), a routing row ~350 bytes at 10 stacks (``{stack_id: weight}`` JSON),
+independent of model shape: Gemma-3-12B rows are the size of tiny-model rows. Grouping adds no
 buffers: at Gemma-3-12B shapes (hidden 3840, 48 layers, 262k vocab, 10 stacks)
 one forward of a batch of 8 x 2,048 tokens holds HFLM's usual logits (8 x 2,048
 x 262k fp32 = 17 GB, which is why HFLM slices them to the continuation) and

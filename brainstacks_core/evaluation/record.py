@@ -1,6 +1,7 @@
 """Where an evaluation's results go: table, plot, results JSON, per-item rows and the catalog artifact.
 
-What belongs here: :func:`record_evaluation`, called by
+What belongs here: :func:`register_benchmarks` (each task's data files as
+``benchmark://`` artifacts) and :func:`record_evaluation`, called by
 :func:`~brainstacks_core.evaluation.run.evaluate_model` once every (mode, task)
 pair is scored. Files go to ``<store>/eval/<run>/<version>/`` (``table.md``,
 ``scores.png``, ``results.json``); per-item rows to the catalog's ``eval_items``;
@@ -22,10 +23,25 @@ import pandas as pd
 
 from brainstacks_core.evaluation import results as R
 from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.evaluation.suite import TaskSpec
 from brainstacks_core.files import atomic_write_json, atomic_write_text, sha256_file
 from brainstacks_core.lineage.versioning import code_version, config_hash
 
 log = logging.getLogger(__name__)
+
+
+def register_benchmarks(specs: Sequence[TaskSpec], profile_name: str, catalog) -> list[str]:
+    """Each task's data files as ``benchmark://<profile>/<task>/<split>`` artifacts; returns their versions."""
+    versions = []
+    for spec in specs:
+        for split, (path, version) in spec.data.items():
+            if catalog is not None:
+                catalog.record_artifact(uri=f"benchmark://{profile_name}/{spec.name}/{split}", version=version,
+                                        kind="benchmark", path=str(path), sha256=sha256_file(path),
+                                        code_version=code_version(), config_hash=None,
+                                        metadata={"task_version": spec.version})
+            versions.append(version)
+    return versions
 
 
 def counts_line(per_mode: dict) -> str:

@@ -12,76 +12,23 @@ table and a plot are written to ``<store>/eval/<run>/<version>/``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
 from brainstacks_core.evaluation import results as R
 from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.evaluation.harness import quiet_harness, seeded
 from brainstacks_core.evaluation.model import BrainstacksLM
-from brainstacks_core.evaluation.record import record_evaluation
+from brainstacks_core.evaluation.record import record_evaluation, register_benchmarks
 from brainstacks_core.evaluation.routing import Router
-from brainstacks_core.evaluation.suite import TaskSpec, check_request, task_specs
-from brainstacks_core.files import sha256_file
-from brainstacks_core.lineage.versioning import code_version, content_hash
+from brainstacks_core.evaluation.suite import check_request, task_specs
+from brainstacks_core.lineage.versioning import content_hash
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def quiet_harness(enabled: bool = True) -> Iterator[None]:
-    """Under our own progress bar: hide the harness's per-task "building contexts" bars and its
-    warnings about a model passed as an instance (restored after the block)."""
-    if not enabled:
-        yield
-        return
-    from functools import partial
-
-    import lm_eval.api.task as harness_task
-
-    logger = logging.getLogger("lm_eval")
-    bar, level = harness_task.tqdm, logger.level
-    harness_task.tqdm = partial(bar, disable=True)
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        harness_task.tqdm = bar
-        logger.setLevel(level)
-
-
-def seeded(task_dict: dict) -> dict:
-    """Fix each task's few-shot sampler to the harness's default seed (what ``simple_evaluate`` does).
-
-    ``evaluator.evaluate`` alone leaves the sampler unseeded: GSM8K's five shots would
-    differ per run, and so would its contexts, its scores and its cache keys.
-    """
-    from lm_eval.defaults import DEFAULT_OTHER_SEED
-
-    for task in task_dict.values():
-        if hasattr(task, "set_fewshot_seed"):
-            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
-        elif isinstance(task, dict):
-            seeded(task)
-    return task_dict
-
-
-def register_benchmarks(specs: Sequence[TaskSpec], profile_name: str, catalog) -> list[str]:
-    """Each task's data files as ``benchmark://<profile>/<task>/<split>`` artifacts; returns their versions."""
-    versions = []
-    for spec in specs:
-        for split, (path, version) in spec.data.items():
-            if catalog is not None:
-                catalog.record_artifact(uri=f"benchmark://{profile_name}/{spec.name}/{split}", version=version,
-                                        kind="benchmark", path=str(path), sha256=sha256_file(path),
-                                        code_version=code_version(), config_hash=None,
-                                        metadata={"task_version": spec.version})
-            versions.append(version)
-    return versions
 
 
 def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_name: str, store: Path,
