@@ -131,3 +131,31 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     retrained = {**run, "stack_versions": {**run["stack_versions"], next(iter(run["stack_versions"])): "v-new"}}
     router, why = run_router(profile, "main", retrained, cat)
     assert router is None and "trained on other stack versions" in why and "train-router" in why
+
+
+def test_evaluate_form_and_deployments():
+    """The Prefect form offers profiles, modes and tasks with a description per field; every evaluate-*
+    deployment points at an existing profile, and the triggered ones follow their profile's route-* run."""
+    from prefect.utilities.callables import parameter_schema
+
+    from brainstacks_core.evaluation.suite import available
+    from flows.evaluate import evaluate
+    from flows.params import PROFILES
+
+    props = parameter_schema(evaluate).model_dump()["properties"]
+    assert props["config_path"]["enum"] == PROFILES
+    assert all(p.get("description") for p in props.values()), [k for k, p in props.items() if not p.get("description")]
+    assert props["modes"]["anyOf"][0]["items"]["enum"] == ["base", "ungated", "routed"]
+    assert set(props["tasks"]["anyOf"][0]["items"]["enum"]) == {*available(), "mmlu_medical", "demo"}
+
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    evals = {n: d for n, d in deployments.items() if n.startswith("evaluate-")}
+    assert set(evals) == {"evaluate-demo", "evaluate-shared", "evaluate-tinyllama-paper", "evaluate-gemma3-12b-paper"}
+    for name, d in evals.items():
+        assert d["entrypoint"] == "flows/evaluate.py:evaluate"
+        profile = load_profile(ROOT / d["parameters"]["config_path"])
+        assert name == f"evaluate-{profile.name}" and profile.eval.tasks
+        for trigger in d.get("triggers", []):
+            after = trigger["match_related"]["prefect.resource.name"]
+            assert after == f"route-{profile.name}" and after in deployments
+            assert trigger["expect"] == ["prefect.flow-run.Completed"]
