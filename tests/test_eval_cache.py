@@ -8,7 +8,7 @@
 * GSM8K answers are extracted by the harness's own filters of ``tasks/gsm8k.yaml``
   (strict-match and flexible-extract) and scored by its exact_match; its 5 shots are
   the same on every run (seeded), so a re-run hits the cache;
-* an unknown mode or task is named in the error (core, profile, CLI).
+* an unknown mode or task is named in the error (core; CLI, also for a typo in the profile).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from brainstacks_core.evaluation.run import evaluate_model
 from brainstacks_core.evaluation.suite import task_spec
 from brainstacks_core.evaluation.task_data import demo_docs
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.profile import ProfileError, load_profile
 from brainstacks_core.stacks.inject import remove_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,18 +180,23 @@ def test_an_unknown_mode_or_task_is_named(tmp_path, capsys):
             evaluate_model(model, tok, CFG, profile_name="t", run_name="r", store=tmp_path, data_dir=tmp_path,
                            base_fingerprint="b", stack_versions=VERSIONS, progress=False, **kw)
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    raw["eval"]["tasks"] = ["demo_math", "arc_easyy"]
+    raw["eval"]["tasks"] = ["demo_math", "arc_easyy"]  # a typo in the profile
     (tmp_path / "configs").mkdir()
     bad = tmp_path / "configs" / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ProfileError, match=r"eval\.tasks: .*'arc_easyy'"):
-        load_profile(bad)
 
     from flows.cli import main
 
-    for args, name in ((["--tasks", "demo_math,nope"], "'nope'"), (["--mode", "base,fast"], "'fast'")):
-        assert main(["eval", "--config", str(ROOT / "configs" / "demo.yaml"), *args]) == 2
+    demo = str(ROOT / "configs" / "demo.yaml")
+    for args, name in (([demo, "--tasks", "demo_math,nope"], "'nope'"), ([demo, "--mode", "base,fast"], "'fast'"),
+                       ([str(bad)], "'arc_easyy'")):
+        assert main(["eval", "--config", *args]) == 2
         assert name in capsys.readouterr().err
+    from flows.pipeline import brainstacks_pipeline
+
+    with pytest.raises(ValueError, match="'arc_easyy'"):  # `brainstacks run` stops before preparing any data
+        brainstacks_pipeline.fn(config_path=str(bad), artifact_root=str(tmp_path / "art"))
+    assert not (tmp_path / "art").exists()
     with pytest.raises(SystemExit):
         main(["eval", "--limit", "0"])
     assert "positive integer" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["base", "ungated", "routed"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -48,13 +48,6 @@ class EvalConfig(BaseModel):
     power: float = Field(0.8, gt=0, lt=1, description="Power at which the minimum detectable difference is "
                                                       "computed.")
     demo_items: int = Field(60, ge=4, description="Items per generated demo task.")
-
-    @field_validator("tasks", "task_limits", "num_fewshot")
-    def _known_tasks(cls, value):
-        from brainstacks_core.evaluation.suite import check_request
-
-        check_request((), list(value))
-        return value
 
     def limit_for(self, task: str) -> int | None:
         """Items scored for ``task``: ``task_limits[task]``, else ``limit``."""
