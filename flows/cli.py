@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                             "evaluation of a trained run"),
     "generate": ("flows.generate:cli_generate", "routed answer from a trained run: routing weights, the stacks "
                                                 "loaded, the streamed answer, the stack store's hits and misses"),
+    "eval": ("flows.evaluate:cli_eval", "benchmark evaluation of a trained run on lm-evaluation-harness: base, "
+                                        "ungated and routed modes, cached per request"),
     "audit": ("flows.audit:cli_audit", "lineage: which data went into an artifact, which artifacts hold a record"),
     "plan": ("flows.maintenance:cli_plan", "what a training run would retrain and why (which version changed)"),
     "repair": ("flows.maintenance:cli_repair", "re-verify a run folder, drop a broken round and what follows, "
@@ -36,6 +38,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_PROFILE, help=f"profile YAML (default: {DEFAULT_PROFILE})")
     p.add_argument("--artifact-root", default=None, help="override the profile's artifact_root")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _add_eval(sub) -> None:
+    from brainstacks_core.evaluation.suite import GROUPS, available
+
+    p = sub.add_parser("eval", help=COMMANDS["eval"][1], description=COMMANDS["eval"][1],
+                       epilog=f"Tasks: {', '.join(available())}; groups: {', '.join(GROUPS)}. Example: "
+                              "brainstacks eval --config configs/demo.yaml --mode base,routed --tasks demo --limit 20")
+    _add_common(p)
+    p.add_argument("--run", default="main", help="run name under <store>/training (default: main)")
+    p.add_argument("--mode", default=None, help="comma-separated modes: base (no stacks), ungated (every stack), "
+                                                "routed (the run's meta-router) (default: the profile's eval.modes)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names or groups (default: the profile's "
+                                                 "eval.tasks)")
+    p.add_argument("--limit", type=_positive, default=None, help="items per task, the first N (default: the "
+                                                                 "profile's eval.limit / eval.task_limits)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Example: brainstacks generate --config configs/demo.yaml --prompt 'What is 7 * 6?'")
     _add_common(p)
     importlib.import_module("flows.generate").add_arguments(p)  # light module: heavy imports are in the command
+    _add_eval(sub)
     p = sub.add_parser("audit", help=COMMANDS["audit"][1], description=COMMANDS["audit"][1])
     _add_common(p)
     g = p.add_mutually_exclusive_group(required=True)

@@ -2,7 +2,8 @@
 
 prepare data -> base model -> continual training (with null space; and, when the
 profile asks for the ablation, without) -> Experiment 1 -> report (plots,
-markdown artifact, lineage) -> routing (oracle, meta-router, routed losses). Every step is resumable and cached by version.
+markdown artifact, lineage) -> routing (oracle, meta-router, routed losses) -> benchmark evaluation
+(lm-evaluation-harness, when ``eval.enabled`` and ``eval.tasks``). Every step is resumable and cached by version.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow  # noqa: E402
 
+from brainstacks_core.evaluation.suite import check_request  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.continual_training import continual_training  # noqa: E402
+from flows.evaluate import evaluate  # noqa: E402
 from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
 from flows.train_router import train_router  # noqa: E402
@@ -35,6 +38,8 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     profile = load_profile(config_path, artifact_root)
+    if profile.eval.enabled:  # an unknown eval task fails now, not after training
+        check_request(profile.eval.modes, profile.eval.tasks)
     counts = prepare_data(config_path=config_path, artifact_root=artifact_root)
     runs = ["main"]
     continual_training(config_path=config_path, run_name="main", artifact_root=artifact_root)
@@ -51,9 +56,13 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
         routing = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)
         report["markdown"] += "\n\n" + routing["markdown"]
         report["plots"] += routing["plots"]
+    if profile.eval.enabled and profile.eval.tasks:
+        scores = evaluate(config_path=config_path, run_name="main", artifact_root=artifact_root)
+        report["markdown"] += "\n\n" + scores["markdown"]
+        report["plots"].append(scores["plot"])
     markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],
                       plots=report["plots"], description="Brainstacks report: round losses, forgetting matrix, "
-                                                         "Experiment 1")
+                                                         "Experiment 1, routing, benchmark evaluation")
     report["data_counts"] = counts
     return report
 

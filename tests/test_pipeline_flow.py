@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from test_training_run import _mini_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +21,16 @@ def test_pipeline_flow_end_to_end(harness, tmp_path):
     from flows.pipeline import brainstacks_pipeline
 
     cfg = _mini_profile(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())  # demo's eval section, fewer items
+    raw["eval"].update(tasks=["demo_math", "demo_gsm8k"], limit=8, task_limits={"demo_gsm8k": 4})
+    cfg.write_text(yaml.safe_dump(raw))
     root = tmp_path / "artifacts"
     report = brainstacks_pipeline(config_path=str(cfg), artifact_root=str(root))
     md = report["markdown"]
     assert "## Rounds (null space)" in md and "## Rounds (no null space)" in md
     assert "Forgetting matrix" in md and "Experiment 1" in md
+    assert "## Benchmark evaluation" in md and "| demo_math | acc | 8 |" in md and "| ungated | routed |" in md
+    assert any(p.endswith("scores.png") for p in report["plots"])
     for p in report["plots"]:
         data = Path(p).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, p
@@ -50,7 +56,9 @@ def test_pipeline_flow_end_to_end(harness, tmp_path):
     top = [e for e in events if e["job"]["name"] == "brainstacks-pipeline"]
     assert [e["eventType"] for e in top] == ["START", "COMPLETE"]
     subs = [e for e in events if e["job"]["name"] != "brainstacks-pipeline"]
-    assert {e["job"]["name"] for e in subs} == {"prepare-data", "continual-training", "train-router"}
+    assert {e["job"]["name"] for e in subs} == {"prepare-data", "continual-training", "train-router", "evaluate"}
+    done = {e["job"]["name"]: e for e in subs if e["eventType"] == "COMPLETE"}
+    assert "eval://mini/main" in {d["name"] for d in done["evaluate"]["outputs"]}
     assert all(e["run"]["facets"]["parent"]["run"]["runId"] == top[0]["run"]["runId"] for e in subs)
     assert {"report://mini", "eval://mini/experiment1"} <= {d["name"] for d in top[1]["outputs"]}
 

@@ -6,11 +6,12 @@ Pure pydantic (no torch, no lm-eval).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["base", "ungated", "routed"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 class EvalConfig(BaseModel):

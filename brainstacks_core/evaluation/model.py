@@ -16,9 +16,16 @@ harness's code. It adds two things around HFLM's ``loglikelihood`` and
   table are returned without a forward pass; only unseen requests are computed.
   So a re-run scores nothing, and a changed stack re-scores exactly the requests
   whose effective model contains it.
+* **A routing cache.** In ``routed`` mode each distinct context's domain weights
+  are stored under (router version, domain -> stacks map, context) in the same
+  table (kind ``route``),
+  so a re-run does not run the router's feature forwards either.
 
 Memory: the cache lives in DuckDB, not in RAM beyond one harness call's results
-(a few floats per request); nothing grows with tokens seen. Grouping adds no
+(a few floats per request); nothing grows with tokens seen. On disk a score row
+is ~100 bytes (32-char key, kind, ``[loglikelihood, greedy]`` JSON; a generation
+its text), a routing row ~350 bytes at 10 stacks (``{stack_id: weight}`` JSON),
+independent of model shape: Gemma-3-12B rows are the size of tiny-model rows. Grouping adds no
 buffers: at Gemma-3-12B shapes (hidden 3840, 48 layers, 262k vocab, 10 stacks)
 one forward of a batch of 8 x 2,048 tokens holds HFLM's usual logits (8 x 2,048
 x 262k fp32 = 17 GB, which is why HFLM slices them to the continuation) and
@@ -68,16 +75,19 @@ class BrainstacksLM(HFLM):
         batch_size: requests per forward pass.
         max_length: context length (``None`` = the model's).
         device: torch device of ``model``.
+        request_bars: show HFLM's own per-call request bars (off under an outer progress bar).
 
     Attributes:
         computed: requests actually run through the model (cache misses) since construction.
         reused: requests answered from the cache.
+        routes_computed: distinct contexts the router was run on (routed mode; cache misses).
+        routes_reused: distinct contexts whose routing came from the cache.
     """
 
     def __init__(self, model, tokenizer, *, mode: str, base_fingerprint: str,
                  stack_versions: Mapping[str, str] | None = None, router: Router | None = None,
                  domain_stacks: Mapping[str, Sequence[str]] | None = None, catalog=None, batch_size: int = 8,
-                 max_length: int | None = None, device: str | None = None) -> None:
+                 max_length: int | None = None, device: str | None = None, request_bars: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "routed" and (router is None or domain_stacks is None):
@@ -92,8 +102,8 @@ class BrainstacksLM(HFLM):
         missing = [s for s in stack_ids(model) if s not in self.stack_versions]
         if missing:
             raise ValueError(f"stack_versions lacks attached stacks {missing}")
-        self.computed = 0
-        self.reused = 0
+        self.request_bars = request_bars
+        self.computed = self.reused = self.routes_computed = self.routes_reused = 0
 
     # ------------------------------------------------------------ identity
     def weights_for(self, contexts: Sequence[str]) -> list[dict[str, float]]:
@@ -103,7 +113,17 @@ class BrainstacksLM(HFLM):
         if self.mode == "ungated":
             return [{sid: 1.0 for sid in self.stack_versions} for _ in contexts]
         unique = list(dict.fromkeys(contexts))
-        routed = dict(zip(unique, stack_weights(self.router, self.domain_stacks, unique)))
+        stacks = sorted(self.domain_stacks.items())
+        keys = {c: content_hash("route", self.router.version, stacks, c, length=32) for c in unique}
+        stored = self.catalog.eval_scores(list(keys.values())) if self.catalog is not None else {}
+        routed = {c: json.loads(stored[keys[c]]) for c in unique if keys[c] in stored}
+        todo = [c for c in unique if c not in routed]
+        routed.update(zip(todo, stack_weights(self.router, self.domain_stacks, todo)))
+        if self.catalog is not None and todo:
+            self.catalog.record_eval_scores(pd.DataFrame(
+                {"key": [keys[c] for c in todo], "kind": "route", "value": [json.dumps(routed[c]) for c in todo]}))
+        self.routes_computed += len(todo)
+        self.routes_reused += len(unique) - len(todo)
         return [{s: w for s, w in routed[c].items() if w != 0.0} for c in contexts]
 
     def identity(self, weights: Mapping[str, float]) -> str:
@@ -132,7 +152,7 @@ class BrainstacksLM(HFLM):
         new_rows = []
         for group in groups.values():
             with weighted(self.model, weights[group[0]]):
-                results = compute([requests[i] for i in group], disable_tqdm)
+                results = compute([requests[i] for i in group], disable_tqdm or not self.request_bars)
             for i, res in zip(group, results):
                 out[i] = res
                 new_rows.append({"key": keys[i], "kind": kind, "value": encode(res)})

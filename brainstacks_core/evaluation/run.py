@@ -15,33 +15,20 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
 from brainstacks_core.evaluation import results as R
 from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.evaluation.harness import quiet_harness, seeded
 from brainstacks_core.evaluation.model import BrainstacksLM
+from brainstacks_core.evaluation.record import record_evaluation, register_benchmarks
 from brainstacks_core.evaluation.routing import Router
-from brainstacks_core.evaluation.suite import TaskSpec, task_specs
-from brainstacks_core.files import atomic_write_json, atomic_write_text, sha256_file
-from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
+from brainstacks_core.evaluation.suite import check_request, task_specs
+from brainstacks_core.lineage.versioning import content_hash
 
 log = logging.getLogger(__name__)
-
-
-def register_benchmarks(specs: Sequence[TaskSpec], profile_name: str, catalog) -> list[str]:
-    """Each task's data files as ``benchmark://<profile>/<task>/<split>`` artifacts; returns their versions."""
-    versions = []
-    for spec in specs:
-        for split, (path, version) in spec.data.items():
-            if catalog is not None:
-                catalog.record_artifact(uri=f"benchmark://{profile_name}/{spec.name}/{split}", version=version,
-                                        kind="benchmark", path=str(path), sha256=sha256_file(path),
-                                        code_version=code_version(), config_hash=None,
-                                        metadata={"task_version": spec.version})
-            versions.append(version)
-    return versions
 
 
 def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_name: str, store: Path,
@@ -49,7 +36,8 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
                    domain_stacks: Mapping[str, Sequence[str]] | None = None, router: Router | None = None,
                    modes: Sequence[str] | None = None, tasks: Sequence[str] | None = None, limit: int | None = None,
                    catalog=None, base_version: str | None = None, seed: int = 0, run_ids: dict | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, progress_cb: Callable[[dict], None] | None = None,
+                   no_router_reason: str = "no router was given (train the meta-router first)") -> dict:
     """Score ``model`` in each mode on each task with the harness; record items, artifact, table, plot.
 
     Args:
@@ -61,80 +49,76 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
         base_fingerprint: identity of the base weights; ``base_version`` its catalog version (lineage).
         stack_versions: ``{stack_id: catalog version}`` of every attached stack.
         domain_stacks: ``{domain: [stack_id, ...]}`` (routed mode).
-        router: the meta-router (routed mode); routed is skipped with a note when absent.
+        router: the meta-router (routed mode); routed is skipped with ``no_router_reason`` when absent.
         modes, tasks, limit: override ``cfg.modes``, ``cfg.tasks`` and every task's limit.
         catalog: the lineage catalog (score cache, items, artifacts); ``None`` = nothing recorded.
+        progress: a tqdm bar over (mode, task) pairs (HFLM's per-call request bars are then hidden).
+        progress_cb: called with ``{"mode", "task", "done", "total", "computed", "reused"}`` before the
+            first pair (``done`` 0) and after each (mode, task) pair (Prefect progress artifacts).
 
     Returns:
-        ``{"version", "markdown", "plot", "results", "summary", "comparisons", "computed", "reused", "skipped"}``.
+        ``{"version", "markdown", "plot", "results", "summary", "comparisons", "computed", "reused",
+        "per_mode", "skipped"}``; ``per_mode[mode]`` counts requests computed / reused and routing
+        decisions computed / reused.
+
+    Raises:
+        ValueError: an unknown mode or task (named), before anything is scored.
     """
     from lm_eval import evaluator
     from lm_eval.tasks import TaskManager, get_task_dict
     from tqdm.auto import tqdm
 
     modes = list(modes or cfg.modes)
+    names = list(tasks or cfg.tasks)
+    check_request(modes, names)
     skipped = {}
     if "routed" in modes and router is None:
-        skipped["routed"] = "no router was given (train the meta-router first)"
+        skipped["routed"] = no_router_reason
         modes.remove("routed")
-    specs = task_specs(cfg, list(tasks or cfg.tasks), data_dir, store / "eval" / "data", seed)
+    specs = task_specs(cfg, names, data_dir, store / "eval" / "data", seed)
     bench_versions = register_benchmarks(specs, profile_name, catalog)
     manager = TaskManager(include_defaults=False)
     summary: dict[str, dict] = {s.name: {} for s in specs}
     items: dict[str, dict[str, pd.DataFrame]] = {s.name: {} for s in specs}
-    identities, computed, reused = {}, 0, 0
-    bar = tqdm(total=len(modes) * len(specs), desc="eval", unit="task", disable=not progress)
-    for mode in modes:
-        lm = BrainstacksLM(model, tokenizer, mode=mode, base_fingerprint=base_fingerprint,
-                           stack_versions=stack_versions, router=router if mode == "routed" else None,
-                           domain_stacks=domain_stacks, catalog=catalog, batch_size=cfg.batch_size,
-                           max_length=cfg.max_length)
-        identities[mode] = lm.mode_identity()
-        for spec in specs:
-            bar.set_postfix_str(f"{mode}/{spec.name}")
-            n = limit if limit is not None else cfg.limit_for(spec.name)
-            out = evaluator.evaluate(lm, get_task_dict([spec.config], manager), limit=n,
-                                     bootstrap_iters=cfg.bootstrap_iters, log_samples=True)
-            rows = R.item_rows(spec, identities[mode], out, lm)
-            items[spec.name][mode] = rows
-            summary[spec.name][mode] = {"scores": {**R.task_scores(spec, out), **R.mean_per_token(rows)},
-                                        "n": int(rows["doc_id"].nunique()), "identity": identities[mode]["id"]}
-            bar.update(1)
-        computed, reused = computed + lm.computed, reused + lm.reused
+    identities, per_mode = {}, {}
+    total, done = len(modes) * len(specs), 0
+    bar = tqdm(total=total, desc="eval", unit="task", disable=not progress)
+    if progress_cb is not None:
+        progress_cb({"mode": None, "task": None, "done": 0, "total": total, "computed": 0, "reused": 0})
+    with quiet_harness(progress):
+        for mode in modes:
+            lm = BrainstacksLM(model, tokenizer, mode=mode, base_fingerprint=base_fingerprint,
+                               stack_versions=stack_versions, router=router if mode == "routed" else None,
+                               domain_stacks=domain_stacks, catalog=catalog, batch_size=cfg.batch_size,
+                               max_length=cfg.max_length, request_bars=not progress)
+            identities[mode] = lm.mode_identity()
+            for spec in specs:
+                bar.set_postfix_str(f"{mode}/{spec.name}")
+                n = limit if limit is not None else cfg.limit_for(spec.name)
+                out = evaluator.evaluate(lm, seeded(get_task_dict([spec.config], manager)), limit=n,
+                                         bootstrap_iters=cfg.bootstrap_iters, log_samples=True)
+                rows = R.item_rows(spec, identities[mode], out, lm)
+                items[spec.name][mode] = rows
+                summary[spec.name][mode] = {"scores": {**R.task_scores(spec, out), **R.mean_per_token(rows)},
+                                            "n": int(rows["doc_id"].nunique()), "identity": identities[mode]["id"]}
+                done += 1
+                bar.update(1)
+                if progress_cb is not None:
+                    progress_cb({"mode": mode, "task": spec.name, "done": done, "total": total,
+                                 "computed": sum(c["computed"] for c in per_mode.values()) + lm.computed,
+                                 "reused": sum(c["reused"] for c in per_mode.values()) + lm.reused})
+            per_mode[mode] = {"computed": lm.computed, "reused": lm.reused, "routes_computed": lm.routes_computed,
+                              "routes_reused": lm.routes_reused}
     bar.close()
     comps = [c for s in specs for c in R.comparisons(s, items[s.name], cfg.alpha, cfg.power, cfg.bootstrap_iters)]
     limits = {s.name: (limit if limit is not None else cfg.limit_for(s.name)) for s in specs}
     version = content_hash(profile_name, run_name, identities, {s.name: s.version for s in specs}, limits, length=16)
-    out_dir = store / "eval" / run_name / version
-    table = R.markdown_table(summary, comps, modes)
-    plot = R.plot_scores(summary, {s.name: s for s in specs}, modes, out_dir / "scores.png")
-    md = "\n".join([f"## Benchmark evaluation (`{run_name}`, lm-evaluation-harness)", "",
-                    "Scores ± the harness's standard errors; `acc_mean_per_token (paper's score)` is the paper's "
-                    "mean per-token log-likelihood choice, tokenizer-dependent and comparable with nothing "
-                    "outside this repository.", "", table, "",
-                    *[f"Mode `{m}` skipped: {why}." for m, why in skipped.items()], f"Plot: {plot}"])
-    atomic_write_text(out_dir / "table.md", md)
-    doc = {"version": version, "profile": profile_name, "run": run_name, "modes": modes, "skipped": skipped,
-           "identities": identities, "tasks": {s.name: {"version": s.version, "limit": limits[s.name]} for s in specs},
-           "summary": summary, "comparisons": comps, "computed": computed, "reused": reused}
-    res_path = atomic_write_json(out_dir / "results.json", doc)
-    if catalog is not None:
-        every = pd.concat([df for by_mode in items.values() for df in by_mode.values()], ignore_index=True) \
-            if any(items.values()) else pd.DataFrame(columns=R.ITEM_COLS)
-        with catalog.batch():
-            catalog.record_eval_items(version, every)
-            inputs = [v for v in [base_version, *stack_versions.values()] if v]
-            if "routed" in modes:
-                inputs.append(router.version)
-            catalog.record_artifact(uri=f"eval://{profile_name}/{run_name}", version=version, kind="eval",
-                                    path=str(res_path), sha256=sha256_file(res_path), code_version=code_version(),
-                                    config_hash=config_hash(cfg), inputs=inputs + bench_versions,
-                                    metadata={"modes": modes, "tasks": list(summary), "computed": computed,
-                                              "reused": reused, "table": str(out_dir / "table.md")},
-                                    run_ids=run_ids)
-    log.info("eval %s: %d requests computed, %d reused; %s", version, computed, reused, res_path)
-    return {"version": version, "markdown": md, "plot": str(plot), "results": str(res_path), "summary": summary,
-            "comparisons": comps, "computed": computed, "reused": reused, "skipped": skipped}
+    return record_evaluation(
+        cfg, profile_name=profile_name, run_name=run_name, out_dir=store / "eval" / run_name / version,
+        version=version, specs=specs, modes=modes, skipped=skipped, identities=identities, limits=limits,
+        summary=summary, items=items, comps=comps, per_mode=per_mode, catalog=catalog,
+        inputs=[v for v in [base_version, *stack_versions.values()] if v]
+        + ([router.version] if "routed" in modes else []) + bench_versions, run_ids=run_ids)
 
 
 def load_run(profile, run_name: str, catalog=None) -> dict:
@@ -169,23 +153,81 @@ def load_run(profile, run_name: str, catalog=None) -> dict:
             "domain_stacks": {d: domain_stacks(manifest, d) for d in manifest["domains_order"]}}
 
 
+def load_base_only(profile, catalog=None) -> dict:
+    """The profile's base with stack layers but no stacks (``base`` mode before any training).
+
+    Returns:
+        the same keys as :func:`load_run`, with no stacks.
+    """
+    from brainstacks_core.training.run import ensure_base, load_model
+
+    info = ensure_base(profile, None, catalog)
+    model, tok = load_model(profile, info)
+    return {"model": model.eval(), "tokenizer": tok, "base_fingerprint": info.fingerprint,
+            "base_version": info.fingerprint, "stack_versions": {}, "domain_stacks": {}}
+
+
+def run_router(profile, run_name: str, run: dict, catalog=None) -> tuple[Router | None, str]:
+    """The run's trained meta-router for routed mode, or ``(None, why not)``.
+
+    A router trained on other stack versions than the run now has (the run retrained
+    after ``train-router``) is not used: its routing would describe other stacks.
+    """
+    from brainstacks_core.routing.run import trained_router
+
+    again = f"run `brainstacks train-router --config {profile.source_path} --run {run_name}` first"
+    if not profile.router.enabled:
+        return None, "router.enabled is false in this profile"
+    router = trained_router(profile, run_name, run["model"], run["tokenizer"], catalog)
+    if router is None:
+        return None, f"run {run_name!r} has no trained meta-router in the catalog ({again})"
+    trained_on = (router.metadata.get("lineage") or {}).get("stack_versions")
+    if trained_on is not None and dict(trained_on) != dict(run["stack_versions"]):
+        return None, (f"the meta-router {router.version} was trained on other stack versions than run "
+                      f"{run_name!r} now has ({again})")
+    return router, ""
+
+
 def evaluate_profile(profile, run_name: str = "main", catalog=None, modes: Sequence[str] | None = None,
                      router: Router | None = None, tasks: Sequence[str] | None = None, limit: int | None = None,
-                     run_ids: dict | None = None, progress: bool = True) -> dict:
+                     run_ids: dict | None = None, progress: bool = True,
+                     progress_cb: Callable[[dict], None] | None = None) -> dict:
     """Benchmark evaluation of a trained run of ``profile`` (see :func:`evaluate_model`).
 
     ``eval.data_dir`` resolves against the repository root like data sources do.
+    Routed mode uses ``router`` or else the run's trained meta-router
+    (:func:`run_router`); without one it is skipped, and the result says why.
+    ``modes == ["base"]`` works before any training (the base alone).
+
+    Raises:
+        ValueError: an unknown mode or task (named), before any model is loaded.
+        FileNotFoundError: the run has not trained (names the command), or a benchmark file is missing.
     """
+    from brainstacks_core.training.run import current_run_dir
+
     cfg = profile.eval
-    tasks = list(tasks or cfg.tasks)
+    modes, tasks = list(modes or cfg.modes), list(tasks or cfg.tasks)
+    check_request(modes, tasks)
     if not tasks:
         log.info("eval: profile %s lists no eval.tasks; nothing to do", profile.name)
         return {"version": None, "markdown": "", "plot": None, "results": None, "summary": {}, "comparisons": [],
-                "computed": 0, "reused": 0, "skipped": {"all": "eval.tasks is empty"}}
+                "computed": 0, "reused": 0, "per_mode": {}, "skipped": {"all": "eval.tasks is empty"}}
     data_dir = cfg.data_dir if cfg.data_dir.is_absolute() else (profile.repo_root / cfg.data_dir).resolve()
-    run = load_run(profile, run_name, catalog)
+    try:
+        current_run_dir(profile, run_name)
+        trained = True
+    except FileNotFoundError:
+        if modes != ["base"]:
+            raise
+        log.info("eval: run %s has not trained; base mode scores the base alone", run_name)
+        trained = False
+    run = load_run(profile, run_name, catalog) if trained else load_base_only(profile, catalog)
+    reason = ""
+    if "routed" in modes and router is None:
+        router, reason = run_router(profile, run_name, run, catalog)
     return evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=profile.name, run_name=run_name,
                           store=profile.store, data_dir=data_dir, base_fingerprint=run["base_fingerprint"],
                           stack_versions=run["stack_versions"], domain_stacks=run["domain_stacks"], router=router,
                           modes=modes, tasks=tasks, limit=limit, catalog=catalog, base_version=run["base_version"],
-                          seed=profile.seed, run_ids=run_ids, progress=progress)
+                          seed=profile.seed, run_ids=run_ids, progress=progress, progress_cb=progress_cb,
+                          no_router_reason=reason or "no router was given")

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from brainstacks_core.evaluation import task_data
-from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.evaluation.config import MODES, EvalConfig
 from brainstacks_core.lineage.versioning import content_hash
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
@@ -59,6 +59,28 @@ def available() -> list[str]:
     return sorted(set(task_data.SHARED_SOURCES) | set(task_data.DEMO_TASKS))
 
 
+def unknown_tasks(names) -> list[str]:
+    """The names in ``names`` that are neither a task nor a group."""
+    known = set(available()) | set(GROUPS)
+    return [n for n in names if n not in known]
+
+
+def check_request(modes, names) -> None:
+    """Fail fast, naming the culprit, on an unknown mode or task (before any model is loaded).
+
+    Raises:
+        ValueError: ``unknown eval mode 'fast' (known: base, ungated, routed)`` or
+            ``unknown eval task 'x' (known: ...; groups: ...)``.
+    """
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown eval mode {', '.join(map(repr, bad))} (known: {', '.join(MODES)})")
+    bad = unknown_tasks(names)
+    if bad:
+        raise ValueError(f"unknown eval task {', '.join(map(repr, bad))} (known: {', '.join(available())}; "
+                         f"groups: {', '.join(GROUPS)})")
+
+
 def _yaml_for(name: str) -> Path:
     if name.startswith("mmlu_"):
         return TASK_DIR / "_mmlu_template.yaml"
@@ -84,11 +106,12 @@ def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: i
         seed: seed of the generated demo tasks.
 
     Raises:
-        KeyError: unknown task name (lists the known ones).
+        ValueError: unknown task name (lists the known ones).
         FileNotFoundError: a benchmark file is missing.
     """
-    if name not in available():
-        raise KeyError(f"unknown eval task {name!r}; known: {', '.join(available())} (groups: {', '.join(GROUPS)})")
+    check_request((), [name])
+    if name in GROUPS:
+        raise ValueError(f"{name!r} is a group of tasks: use task_specs")
     path = _yaml_for(name)
     config = copy.deepcopy(_load(path, resolve=True))
     raw = _load(path, resolve=False)

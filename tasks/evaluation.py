@@ -1,0 +1,72 @@
+"""Prefect task of the benchmark-evaluation stage: a thin wrapper over ``brainstacks_core.evaluation.run``.
+
+One task scores every (mode, task) pair of one trained run, because all of them
+read the same loaded model (base plus every frozen stack). Every request is cached
+in the catalog by the effective model it ran on, so a retry or a re-run scores
+only what is missing. Progress goes to a progress artifact updated after each
+(mode, task) pair; the table and the plot go to a markdown artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from brainstacks_core.evaluation.record import counts_line
+from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.profile import load_profile
+from tasks.artifacts import markdown_artifact
+from tasks.progress import artifact_key
+from tasks.training import _run_ids
+
+
+def eval_progress(key: str, title: str) -> Callable[[dict], None]:
+    """A ``progress_cb(info)`` for ``evaluate_model``: one progress artifact, updated per (mode, task) pair."""
+    art = {"id": None}
+
+    def hook(info: dict) -> None:
+        done, total = int(info["done"]), max(1, int(info["total"]))
+        where = "starting" if info.get("mode") is None else f"{info['mode']} / {info['task']} done"
+        desc = (f"{title}: {where} ({done}/{info['total']} mode x task pairs; {info['computed']} requests "
+                f"computed, {info['reused']} from the cache)")
+        if art["id"] is None:
+            art["id"] = create_progress_artifact(progress=100.0 * done / total, key=key, description=desc)
+        else:
+            update_progress_artifact(artifact_id=art["id"], progress=100.0 * done / total, description=desc)
+
+    return hook
+
+
+def retry_unless_request_error(task, task_run, state) -> bool:
+    """Retry transient failures only: a bad request, an untrained run or a missing file fails at once."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, (ValueError, FileNotFoundError))
+
+
+@task(name="evaluate-run", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_request_error)
+def evaluate_task(config_path: str, artifact_root: str | None, run_name: str = "main",
+                  modes: list[str] | None = None, tasks: list[str] | None = None,
+                  limit: int | None = None) -> dict:
+    """Benchmark evaluation of one trained run on lm-evaluation-harness (base / ungated / routed).
+
+    Returns:
+        ``{"version", "markdown", "plot", "results", "computed", "reused", "per_mode", "skipped"}``.
+    """
+    from brainstacks_core.evaluation.run import evaluate_profile
+
+    profile = load_profile(config_path, artifact_root)
+    log = get_run_logger()
+    title = f"{profile.name}/{run_name} benchmark evaluation"
+    hook = eval_progress(artifact_key("eval", profile.name, run_name), title)
+    out = evaluate_profile(profile, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks, limit=limit,
+                           run_ids=_run_ids(), progress_cb=hook)
+    for mode, why in out["skipped"].items():
+        log.warning("%s skipped: %s", mode, why)
+    if out["version"] is not None:
+        log.info("eval %s: %s %s", out["version"], counts_line(out["per_mode"]), out["results"])
+        markdown_artifact(key=artifact_key("eval-report", profile.name, run_name), markdown=out["markdown"],
+                          plots=[out["plot"]], description=f"{title}: scores ± stderr, paired tests, MDD, plot")
+    return {k: out[k] for k in ("version", "markdown", "plot", "results", "computed", "reused", "per_mode",
+                                "skipped")}
