@@ -200,3 +200,33 @@ def test_an_unknown_mode_or_task_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--limit", "0"])
     assert "positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_mean_per_token_counts_any_true_truthfulqa_mc2_answer(tmp_path):
+    """The paper's score on MC2 counts an argmax on any true answer (labels 1), not only on choice 0."""
+    data_dir = ROOT.parent / "shared" / "data"
+    if not (data_dir / "truthfulqa" / "mc_task.json").is_file():
+        pytest.skip("needs ../shared/data/truthfulqa/mc_task.json")
+    _, model, tok = stacked()
+    cfg = EvalConfig(tasks=("truthfulqa_mc2",), limit=40, modes=("base",), bootstrap_iters=20)
+    cat = Catalog(tmp_path / "catalog.duckdb")
+    out = evaluate_model(model, tok, cfg, profile_name="t", run_name="r", store=tmp_path / "store",
+                         data_dir=data_dir, base_fingerprint="base-fp", stack_versions=VERSIONS,
+                         domain_stacks=DOMAINS, catalog=cat, progress=False)
+    docs = json.loads((data_dir / "truthfulqa" / "mc_task.json").read_text())[:40]
+    items = cat.eval_items(out["version"])
+    assert len(items) == 40
+    hits_any = hits_first = 0
+    for row in items.itertuples():
+        s = json.loads(row.scores)
+        per_token = [ll / max(1, n) for ll, n in zip(s["loglikelihood"], s["continuation_tokens"])]
+        best = per_token.index(max(per_token))
+        labels = list(docs[row.doc_id]["mc2_targets"].values())
+        assert len(labels) == len(per_token)
+        hits_any += labels[best] == 1
+        hits_first += best == 0
+        assert json.loads(row.metrics)["acc_mean_per_token"] == float(labels[best] == 1)
+    assert hits_any > hits_first  # the items where the difference shows exist in this sample
+    score = out["summary"]["truthfulqa_mc2"]["base"]["scores"]["acc_mean_per_token (paper's score),none"]
+    assert score["value"] == pytest.approx(hits_any / 40)

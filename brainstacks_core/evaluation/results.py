@@ -31,6 +31,22 @@ def _num(x: Any) -> Any:
     return x
 
 
+def gold_choices(sample: dict) -> set[int]:
+    """Indices of the correct choices of one logged multiple-choice sample.
+
+    TruthfulQA MC2 has several true answers (``mc2_targets.labels`` 1, listed first;
+    its harness target is always 0): any of them counts. A list target is a set of
+    golds; an int target is the one gold.
+    """
+    labels = ((sample.get("doc") or {}).get("mc2_targets") or {}).get("labels")
+    if labels:
+        return {i for i, label in enumerate(labels) if int(label) == 1}
+    target = sample["target"]
+    if isinstance(target, (list, tuple)):
+        return {int(t) for t in target}
+    return {target if isinstance(target, int) else 0}
+
+
 def item_rows(task, mode_identity: dict, result: dict, lm) -> pd.DataFrame:
     """One row per (document, filter) of one task's harness run in one mode.
 
@@ -48,10 +64,9 @@ def item_rows(task, mode_identity: dict, result: dict, lm) -> pd.DataFrame:
             lls = [float(r[0]) for r in s["filtered_resps"]]
             toks = [lm.continuation_tokens(*a) for a in s["arguments"]]
             scores = {"loglikelihood": lls, "continuation_tokens": toks}
-            target = s["target"]
-            gold = target if isinstance(target, int) else 0
             if lls:
-                metrics["acc_mean_per_token"] = float(int(np.argmax(np.array(lls) / np.maximum(toks, 1)) == gold))
+                best = int(np.argmax(np.array(lls) / np.maximum(toks, 1)))
+                metrics["acc_mean_per_token"] = float(best in gold_choices(s))
         else:
             scores = {"generation": s["resps"][0][0] if s["resps"] and s["resps"][0] else "",
                       "extracted": s["filtered_resps"][0] if s["filtered_resps"] else ""}
