@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_route_flow import _profile as route_profile
 
 from brainstacks_core.data.pipeline import prepare_all
 from brainstacks_core.lineage.catalog import Catalog
@@ -29,20 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _profile(tmp_path: Path) -> Path:
-    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    """The routing tests' two-domain tiny profile, named evalmini, with a small eval section."""
+    raw = yaml.safe_load(route_profile(tmp_path).read_text())
     raw["name"] = "evalmini"
-    raw["data"]["domains"] = ["chat", "math"]
-    raw["data"]["sources"] = {"chat": [{"kind": "generated", "generator": "chat", "rows": 80}],
-                              "math": [{"kind": "generated", "generator": "math", "rows": 80}]}
-    raw["data"]["max_rows_per_domain"] = 80
-    raw["data"]["router_fraction"] = 0.25
-    raw["base"]["tiny"].update(vocab_size=512, hidden_size=32, intermediate_size=64, pretrain_steps=5,
-                               pretrain_batch_size=4, seq_len=64)
-    raw["moe"].update(rank=4)
-    raw["training"].update(max_rounds=1, basis={"k": 4}, eval_rows=8, null_space_val_rows=8, ablation=False,
-                           sft={"max_steps": 3, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.01,
-                                "warmup_steps": 0, "max_length": 64})
-    raw["router"] = {"max_length": 64, "hidden": 32, "heads": 2, "epochs": 2, "exhaustive_sample": 0}
+    raw["router"]["exhaustive_sample"] = 0
     raw["eval"] = {"tasks": ["demo_math", "demo_gsm8k"], "limit": 6, "task_limits": {"demo_gsm8k": 3},
                    "demo_items": 8, "bootstrap_iters": 50}
     path = tmp_path / "evalmini.yaml"
