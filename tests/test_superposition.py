@@ -4,6 +4,7 @@ gated stacks never loaded, routed == row weights of the same stacks, batched == 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -308,3 +309,16 @@ def test_cli_generate_prints_weights_stacks_answer_and_store(tmp_path, capsys):
                              "4"]) == 0  # a batch: one answer per prompt
     out = capsys.readouterr().out
     assert "  [1] " in out and "answer [0]: " in out and "answer [1]: " in out
+
+    # the run retrains one stack (a new version in its manifest) after the router trained: generate refuses
+    # the stale router and names the command that fixes it
+    from brainstacks_core.training.run import current_run_dir
+
+    manifest_path = current_run_dir(profile, "main") / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["domains"]["math"]["rounds"][0]["version"] = "retrained-version"
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "trained on other stack versions" in err and "math-r1" in err and "brainstacks train-router" in err

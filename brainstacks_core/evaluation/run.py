@@ -173,7 +173,7 @@ def run_router(profile, run_name: str, run: dict, catalog=None) -> tuple[Router 
     A router trained on other stack versions than the run now has (the run retrained
     after ``train-router``) is not used: its routing would describe other stacks.
     """
-    from brainstacks_core.routing.run import trained_router
+    from brainstacks_core.routing.run import stale_router_reason, trained_router
 
     again = f"run `brainstacks train-router --config {profile.source_path} --run {run_name}` first"
     if not profile.router.enabled:
@@ -181,11 +181,9 @@ def run_router(profile, run_name: str, run: dict, catalog=None) -> tuple[Router 
     router = trained_router(profile, run_name, run["model"], run["tokenizer"], catalog)
     if router is None:
         return None, f"run {run_name!r} has no trained meta-router in the catalog ({again})"
-    trained_on = (router.metadata.get("lineage") or {}).get("stack_versions")
-    if trained_on is not None and dict(trained_on) != dict(run["stack_versions"]):
-        return None, (f"the meta-router {router.version} was trained on other stack versions than run "
-                      f"{run_name!r} now has ({again})")
-    return router, ""
+    stale = stale_router_reason(router, run["stack_versions"],
+                                f"brainstacks train-router --config {profile.source_path} --run {run_name}")
+    return (None, stale) if stale else (router, "")
 
 
 def evaluate_profile(profile, run_name: str = "main", catalog=None, modes: Sequence[str] | None = None,

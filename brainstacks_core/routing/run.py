@@ -56,6 +56,22 @@ def trained_router(profile, run_name: str, model, tokenizer, catalog=None):
                                expected_sha256=art["sha256"])
 
 
+def stale_router_reason(router, stack_versions: dict[str, str], command: str) -> str | None:
+    """Why ``router`` must not route this run's stacks, or None when it was trained on exactly them.
+
+    A router trained before the run retrained (other stack versions) learned which of
+    *those* stacks help; serving it over the new ones would route blind. Routed
+    evaluation and ``brainstacks generate`` both refuse it with ``command`` (the
+    train-router command line that fixes it).
+    """
+    trained_on = (router.metadata.get("lineage") or {}).get("stack_versions")
+    if trained_on is not None and dict(trained_on) != dict(stack_versions):
+        changed = sorted(set(trained_on.items()) ^ set(stack_versions.items()))
+        return (f"the meta-router {router.version} was trained on other stack versions than the run now has "
+                f"({', '.join(sorted({k for k, _ in changed}))}): run `{command}` first")
+    return None
+
+
 def _save_targets(result, folder: Path) -> Path:
     path = folder / "targets.parquet"
     if not path.exists():

@@ -167,9 +167,10 @@ def load_routed_run(profile, run_name: str = "main", catalog=None) -> RoutedMode
 
     Raises:
         FileNotFoundError: the run has not trained yet.
-        ValueError: no trained router, or the base differs from the run's.
+        ValueError: no trained router, one trained on other stack versions than the run now has,
+            or the base differs from the run's.
     """
-    from brainstacks_core.routing.run import trained_router
+    from brainstacks_core.routing.run import stale_router_reason, trained_router
     from brainstacks_core.training.run import current_run_dir, ensure_base, load_model
 
     folder = current_run_dir(profile, run_name)
@@ -186,6 +187,10 @@ def load_routed_run(profile, run_name: str = "main", catalog=None) -> RoutedMode
                          f"`brainstacks train-router --config {profile.source_path} --run {run_name}`")
     mb = profile.router.store_budget_mb
     store = StackStore.from_manifest(model, manifest, None if mb is None else int(mb * 1e6), info.fingerprint)
+    stale = stale_router_reason(router, {e.stack_id: e.version for e in store.entries.values()},
+                                f"brainstacks train-router --config {profile.source_path} --run {run_name}")
+    if stale:
+        raise ValueError(stale)
     missing = [d for d in router.domains if not store.domain_stacks().get(d)]
     if missing:
         log.warning("router domains without frozen stacks in run %s: %s (routed to nothing)", run_name, missing)
