@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from brainstacks_core.stacks.inject import remove_stack, stacked_layers
@@ -120,15 +121,11 @@ def stack_nbytes(model: nn.Module, stack_id: str) -> int:
 
 def forward_bytes_from_header(path: Path, model: nn.Module) -> int:
     """Bytes a stack file's A, B and router will hold once attached, from its header only (no tensor read)."""
-    import json
-
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
     layer = next(iter(stacked_layers(model).values()))
     size = torch.empty(0, dtype=layer.config.torch_frozen_dtype).element_size()
-    return sum(math.prod(v["shape"]) * size for k, v in header.items()
-               if k.rpartition(".")[2] in ("lora_A", "lora_B", "router"))
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) * size for k in f.keys()
+                   if k.rpartition(".")[2] in ("lora_A", "lora_B", "router"))
 
 
 class StackStore:
@@ -233,7 +230,7 @@ class StackStore:
         if stack_id not in self._sizes:
             try:
                 self._sizes[stack_id] = forward_bytes_from_header(self.entries[stack_id].path, self.model)
-            except (OSError, ValueError):
+            except (OSError, ValueError, SafetensorError):
                 return 0  # the load reports the unreadable file
         return self._sizes[stack_id]
 
