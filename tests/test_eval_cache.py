@@ -203,30 +203,34 @@ def test_an_unknown_mode_or_task_is_named(tmp_path, capsys):
 
 
 @pytest.mark.shared_data
-def test_mean_per_token_counts_any_true_truthfulqa_mc2_answer(tmp_path):
-    """The paper's score on MC2 counts an argmax on any true answer (labels 1), not only on choice 0."""
+def test_mean_per_token_counts_any_true_mc2_answer_and_only_mc1s_gold_for_mc1(tmp_path):
+    """The paper's score on MC2 counts an argmax on any true answer (labels 1), not only on choice 0;
+    on MC1 (the same documents, which also carry MC2's labels) only MC1's one gold counts."""
     data_dir = ROOT.parent / "shared" / "data"
     if not (data_dir / "truthfulqa" / "mc_task.json").is_file():
         pytest.skip("needs ../shared/data/truthfulqa/mc_task.json")
     _, model, tok = stacked()
-    cfg = EvalConfig(tasks=("truthfulqa_mc2",), limit=40, modes=("base",), bootstrap_iters=20)
+    cfg = EvalConfig(tasks=("truthfulqa_mc1", "truthfulqa_mc2"), limit=40, modes=("base",), bootstrap_iters=20)
     cat = Catalog(tmp_path / "catalog.duckdb")
     out = evaluate_model(model, tok, cfg, profile_name="t", run_name="r", store=tmp_path / "store",
                          data_dir=data_dir, base_fingerprint="base-fp", stack_versions=VERSIONS,
                          domain_stacks=DOMAINS, catalog=cat, progress=False)
     docs = json.loads((data_dir / "truthfulqa" / "mc_task.json").read_text())[:40]
     items = cat.eval_items(out["version"])
-    assert len(items) == 40
-    hits_any = hits_first = 0
-    for row in items.itertuples():
-        s = json.loads(row.scores)
-        per_token = [ll / max(1, n) for ll, n in zip(s["loglikelihood"], s["continuation_tokens"])]
-        best = per_token.index(max(per_token))
-        labels = list(docs[row.doc_id]["mc2_targets"].values())
-        assert len(labels) == len(per_token)
-        hits_any += labels[best] == 1
-        hits_first += best == 0
-        assert json.loads(row.metrics)["acc_mean_per_token"] == float(labels[best] == 1)
-    assert hits_any > hits_first  # the items where the difference shows exist in this sample
-    score = out["summary"]["truthfulqa_mc2"]["base"]["scores"]["acc_mean_per_token (paper's score),none"]
-    assert score["value"] == pytest.approx(hits_any / 40)
+    for task, targets in (("truthfulqa_mc1", "mc1_targets"), ("truthfulqa_mc2", "mc2_targets")):
+        rows = items[items["task"] == task]
+        assert len(rows) == 40
+        hits = hits_first = 0
+        for row in rows.itertuples():
+            s = json.loads(row.scores)
+            per_token = [ll / max(1, n) for ll, n in zip(s["loglikelihood"], s["continuation_tokens"])]
+            best = per_token.index(max(per_token))
+            labels = list(docs[row.doc_id][targets].values())
+            assert len(labels) == len(per_token)
+            hits += labels[best] == 1
+            hits_first += best == 0
+            assert json.loads(row.metrics)["acc_mean_per_token"] == float(labels[best] == 1), (task, row.doc_id)
+        if task == "truthfulqa_mc2":
+            assert hits > hits_first  # the items where the difference shows exist in this sample
+        score = out["summary"][task]["base"]["scores"]["acc_mean_per_token (paper's score),none"]
+        assert score["value"] == pytest.approx(hits / 40)

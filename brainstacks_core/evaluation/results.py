@@ -31,16 +31,18 @@ def _num(x: Any) -> Any:
     return x
 
 
-def gold_choices(sample: dict) -> set[int]:
-    """Indices of the correct choices of one logged multiple-choice sample.
+def gold_choices(sample: dict, task_name: str) -> set[int]:
+    """Indices of the correct choices of one logged multiple-choice sample of ``task_name``.
 
     TruthfulQA MC2 has several true answers (``mc2_targets.labels`` 1, listed first;
-    its harness target is always 0): any of them counts. A list target is a set of
-    golds; an int target is the one gold.
+    its harness target is always 0): any of them counts. Its documents also carry
+    ``mc1_targets``, and MC1's documents ``mc2_targets``: only the MC2 task reads the
+    MC2 labels. A list target is a set of golds; an int target is the one gold.
     """
-    labels = ((sample.get("doc") or {}).get("mc2_targets") or {}).get("labels")
-    if labels:
-        return {i for i, label in enumerate(labels) if int(label) == 1}
+    if task_name.endswith("truthfulqa_mc2"):
+        labels = ((sample.get("doc") or {}).get("mc2_targets") or {}).get("labels")
+        if labels:
+            return {i for i, label in enumerate(labels) if int(label) == 1}
     target = sample["target"]
     if isinstance(target, (list, tuple)):
         return {int(t) for t in target}
@@ -66,7 +68,7 @@ def item_rows(task, mode_identity: dict, result: dict, lm) -> pd.DataFrame:
             scores = {"loglikelihood": lls, "continuation_tokens": toks}
             if lls:
                 best = int(np.argmax(np.array(lls) / np.maximum(toks, 1)))
-                metrics["acc_mean_per_token"] = float(best in gold_choices(s))
+                metrics["acc_mean_per_token"] = float(best in gold_choices(s, task.name))
         else:
             scores = {"generation": s["resps"][0][0] if s["resps"] and s["resps"][0] else "",
                       "extracted": s["filtered_resps"][0] if s["filtered_resps"] else ""}
