@@ -73,6 +73,10 @@ def test_a_rerun_scores_nothing(tmp_path):
     assert again["computed"] == 0 and again["reused"] == 3 * total
     assert again["per_mode"]["routed"]["routes_computed"] == 0
     assert again["version"] == first["version"] and _scores(again) == _scores(first)
+    # the re-run rewrote the version's results file byte for byte: the catalog's sha256 still holds
+    from brainstacks_core.files import sha256_file
+
+    assert sha256_file(again["results"]) == cat.get(first["version"])["sha256"]
 
 
 def test_a_changed_stack_rescores_only_what_depends_on_it(tmp_path):

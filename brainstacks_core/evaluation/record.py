@@ -91,7 +91,8 @@ def record_evaluation(cfg: EvalConfig, *, profile_name: str, run_name: str, out_
     atomic_write_text(out_dir / "table.md", md)
     doc = {"version": version, "profile": profile_name, "run": run_name, "modes": modes, "skipped": skipped,
            "identities": identities, "tasks": {s.name: {"version": s.version, "limit": limits[s.name]} for s in specs},
-           "summary": summary, "comparisons": comps, "computed": computed, "reused": reused, "per_mode": per_mode}
+           "summary": summary, "comparisons": comps}  # no per-call counts: the file is the version's, re-runs
+    # rewrite it byte for byte and its sha256 in the catalog stays true (counts: the return value and the log)
     res_path = atomic_write_json(out_dir / "results.json", doc)
     if catalog is not None:
         frames = [df for by_mode in items.values() for df in by_mode.values()]

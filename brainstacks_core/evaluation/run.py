@@ -112,7 +112,9 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
     bar.close()
     comps = [c for s in specs for c in R.comparisons(s, items[s.name], cfg.alpha, cfg.power, cfg.bootstrap_iters)]
     limits = {s.name: (limit if limit is not None else cfg.limit_for(s.name)) for s in specs}
-    version = content_hash(profile_name, run_name, identities, {s.name: s.version for s in specs}, limits, length=16)
+    scoring = cfg.model_dump(mode="json", include={"alpha", "power", "bootstrap_iters", "max_gen_toks", "num_fewshot"})
+    version = content_hash(profile_name, run_name, identities, {s.name: s.version for s in specs}, limits, scoring,
+                           length=16)
     return record_evaluation(
         cfg, profile_name=profile_name, run_name=run_name, out_dir=store / "eval" / run_name / version,
         version=version, specs=specs, modes=modes, skipped=skipped, identities=identities, limits=limits,
