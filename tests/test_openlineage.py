@@ -124,6 +124,7 @@ class _Collector(BaseHTTPRequestHandler):
 
 
 def test_marquez_url_gets_every_event_and_a_dead_endpoint_never_stops_the_file(tmp_path):
+    _Collector.received = []
     server = HTTPServer(("127.0.0.1", 0), _Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -135,6 +136,12 @@ def test_marquez_url_gets_every_event_and_a_dead_endpoint_never_stops_the_file(t
         body = _Collector.received[0][1]
         assert body["run"]["runId"] == ev.run.runId
         assert body["outputs"][0]["facets"]["version"]["datasetVersion"] == "abc-train"
+        # the file is the record: a failed write raises even though Marquez took the event
+        (tmp_path / "blocked").write_text("a file, not a folder")
+        broken = OpenLineageEmitter(LineageConfig(marquez_url=url, openlineage_file=str(tmp_path / "blocked" / "x")),
+                                    tmp_path, "demo")
+        with pytest.raises(OSError):
+            broken.emit("START", "prepare-data")
     finally:
         server.shutdown()
         server.server_close()

@@ -4,15 +4,15 @@ What a run read and wrote is already in the catalog: every artifact a step recor
 carries the Prefect flow run id, and its input edges. :func:`run_datasets` turns
 that into the run's OpenLineage inputs and outputs; :class:`OpenLineageEmitter`
 builds ``START`` / ``COMPLETE`` / ``FAIL`` / ``ABORT`` :class:`RunEvent` objects
-with ``openlineage-python``'s own classes and emits them through openlineage's
-``CompositeTransport``:
+with ``openlineage-python``'s own classes and emits them through openlineage
+transports:
 
 * always a JSONL file (``lineage.openlineage_file``, default
   ``<store>/lineage/openlineage.jsonl``), appended under a file lock
   (``openlineage_io.LockedFileTransport``: two workers may share the folder);
 * an OpenLineage HTTP endpoint (Marquez) through ``HttpTransport`` when
-  ``lineage.marquez_url`` or ``$OPENLINEAGE_URL`` is set; a failing endpoint is
-  logged, not raised, as long as the file was written. ``OPENLINEAGE_DISABLED=true``
+  ``lineage.marquez_url`` or ``$OPENLINEAGE_URL`` is set, after the file: a failing
+  endpoint is logged, not raised (the file has the event); a failed file write raises. ``OPENLINEAGE_DISABLED=true``
   turns it all off.
 
 Naming: jobs in namespace ``<lineage.namespace>.<profile>`` named after the flow;
@@ -50,11 +50,11 @@ from openlineage.client.generated import (
     processing_engine_run,
 )
 from openlineage.client.generated.base import DatasetFacet, RunFacet
-from openlineage.client.transport.composite import CompositeConfig, CompositeTransport
+from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.uuid import generate_new_uuid
 
 from brainstacks_core.lineage.config import LineageConfig
-from brainstacks_core.lineage.openlineage_io import LockedFileTransport
+from brainstacks_core.lineage.openlineage_io import LockedFileConfig, LockedFileTransport
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,7 @@ class OpenLineageEmitter:
         self.file = file if file.is_absolute() else Path(store) / file
         self.catalog_path = catalog_path or Path(store) / "catalog.duckdb"
         self._client: OpenLineageClient | None = None
+        self._http: OpenLineageClient | None = None
 
     @property
     def job_namespace(self) -> str:
@@ -201,17 +202,22 @@ class OpenLineageEmitter:
         return self.cfg.marquez_url or os.environ.get("OPENLINEAGE_URL") or None
 
     def client(self) -> OpenLineageClient:
-        """openlineage's client over a composite transport: the locked file, plus HTTP when configured."""
+        """openlineage's client over the locked file transport (a failed write raises)."""
         if self._client is None:
-            transports: list[dict] = [{"type": LockedFileTransport.kind, "log_file_path": str(self.file)}]
-            if self.url:
-                transports.append({"type": "http", "url": self.url, "timeout": self.cfg.http_timeout_s,
-                                   "retry": {"total": 2, "backoff_factor": 0.3,
-                                             "status_forcelist": [500, 502, 503, 504],
-                                             "allowed_methods": ["HEAD", "POST"]}})
-            composite = CompositeTransport(CompositeConfig(transports=transports, continue_on_failure=True))
-            self._client = OpenLineageClient(transport=composite)
+            self._client = OpenLineageClient(transport=LockedFileTransport(
+                LockedFileConfig(log_file_path=str(self.file))))
         return self._client
+
+    def http_client(self) -> OpenLineageClient | None:
+        """openlineage's client over HTTP (Marquez) when configured: best effort, after the file."""
+        if self.url is None:
+            return None
+        if self._http is None:
+            self._http = OpenLineageClient(transport=HttpTransport(HttpConfig.from_dict({
+                "type": "http", "url": self.url, "timeout": self.cfg.http_timeout_s,
+                "retry": {"total": 2, "backoff_factor": 0.3, "status_forcelist": [500, 502, 503, 504],
+                          "allowed_methods": ["HEAD", "POST"]}})))
+        return self._http
 
     def build(self, state: str, job: str, run_id: str | None = None, inputs: Sequence[LineageDataset] = (),
               outputs: Sequence[LineageDataset] = (), *, parent: dict | None = None,
@@ -272,7 +278,13 @@ class OpenLineageEmitter:
         if not self.cfg.openlineage:
             return None
         event = self.build(state, job, run_id, inputs, outputs, **facets)
-        self.client().emit(event)
+        self.client().emit(event)  # the record of truth: a failed write fails the caller
+        http = self.http_client()
+        if http is not None:
+            try:
+                http.emit(event)
+            except Exception as exc:  # noqa: BLE001 - a dead Marquez must not fail a run; the file has the event
+                log.warning("openlineage: %s not reached (%s); the event is in %s", self.url, exc, self.file)
         log.debug("openlineage %s %s/%s run %s: %d inputs, %d outputs -> %s%s", state, self.job_namespace, job,
                  event.run.runId, len(inputs), len(outputs), self.file, f" and {self.url}" if self.url else "")
         return event
