@@ -32,11 +32,13 @@ def test_data_uri_is_a_small_png_at_80_dpi(tmp_path):
 
 def test_paths_become_images_in_place_and_unmentioned_plots_are_appended(tmp_path):
     a, b, c = (_plot(tmp_path / f"{n}.png", 4) for n in "abc")
-    md = f"# Report\n\nsome text\n\nPlots: {a}, {b}\n\nend"
-    out = inline_plots(md, [a, b, c, tmp_path / "missing.png"])
+    missing = tmp_path / "missing.png"
+    md = f"# Report\n\nsome text\n\nPlots: {a}, {b}\n\nnot drawn: {missing}\n\nend"
+    out = inline_plots(md, [a, b, c, missing])
     lines = out.split("\n")
     assert lines[:5] == ["# Report", "", "some text", "", "Plots:"]
     assert [x.split("](")[0] for x in lines if x.startswith("![")] == ["![a", "![b", "![c"]
     assert out.index("![b") < out.index("end") < out.index("## Plots") < out.index("![c")
-    assert str(a) not in out and "missing" not in out
+    assert str(a) not in out
+    assert f"not drawn: {missing}" in out and out.count("missing") == 1  # a missing file stays a path, once
     assert inline_plots("no plots here", []) == "no plots here"

@@ -16,6 +16,8 @@ from brainstacks_core.data.pipeline import prepare_all
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.lineage.openlineage_io import job_events, read_events
 from brainstacks_core.profile import load_profile
+from safetensors import safe_open
+
 from brainstacks_core.reporting.model_card import card_path
 from brainstacks_core.training.run import current_run_dir
 
@@ -71,6 +73,8 @@ def test_training_flow_progress_model_cards_stacks_table_plots_and_lineage(harne
         assert f"`{manifest['base_fingerprint']}`" in md and f"`{r['version']}`" in md
         assert f"| trained by flow run | `{cat.get(r['version'])['flow_run_id']}` |" in md
         assert f"| code version | `{cat.get(r['version'])['code_version']}` |" in md
+        moe = json.loads(safe_open(r["file"], framework="pt").metadata()["moe_config"])  # from the file's header
+        assert f"| MoE-LoRA | rank {moe['rank']}, {moe['num_experts']} experts, top-{moe['top_k']}" in md
         if dom == "math":
             chat_stacks = [x["version"] for d, x in frozen if d == "chat"]
             assert all(f"`{v}`" in md for v in chat_stacks) and entry["null_space"]["version"] in md

@@ -25,13 +25,14 @@ from brainstacks_core.files import atomic_write_text
 def stack_file_metadata(path: str | Path) -> dict:
     """The safetensors header metadata of a stack file (``lineage``/``moe_config`` parsed); {} if unreadable.
 
-    Reads only the header (8-byte length, then JSON), never the tensors.
+    Reads only the header (``safetensors.safe_open``), never the tensors.
     """
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            meta = json.loads(fh.read(n)).get("__metadata__") or {}
-    except (OSError, ValueError):
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+    except (OSError, SafetensorError):
         return {}
     for key in ("lineage", "moe_config"):
         if isinstance(meta.get(key), str):
