@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.runtime import flow_run, task_run
 
 from brainstacks_core.data.pipeline import (
     EmptyDomainError,
@@ -25,18 +24,13 @@ from brainstacks_core.data.pipeline import (
 from brainstacks_core.data.sources import SourceError
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
+from tasks.run_context import retry_unless, run_ids
 
 # Errors in the data itself: the same input gives the same error, so retrying only repeats it.
 PERMANENT_ERRORS = (SourceError, EmptyDomainError, ValueError, FileNotFoundError)
 
 
-def _retry_unless_permanent(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn
-    return not isinstance(state.data, PERMANENT_ERRORS)
-
-
-def _run_ids() -> dict:
-    return {"flow_run_id": str(flow_run.id) if flow_run.id else None,
-            "task_run_id": str(task_run.id) if task_run.id else None}
+_retry_unless_permanent = retry_unless(*PERMANENT_ERRORS)
 
 
 def _summary(p) -> dict:  # noqa: ANN001 - PreparedDataset
@@ -81,5 +75,5 @@ def register_task(config_path: str, artifact_root: str | None, finalized: dict[s
     """Record every finished domain in the catalog in one transaction (after all succeeded)."""
     profile = load_profile(config_path, artifact_root)
     prepared = {d: from_manifest(Path(f["manifest"]), cache_hit=f["cache_hit"]) for d, f in finalized.items()}
-    done = register_prepared(profile, prepared, Catalog(profile.catalog_path), _run_ids())
+    done = register_prepared(profile, prepared, Catalog(profile.catalog_path), run_ids())
     return {d: _summary(p) for d, p in done.items()}

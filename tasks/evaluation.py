@@ -19,7 +19,7 @@ from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 from tasks.artifacts import markdown_artifact
 from tasks.progress import artifact_key
-from tasks.training import _run_ids
+from tasks.run_context import retry_unless, run_ids
 
 
 def eval_progress(key: str, title: str) -> Callable[[dict], None]:
@@ -39,10 +39,8 @@ def eval_progress(key: str, title: str) -> Callable[[dict], None]:
     return hook
 
 
-def retry_unless_request_error(task, task_run, state) -> bool:
-    """Retry transient failures only: a bad request, an untrained run or a missing file fails at once."""
-    exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, (ValueError, FileNotFoundError))
+# a bad request, an untrained run or a missing benchmark file fails at once; anything else is retried
+retry_unless_request_error = retry_unless(ValueError, FileNotFoundError)
 
 
 @task(name="evaluate-run", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_request_error)
@@ -61,7 +59,7 @@ def evaluate_task(config_path: str, artifact_root: str | None, run_name: str = "
     title = f"{profile.name}/{run_name} benchmark evaluation"
     hook = eval_progress(artifact_key("eval", profile.name, run_name), title)
     out = evaluate_profile(profile, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks, limit=limit,
-                           run_ids=_run_ids(), progress_cb=hook)
+                           run_ids=run_ids(), progress_cb=hook)
     for mode, why in out["skipped"].items():
         log.warning("%s skipped: %s", mode, why)
     if out["version"] is not None:

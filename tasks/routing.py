@@ -18,7 +18,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 from tasks.progress import artifact_key
-from tasks.training import _run_ids
+from tasks.run_context import run_ids
 
 
 def routing_progress(key: str, title: str, epochs: int, min_interval_s: float = 1.0):
@@ -54,7 +54,7 @@ def route_task(config_path: str, artifact_root: str | None, run_name: str = "mai
     log = get_run_logger()
     hook = routing_progress(artifact_key("routing", profile.name, run_name), f"{profile.name}/{run_name}",
                             profile.router.epochs)
-    out = route_profile(profile, run_name, Catalog(profile.catalog_path), _run_ids(), progress_cb=hook)
+    out = route_profile(profile, run_name, Catalog(profile.catalog_path), run_ids(), progress_cb=hook)
     o = out["summary"]["oracle"]
     log.info("oracle %s: %d losses computed, %d reused, %d forwards; router %s", o["version"], o["computed"],
              o["reused"], o["forwards"], out["summary"]["router_version"])

@@ -8,17 +8,12 @@ safe: training resumes from the run's manifest and never retrains a finished rou
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.runtime import flow_run, task_run
 
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 from tasks.artifacts import markdown_artifact, table_artifact
 from tasks.progress import artifact_key, progress_hook
-
-
-def _run_ids() -> dict:
-    return {"flow_run_id": str(flow_run.id) if flow_run.id else None,
-            "task_run_id": str(task_run.id) if task_run.id else None}
+from tasks.run_context import run_ids
 
 
 @task(name="build-base", retries=1, retry_delay_seconds=5)
@@ -28,7 +23,7 @@ def build_base_task(config_path: str, artifact_root: str | None, data_versions: 
 
     profile = load_profile(config_path, artifact_root)
     cat = Catalog(profile.catalog_path)
-    info = ensure_base(profile, None, cat, _run_ids())  # the tiny base has its own pinned corpus
+    info = ensure_base(profile, None, cat, run_ids())  # the tiny base has its own pinned corpus
     get_run_logger().info("base %s (%s) at %s", info.fingerprint, info.source, info.path)
     return {"fingerprint": info.fingerprint, "path": str(info.path), "source": info.source}
 
@@ -43,7 +38,7 @@ def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, 
     versions = resolve_data_versions(profile, cat)
     # what this run reads: every domain's train/val (training, null space) and test (forgetting) split
     cat.record_reads([f"{v.rsplit('-', 1)[0]}-{s}" for v in versions.values() for s in ("train", "val", "test")],
-                     _run_ids())
+                     run_ids())
     get_run_logger().info("data versions: %s", versions)
     return versions
 
@@ -67,7 +62,7 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
                          f"{profile.name}/{run_name}", profile.training.max_rounds)
     try:
         manifest = train_profile(profile, run_name, null_space, until_domain=domain,
-                                 catalog=Catalog(profile.catalog_path), run_ids=_run_ids(),
+                                 catalog=Catalog(profile.catalog_path), run_ids=run_ids(),
                                  data_versions=data_versions, progress=hook)
     except RunBusyError as exc:
         log.warning("skipped: %s", exc)
@@ -77,7 +72,7 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
     if entry.get("reused_from"):
         log.info("%s: unchanged (base, settings, its data and every earlier domain): stacks reused from %s",
                  domain, entry["reused_from"])
-        cat.record_reads([r["version"] for r in entry["rounds"] if r["status"] == "frozen"], _run_ids())
+        cat.record_reads([r["version"] for r in entry["rounds"] if r["status"] == "frozen"], run_ids())
     model_cards(profile, run_name, manifest, domain, cat)
     for r in entry["rounds"]:
         log.info("%s round %d: %s, val loss %.4f -> %.4f (%s)", domain, r["round"], r["status"],
@@ -106,7 +101,7 @@ def experiment1_task(config_path: str, artifact_root: str | None) -> dict:
     from brainstacks_core.training.run import run_experiment1_for_profile
 
     profile = load_profile(config_path, artifact_root)
-    return run_experiment1_for_profile(profile, Catalog(profile.catalog_path), _run_ids())
+    return run_experiment1_for_profile(profile, Catalog(profile.catalog_path), run_ids())
 
 
 @task(name="report")
@@ -115,7 +110,7 @@ def report_task(config_path: str, artifact_root: str | None, run_names: list[str
     from brainstacks_core.reporting.report import build_report
 
     profile = load_profile(config_path, artifact_root)
-    return build_report(profile, run_names, Catalog(profile.catalog_path), _run_ids())
+    return build_report(profile, run_names, Catalog(profile.catalog_path), run_ids())
 
 
 @task(name="run-summary")
