@@ -12,31 +12,25 @@ from __future__ import annotations
 from typing import Callable
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from brainstacks_core.evaluation.record import counts_line
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 from tasks.artifacts import markdown_artifact
-from tasks.progress import artifact_key
+from tasks.progress import artifact_key, progress_artifact
 from tasks.run_context import retry_unless, run_ids
 
 
 def eval_progress(key: str, title: str) -> Callable[[dict], None]:
     """A ``progress_cb(info)`` for ``evaluate_model``: one progress artifact, updated per (mode, task) pair."""
-    art = {"id": None}
 
-    def hook(info: dict) -> None:
+    def render(info: dict) -> tuple[float, str, bool]:
         done, total = int(info["done"]), max(1, int(info["total"]))
         where = "starting" if info.get("mode") is None else f"{info['mode']} / {info['task']} done"
-        desc = (f"{title}: {where} ({done}/{info['total']} mode x task pairs; {info['computed']} requests "
-                f"computed, {info['reused']} from the cache)")
-        if art["id"] is None:
-            art["id"] = create_progress_artifact(progress=100.0 * done / total, key=key, description=desc)
-        else:
-            update_progress_artifact(artifact_id=art["id"], progress=100.0 * done / total, description=desc)
+        return 100.0 * done / total, (f"{title}: {where} ({done}/{info['total']} mode x task pairs; "
+                                      f"{info['computed']} requests computed, {info['reused']} from the cache)"), True
 
-    return hook
+    return progress_artifact(key, title, render)
 
 
 # a bad request, an untrained run or a missing benchmark file fails at once; anything else is retried

@@ -10,39 +10,28 @@ steps, router epochs) goes to one progress artifact.
 
 from __future__ import annotations
 
-import time
-
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
-from tasks.progress import artifact_key
+from tasks.progress import artifact_key, progress_artifact
 from tasks.run_context import run_ids
 
 
 def routing_progress(key: str, title: str, epochs: int, min_interval_s: float = 1.0):
     """A ``progress(info)`` callable for the routing stage: oracle steps fill 0-50 %, router epochs 50-100 %."""
-    art = create_progress_artifact(progress=0.0, key=key, description=f"{title}: starting")
-    last = {"t": 0.0}
 
-    def hook(info: dict) -> None:
-        now = time.monotonic()
-        if now - last["t"] < min_interval_s:
-            return
-        last["t"] = now
+    def render(info: dict) -> tuple[float, str, bool]:
         if info.get("stage") == "oracle":
             pct = 50.0 * min(1.0, int(info.get("step", 0)) / max(1, int(info.get("max_steps", 1))))
-            desc = (f"{title}: oracle greedy step {info.get('step')}/{info.get('max_steps')}, "
-                    f"{info.get('active')} prompts still improving, {info.get('computed')} losses computed")
-        else:
-            epoch = int(info.get("epoch", 0))
-            pct = 50.0 + 50.0 * min(1.0, epoch / max(1, epochs))
-            desc = f"{title}: router epoch {epoch}/{epochs}" + "".join(
-                f", {k} {v:.4f}" for k, v in info.items() if isinstance(v, float))
-        update_progress_artifact(artifact_id=art, progress=pct, description=desc)
+            return pct, (f"{title}: oracle greedy step {info.get('step')}/{info.get('max_steps')}, "
+                         f"{info.get('active')} prompts still improving, {info.get('computed')} losses computed"), False
+        epoch = int(info.get("epoch", 0))
+        desc = f"{title}: router epoch {epoch}/{epochs}" + "".join(
+            f", {k} {v:.4f}" for k, v in info.items() if isinstance(v, float))
+        return 50.0 + 50.0 * min(1.0, epoch / max(1, epochs)), desc, epoch >= epochs
 
-    return hook
+    return progress_artifact(key, title, render, min_interval_s)
 
 
 @task(name="route-run", retries=1, retry_delay_seconds=10)
