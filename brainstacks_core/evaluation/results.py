@@ -20,9 +20,9 @@ import pandas as pd
 
 from brainstacks_core.evaluation import stats
 from brainstacks_core.files import atomic_write
+from brainstacks_core.lineage.cache_tables import EVAL_ITEM_COLS
 
-ITEM_COLS = ["task", "task_version", "mode", "identity", "doc_id", "doc_hash", "target", "filter", "scores",
-             "metrics"]
+ITEM_COLS = EVAL_ITEM_COLS  # the catalog's eval_items columns
 
 
 def _num(x: Any) -> Any:
