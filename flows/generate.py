@@ -37,6 +37,7 @@ def cli_generate(args: argparse.Namespace) -> int:
     from brainstacks_core.lineage.catalog import Catalog
     from brainstacks_core.profile import load_profile
     from brainstacks_core.routing.superposition import load_routed_run
+    from brainstacks_core.stacks.stack_io import StackFileError
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     profile = load_profile(args.config, args.artifact_root)
@@ -53,14 +54,19 @@ def cli_generate(args: argparse.Namespace) -> int:
     gated = [s for d in plan.gated for s in routed.domain_stacks.get(d, ())]
     print(f"stacks used: {', '.join(plan.stack_ids) or 'none (base only)'}"
           + (f"; never loaded (gated): {', '.join(gated)}" if gated else ""))
-    if len(plan.prompts) == 1:
-        print("answer: ", end="", flush=True)
-        streamer = TextStreamer(routed.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        routed.generate(plan.prompts, args.max_new_tokens, streamer=streamer, plan=plan)
-    else:
-        _, answers = routed.generate(plan.prompts, args.max_new_tokens, plan=plan)
-        for i, a in enumerate(answers):
-            print(f"answer [{i}]: {a}")
+    try:
+        if len(plan.prompts) == 1:
+            print("answer: ", end="", flush=True)
+            streamer = TextStreamer(routed.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            routed.generate(plan.prompts, args.max_new_tokens, streamer=streamer, plan=plan)
+        else:
+            _, answers = routed.generate(plan.prompts, args.max_new_tokens, plan=plan)
+            for i, a in enumerate(answers):
+                print(f"answer [{i}]: {a}")
+    except StackFileError as exc:  # a routed stack's file is missing, changed or corrupt: named, no traceback
+        print(f"\nbrainstacks generate: {exc}\n(re-verify the run: brainstacks repair --config {args.config} "
+              f"--run {args.run})", file=sys.stderr)
+        return 1
     print(f"stacks attached: {', '.join(routed.store.attached) or 'none'}")
     print(routed.store.summary())
     return 0

@@ -310,6 +310,16 @@ def test_cli_generate_prints_weights_stacks_answer_and_store(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "  [1] " in out and "answer [0]: " in out and "answer [1]: " in out
 
+    # a routed stack's file changed on disk: the CLI names the file and the repair command, no traceback
+    target = next(e for e in routed.store.entries.values() if e.stack_id == plan.stack_ids[0]).path
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(target) in err and "brainstacks repair" in err and "Traceback" not in err
+
     # the run retrains one stack (a new version in its manifest) after the router trained: generate refuses
     # the stale router and names the command that fixes it
     from brainstacks_core.training.run import current_run_dir
