@@ -23,6 +23,7 @@ from pydantic import Field  # noqa: E402
 from brainstacks_core.evaluation.config import MODES  # noqa: E402
 from brainstacks_core.evaluation.record import counts_line  # noqa: E402
 from brainstacks_core.evaluation.suite import GROUPS, available, check_request  # noqa: E402
+from brainstacks_core.evaluation.task_data import BenchmarkFileError  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
 from tasks.evaluation import evaluate_task  # noqa: E402
@@ -74,7 +75,8 @@ def cli_eval(args: argparse.Namespace) -> int:
     try:
         out = evaluate(config_path=args.config, run_name=args.run, modes=modes or None, tasks=tasks or None,
                        limit=args.limit, artifact_root=args.artifact_root)
-    except FileNotFoundError as exc:  # an untrained run or a missing benchmark file: the message says what to do
+    except (FileNotFoundError, BenchmarkFileError) as exc:  # an untrained run, a missing or broken benchmark
+        # file: the message names it and says what to do
         print(f"brainstacks eval: {exc}", file=sys.stderr)
         return 1
     print(out["markdown"])

@@ -69,6 +69,28 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     assert main([*common, "--mode", "base,ungated"]) == 1
     assert "has not trained yet" in capsys.readouterr().err
 
+    # a broken benchmark file: the CLI names the file, the line and the field; nothing is converted or cached
+    import json
+
+    bench = tmp_path / "bench" / "arc"
+    bench.mkdir(parents=True)
+    good = {"query": "Question: Which is a liquid?\nAnswer:", "choices": ["ice", "water", "rock", "salt"], "gold": 1}
+    rows = [json.dumps(good), json.dumps(good), '{"query": "Question: broken', json.dumps(good)]
+    (bench / "arc_easy.jsonl").write_text("\n".join(rows) + "\n")
+    raw = yaml.safe_load(cfg.read_text())
+    raw["eval"]["data_dir"] = str(tmp_path / "bench")
+    broken_cfg = tmp_path / "broken.yaml"
+    broken_cfg.write_text(yaml.safe_dump(raw))
+    broken = ["eval", "--config", str(broken_cfg), "--artifact-root", str(art), "--tasks", "arc_easy", "--mode", "base"]
+    assert main(broken) == 1
+    assert f"{bench / 'arc_easy.jsonl'}:3: not a JSON object" in capsys.readouterr().err
+    rows[2] = json.dumps({k: v for k, v in good.items() if k != "gold"})
+    (bench / "arc_easy.jsonl").write_text("\n".join(rows) + "\n")
+    assert main(broken) == 1
+    assert f"{bench / 'arc_easy.jsonl'}:3: field 'gold' missing" in capsys.readouterr().err
+    converted = art / "evalmini" / "eval" / "data"
+    assert list(converted.glob("demo_math-*")) and not list(converted.glob("arc_easy-*"))
+
     train_profile(profile, catalog=cat)
 
     # 1. the CLI, before any router exists

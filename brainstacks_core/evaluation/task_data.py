@@ -37,11 +37,34 @@ MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_med
 _LETTERS = "ABCDEFGHIJ"
 
 
+class BenchmarkFileError(ValueError):
+    """A benchmark file that cannot be read as its task expects: names the file, the line and the field."""
+
+
+class _Row(dict):
+    """One parsed JSONL line that names its file and line when a field is missing."""
+
+    def __init__(self, data: dict, where: str) -> None:
+        super().__init__(data)
+        self.where = where
+
+    def __missing__(self, key: str):
+        raise BenchmarkFileError(f"{self.where}: field {key!r} missing (fields: {sorted(self)})")
+
+
 def _jsonl(path: Path) -> Iterator[dict]:
+    """The JSON objects of a JSONL file; a broken line raises naming the file and the line."""
     with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BenchmarkFileError(f"{path}:{n}: not a JSON object: {exc.msg} (column {exc.colno})") from exc
+            if not isinstance(obj, dict):
+                raise BenchmarkFileError(f"{path}:{n}: a JSON {type(obj).__name__}, not an object")
+            yield _Row(obj, f"{path}:{n}")
 
 
 def hellaswag(path: Path) -> list[dict]:
@@ -136,6 +159,8 @@ def materialize(name: str, split: str, data_dir: Path, out_dir: Path) -> tuple[P
 
     Raises:
         FileNotFoundError: the source file is absent (names the file and the key to set).
+        BenchmarkFileError: the file is broken (names the file, and the line and field where known).
+            Nothing is converted or cached then: a benchmark never silently loses items.
     """
     rel, convert = SHARED_SOURCES[name][split]
     src = data_dir / rel
@@ -145,7 +170,13 @@ def materialize(name: str, split: str, data_dir: Path, out_dir: Path) -> tuple[P
     version = content_hash(sha256_file(src), name, split, CONVERTER_VERSION)
     out = out_dir / f"{name}-{split}-{version}.jsonl"
     if not out.exists():
-        rows = convert(src)
+        try:
+            rows = convert(src)
+        except BenchmarkFileError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError, OSError) as exc:
+            raise BenchmarkFileError(f"{src}: cannot be read as eval task {name!r} ({type(exc).__name__}: "
+                                     f"{exc})") from exc
         atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         log.info("eval data %s/%s: %d docs from %s -> %s", name, split, len(rows), src, out)
     return out, version
