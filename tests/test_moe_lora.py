@@ -116,12 +116,30 @@ def test_aux_loss_has_gradient_on_router():
     assert m.router.weight.grad is not None and m.router.weight.grad.abs().sum() > 0
 
 
-def test_load_balance_loss_is_one_when_balanced_and_larger_when_collapsed():
+def test_load_balance_loss_is_k_when_balanced_and_larger_when_collapsed():
     logits = torch.zeros(8, 4)
     idx = torch.tensor([[0, 1], [2, 3]] * 4)
-    assert load_balance_loss(logits, idx, 4).item() == pytest.approx(1.0)
+    assert load_balance_loss(logits, idx, 4).item() == pytest.approx(2.0)  # sum_e f(e) = k = 2
     collapsed = torch.tensor([[10.0, 9.0, 0.0, 0.0]]).repeat(8, 1)
-    assert load_balance_loss(collapsed, collapsed.topk(2).indices, 4).item() > 1.9
+    assert load_balance_loss(collapsed, collapsed.topk(2).indices, 4).item() > 3.8
+
+
+def test_load_balance_loss_matches_the_papers_formula_by_hand():
+    """Paper eq. 7: L = N * sum_e P(e) * f(e), P = mean router probability, f = fraction of tokens sent to e."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 1.0, 0.0], [1.0, 1.5, 2.0, 0.5]])
+    idx = logits.topk(2, dim=-1).indices  # tokens -> {0,1}, {1,2}, {2,1}
+    n_tokens, n_experts = 3, 4
+    probs = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits.tolist()]
+    p = [sum(probs[t][e] for t in range(n_tokens)) / n_tokens for e in range(n_experts)]
+    f = [sum(e in row for row in idx.tolist()) / n_tokens for e in range(n_experts)]  # [1/3, 3/3, 2/3, 0]
+    assert f == pytest.approx([1 / 3, 1.0, 2 / 3, 0.0])
+    want = n_experts * sum(p[e] * f[e] for e in range(n_experts))
+    assert load_balance_loss(logits, idx, n_experts).item() == pytest.approx(want, rel=1e-6)
+    mask = torch.tensor([1, 1, 0])  # the third token is padding: the formula over the first two only
+    p2 = [(probs[0][e] + probs[1][e]) / 2 for e in range(n_experts)]
+    f2 = [0.5, 1.0, 0.5, 0.0]
+    assert load_balance_loss(logits, idx, n_experts, mask).item() == pytest.approx(
+        n_experts * sum(a * b for a, b in zip(p2, f2)), rel=1e-6)
 
 
 def test_projection_idempotent_and_orthogonal():

@@ -58,6 +58,8 @@ def test_trainer_sums_the_padding_free_loss_over_projections(tmp_path, reduction
     for _, mask, n in seen:  # the batch's attention mask reached every layer; padding is excluded
         assert mask.numel() == n and 0 < mask.sum() < n
     want = per_layer.sum() if reduction == "sum" else per_layer.mean()
-    (logged,) = [h["aux_loss"] for h in trainer.state.log_history if "aux_loss" in h]
-    assert abs(logged - want.item()) < 1e-5
+    (logged,) = [h for h in trainer.state.log_history if "aux_loss" in h]
+    assert abs(logged["aux_loss_unscaled"] - want.item()) < 1e-5
+    assert abs(logged["aux_loss"] - 0.01 * want.item()) < 1e-7  # what the aux term adds, coefficient applied
+    assert abs(logged["loss"] - (logged["task_loss"] + logged["aux_loss"])) < 1e-3  # the log adds up
     assert all(layer.active.token_mask is None for layer in layers.values())  # cleared after the step

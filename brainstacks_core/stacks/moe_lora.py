@@ -66,33 +66,42 @@ def top_k_gates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 def load_balance_loss(logits: torch.Tensor, top_idx: torch.Tensor, num_experts: int,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Switch-style load-balance loss ``E * sum_e f_e * P_e`` over the real tokens.
+    """The paper's load-balance loss ``N * sum_e P(e) * f(e)`` (eq. 7) over the real tokens.
 
-    ``f_e`` (fraction of dispatches to expert e, no gradient) times ``P_e`` (mean
-    router probability, differentiable), so the gradient reaches the router.
+    ``P(e)`` is the mean router probability of expert e (differentiable, so the
+    gradient reaches the router) and ``f(e)`` the fraction of tokens dispatched to
+    expert e (no gradient). With top-k routing every token is dispatched k times, so
+    ``sum_e f(e) = k`` and the loss is k at perfect balance (2.0 at the paper's top-2),
+    up to ``k * N / ...`` when the router collapses.
+
+    Padding is excluded with a masked mean, never boolean indexing: ``logits[mask]``
+    has a data-dependent shape and forces a host sync in every wrapped projection
+    (about 1,200 per optimizer step at TinyLlama with checkpointing); the weighted
+    sums below keep every shape static, so neither forward nor backward syncs.
 
     Args:
-        logits: ``[N, E]`` router logits (with noise in training).
-        top_idx: ``[N, k]`` chosen experts.
-        num_experts: E.
-        mask: ``[N]`` (or any shape with N elements) true at real tokens; padding
+        logits: ``[T, E]`` router logits (with noise in training).
+        top_idx: ``[T, k]`` chosen experts.
+        num_experts: E (the paper's N).
+        mask: ``[T]`` (or any shape with T elements) true at real tokens; padding
             positions take no part. None: every row counts.
 
     Returns:
-        Scalar loss; 1.0 at perfect balance (0 with gradient if no token is real).
+        Scalar loss (0 with gradient if no token is real).
     """
-    if mask is not None:
-        keep = mask.reshape(-1).to(device=logits.device, dtype=torch.bool)
-        if keep.numel() != logits.shape[0]:
-            raise ValueError(f"token mask has {keep.numel()} entries for {logits.shape[0]} router rows")
-        logits, top_idx = logits[keep], top_idx[keep]
-    if logits.shape[0] == 0:
-        return logits.float().sum() * 0.0
-    probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
-    p_mean = probs.mean(dim=0)  # (E,)
+    t, k = top_idx.shape
+    if mask is None:
+        w = torch.ones(t, device=logits.device, dtype=torch.float32)
+    else:
+        if mask.numel() != logits.shape[0]:
+            raise ValueError(f"token mask has {mask.numel()} entries for {logits.shape[0]} router rows")
+        w = mask.reshape(-1).to(device=logits.device, dtype=torch.float32, non_blocking=True)  # (T,)
+    real = w.sum().clamp_min(1.0)  # a 0-d tensor: stays on the device
+    probs = torch.softmax(logits.float(), dim=-1)  # (T, E)
+    p_mean = (probs * w.unsqueeze(-1)).sum(dim=0) / real  # (E,)
     counts = torch.zeros(num_experts, device=logits.device, dtype=torch.float32)
-    counts.scatter_add_(0, top_idx.reshape(-1), torch.ones(top_idx.numel(), device=logits.device))
-    f = counts / top_idx.numel()  # (E,) sums to 1
+    counts.scatter_add_(0, top_idx.reshape(-1), w.repeat_interleave(k))  # dispatches per expert
+    f = counts / real  # (E,) fraction of real tokens sent to e; sums to k
     return num_experts * torch.sum(f * p_mean)
 
 

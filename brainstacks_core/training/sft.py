@@ -1,8 +1,10 @@
 """trl SFTTrainer for one MoE-LoRA stack: task loss + 0.01 x load-balance loss.
 
 The load-balance loss is added inside ``compute_loss`` and the task loss and
-aux loss are logged separately (``task_loss``, ``aux_loss``), so the reported
-training loss is not the inflated mix the paper's Experiment 1 shows. With
+aux loss are logged separately (``task_loss``; ``aux_loss`` = coefficient x load-balance
+loss, so ``loss = task_loss + aux_loss``; ``aux_loss_unscaled``), so the reported
+training loss is never the unexplained mix the paper's Experiment 1 shows (train 7.44
+where the task loss was ~0.9). The per-step values stay on the device until a log. With
 ``eval_loss=`` every evaluation is that function's number (the completion loss of
 ``training.loss``), the same measure as the round's starting loss and keep decision.
 """
@@ -105,6 +107,7 @@ class StackSFTTrainer(SFTTrainer):
         self.stack_aux_loss_coef = aux_loss_coef
         self.stack_aux_loss_reduction = aux_loss_reduction
         self.stack_eval_loss = eval_loss
+        self._stack_pending: dict[str, dict[str, list[torch.Tensor]]] = {}
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """``{prefix}_loss`` from ``eval_loss`` (logged, then passed to every callback's ``on_evaluate``)."""
@@ -141,11 +144,30 @@ class StackSFTTrainer(SFTTrainer):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         task_loss = result[0] if return_outputs else result
-        self._metrics[mode]["task_loss"].append(task_loss.detach().float().item())
+        self._stack_metric(mode, "task_loss", task_loss)
         aux = collect_aux_loss(model, self.stack_aux_loss_reduction) if mode == "train" else None
         if aux is None:
             return result
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
         loss = task_loss + self.stack_aux_loss_coef * aux / steps
-        self._metrics[mode]["aux_loss"].append(aux.detach().float().item())
+        self._stack_metric(mode, "aux_loss", self.stack_aux_loss_coef * aux)
+        self._stack_metric(mode, "aux_loss_unscaled", aux)
         return (loss, result[1]) if return_outputs else loss
+
+    def _stack_metric(self, mode: str, key: str, value: torch.Tensor) -> None:
+        """Keep a detached 0-d tensor on the device; :meth:`log` reads all of them at once (no per-step sync)."""
+        self._stack_pending.setdefault(mode, {}).setdefault(key, []).append(value.detach().float())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Turn the pending device scalars into trl's metric lists with one host transfer, then log.
+
+        Logged per window: ``task_loss`` (the task loss), ``aux_loss`` (the coefficient times the
+        load-balance loss: what it adds to ``loss``, so ``loss = task_loss + aux_loss``) and
+        ``aux_loss_unscaled`` (the load-balance loss itself, summed or averaged over the projections).
+        """
+        for mode, pending in self._stack_pending.items():
+            for key, values in pending.items():
+                if values:
+                    self._metrics[mode][key].extend(torch.stack(values).cpu().tolist())
+            pending.clear()
+        super().log(logs, start_time)
