@@ -75,6 +75,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def blake3_bytes(data: bytes | bytearray | memoryview) -> str:
+    """Hex BLAKE3 of ``data``, multi-threaded (~3 GB/s per core; sha256 ~1.3 GB/s here).
+
+    The fast integrity check of files whose BLAKE3 was recorded when they were written
+    (stack files); sha256 stays the standard digest the catalog and manifests publish.
+    """
+    import blake3
+
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's content, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -90,6 +90,8 @@ def _share_along_math_directions(model, manifest, data, tok) -> float:
             continue
         for sid in words_ids:
             d = layer._frozen_delta(xs[name], (sid,))  # [N, out]
+            if bases[name].shape[0] >= d.shape[1]:  # V spans the whole output: under projection the delta
+                continue  # is ~0 there, and a share of ~0 / ~0 means nothing
             worst = max(worst, ((d @ bases[name].T).norm() / d.norm()).item())
     return worst
 

@@ -136,6 +136,53 @@ def test_load_reads_and_hashes_the_file_once(tmp_path, monkeypatch):
     assert load_stack(path, verify=False).stack_id == "chat-r1"  # explicitly unverified
 
 
+def test_blake3_recorded_at_save_is_the_fast_check_and_refuses_a_flipped_byte(tmp_path, monkeypatch):
+    import blake3
+
+    import brainstacks_core.stacks.stack_io as stack_io
+
+    path = tmp_path / "s.safetensors"
+    saved = save_stack(path, _trained_model(), "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+    assert saved.file_blake3 == blake3.blake3(path.read_bytes()).hexdigest()
+    calls = {"sha": 0}
+    sha = stack_io.sha256_bytes
+    monkeypatch.setattr(stack_io, "sha256_bytes", lambda d: calls.__setitem__("sha", calls["sha"] + 1) or sha(d))
+    loaded = load_stack(path, expected_sha256=saved.file_sha256, expected_blake3=saved.file_blake3)
+    assert calls["sha"] == 0, "with a recorded BLAKE3 the load must not also run sha256"
+    assert loaded.file_sha256 == saved.file_sha256 and loaded.file_blake3 == saved.file_blake3
+    for name, t in saved.tensors.items():
+        assert torch.equal(loaded.tensors[name], t)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(StackFileError, match="BLAKE3"):
+        load_stack(path, expected_sha256=saved.file_sha256, expected_blake3=saved.file_blake3)
+
+
+@pytest.mark.parametrize("damage", ["overlap", "short_shape", "trailing"])
+def test_in_place_parse_checks_the_layout(tmp_path, damage):
+    import json
+    import struct
+
+    path = tmp_path / "s.safetensors"
+    save_stack(path, _trained_model(), "chat-r1", domain="chat", round_index=1, base_fingerprint="fp")
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header, body = json.loads(data[8:8 + n]), data[8 + n:]
+    name = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])[1]
+    if damage == "overlap":
+        header[name]["data_offsets"][0] -= 4
+    elif damage == "short_shape":
+        header[name]["shape"][0] -= 1
+    else:
+        body += b"\0" * 8
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+    with pytest.raises(StackFileError, match="not a readable"):
+        load_stack(path, verify=False)
+
+
 def test_thawed_stack_equals_frozen_and_trains(tmp_path, input_ids):
     from brainstacks_core.stacks.inject import collect_aux_loss
     from brainstacks_core.stacks.stack_io import thaw_stack

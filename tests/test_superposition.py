@@ -124,7 +124,7 @@ def test_lru_by_bytes_evicts_least_recently_used(base, files):
     store.ensure(["code-r1"])
     assert store.stats.bytes_held <= 2 * size and store.attached[-1] == "code-r1"
     line = store.summary()
-    for part in ("hits", "misses", "evictions", "sha256-verified", "ms", "MB held"):
+    for part in ("hits", "misses", "evictions", "verified by hash", "ms", "MB held"):
         assert part in line
 
 
@@ -303,7 +303,7 @@ def test_cli_generate_prints_weights_stacks_answer_and_store(tmp_path, capsys):
     assert f"stacks attached: {', '.join(plan.stack_ids)}" in lines  # nothing else was loaded
     store = next(ln for ln in lines if ln.startswith("stack store: "))
     assert f"0 hits, {len(plan.stack_ids)} misses, 0 evictions" in store
-    assert f"({len(plan.stack_ids)} sha256-verified" in store
+    assert f"({len(plan.stack_ids)} verified by hash" in store
 
     assert main(argv[:-4] + ["--prompt", prompt, "--prompt", "Tell me about your day.", "--max-new-tokens",
                              "4"]) == 0  # a batch: one answer per prompt

@@ -67,6 +67,8 @@ class StackEntry:
         path: its ``.safetensors`` file.
         sha256: the whole file's sha256 recorded when it was written.
         version: its catalog version.
+        blake3: the whole file's BLAKE3 recorded when it was written (manifests before it: None,
+            and sha256 is the check).
     """
 
     stack_id: str
@@ -74,6 +76,7 @@ class StackEntry:
     path: Path
     sha256: str
     version: str = ""
+    blake3: str | None = None
 
 
 @dataclass
@@ -159,7 +162,7 @@ class StackStore:
             for r in manifest["domains"].get(dom, {}).get("rounds", []):
                 if r["status"] == "frozen":
                     entries[r["stack_id"]] = StackEntry(r["stack_id"], dom, Path(r["file"]), r["file_sha256"],
-                                                        r.get("version", ""))
+                                                        r.get("version", ""), r.get("file_blake3"))
         return cls(model, entries, budget_bytes, base_fingerprint or manifest.get("base_fingerprint"))
 
     # ----------------------------------------------------------------- queries
@@ -180,7 +183,7 @@ class StackStore:
         s = self.stats
         budget = "no budget" if self.budget_bytes is None else f"budget {self.budget_bytes / 1e6:.1f} MB"
         return (f"stack store: {s.hits} hits, {s.misses} misses, {s.evictions} evictions; {s.misses} loads in "
-                f"{1e3 * s.load_seconds:.1f} ms ({s.hashes} sha256-verified, the rest a known file version), "
+                f"{1e3 * s.load_seconds:.1f} ms ({s.hashes} verified by hash, the rest a known file version), "
                 f"attach/detach {1e3 * s.attach_seconds:.1f} ms; {s.bytes_held / 1e6:.2f} MB held "
                 f"({len(self._lru)} stacks), {budget}")
 
@@ -265,7 +268,8 @@ class StackStore:
                 return sf
             log.warning("%s changed while it was read: verifying it again", path)
         self._verified.pop(path, None)
-        sf = load_stack(path, base_fingerprint=self.base_fingerprint, expected_sha256=entry.sha256)
+        sf = load_stack(path, base_fingerprint=self.base_fingerprint, expected_sha256=entry.sha256,
+                        expected_blake3=entry.blake3)
         self.stats.hashes += 1
         after = _file_key(path.stat())
         if after == key:  # the bytes hashed are this version's

@@ -64,6 +64,7 @@ class RoundRecord:
     seconds: float = 0.0
     file: str | None = None
     file_sha256: str | None = None
+    file_blake3: str | None = None  # the fast integrity check of loads (sha256 stays the published digest)
     version: str | None = None
 
     def to_dict(self) -> dict:

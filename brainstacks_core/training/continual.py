@@ -317,7 +317,7 @@ def _save_and_register(model, ctx: RunContext, d: DomainData, rec: RoundRecord, 
                "metrics": {"val_loss_before": rec.loss_before, "val_loss": rec.loss_after}}
     sf = save_stack(path, model, rec.stack_id, domain=d.domain, round_index=rec.round,
                     base_fingerprint=ctx.base_fingerprint, code_version=code_version(), lineage=lineage)
-    rec.file, rec.file_sha256 = str(path), sf.file_sha256
+    rec.file, rec.file_sha256, rec.file_blake3 = str(path), sf.file_sha256, sf.file_blake3
     if ctx.catalog is not None:
         ctx.catalog.record_artifact(uri=f"stack://{ctx.profile}/{ctx.run_name}/{d.domain}/r{rec.round}",
                                     version=rec.version, kind="stack", path=str(path), sha256=sf.file_sha256,
