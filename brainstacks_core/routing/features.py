@@ -16,7 +16,8 @@ template), right-padded, truncated to ``max_length`` tokens.
 Sizes at Gemma-3-12B (H=3840, T=256): one prompt's features are 256 x 3840 fp32 =
 3.9 MB (1.97 MB in bf16); a batch of 16 is 63 MB fp32. The base forward holds the
 two selected layers only for the batch (``output_hidden_states`` keeps all 49
-layers for that forward: 16 x 256 x 3840 x 49 x 2 B = 1.5 GB in bf16).
+layers for that forward: 16 x 256 x 3840 x 49 x 2 B = 1.5 GB in bf16). The forward runs the decoder only
+(:func:`decoder`), never the LM head, whose logits would be 16 x 256 x 262k x 2 B = 2.1 GB more.
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ def feature_dim(model: nn.Module) -> int:
     return int(cfg.hidden_size)
 
 
+def decoder(model: nn.Module) -> nn.Module:
+    """The model under the LM head (``LlamaModel`` of a ``LlamaForCausalLM``; ``Gemma3Model`` of Gemma-3).
+
+    Its ``hidden_states`` are the causal LM's own (the last one after the final norm), so
+    features are unchanged, but no logits are computed.
+    """
+    inner = getattr(model, "base_model", None)
+    return inner if isinstance(inner, nn.Module) and inner is not model else model
+
+
 def tokenize(tokenizer, prompts: Sequence[str], cfg: RouterConfig, device: torch.device | str = "cpu"):
     """``(input_ids [B, T], attention_mask [B, T])``, right-padded, ``T <= cfg.max_length``."""
     side = getattr(tokenizer, "padding_side", "right")
@@ -93,7 +104,8 @@ def prompt_features(model: nn.Module, tokenizer, prompts: Sequence[str],
     model.eval()
     try:
         with row_weights(model, [], torch.zeros(ids.shape[0], 0)):
-            out = model(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
+            # the decoder without the LM head: no [B, T, vocab] logits (16 x 256 x 262k bf16 = 2.1 GB at Gemma-3)
+            out = decoder(model)(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False)
     finally:
         model.train(was_training)
     hs = out.hidden_states

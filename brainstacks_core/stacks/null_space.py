@@ -165,13 +165,20 @@ def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Te
     device = next(model.parameters()).device
     gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
     pools = {n: DeltaReservoir(max_rows, gen) for n in layers}
-    real: dict[str, torch.Tensor] = {}
+    real: dict = {}
+
+    def mask_on(dev: torch.device) -> torch.Tensor:
+        """The batch's real-token mask on ``dev``, copied once per device and batch."""
+        if dev not in real:
+            real[dev] = real["mask"].to(dev)
+        return real[dev]
 
     def hook(name):
         def fn(module, inputs, _output):
             ids = module.active_frozen_ids()
             if ids:
-                x = inputs[0].reshape(-1, module.in_features)[real["mask"]]  # [n_real, in]
+                x = inputs[0].reshape(-1, module.in_features)
+                x = x[mask_on(x.device)]  # [n_real, in]; a layer on another GPU gets the mask on its device
                 pools[name].add(module._frozen_delta(x, ids))
         return fn
 
@@ -180,6 +187,7 @@ def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Te
     model.eval()
     try:
         for batch in batches:
+            real.clear()
             real["mask"] = batch["attention_mask"].reshape(-1).bool()
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     finally:
