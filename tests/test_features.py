@@ -30,3 +30,14 @@ def test_features_skip_the_lm_head_and_equal_the_causal_lms_hidden_states():
     want = cfg.feature_mix * hs[mid] + (1 - cfg.feature_mix) * hs[last]
     torch.testing.assert_close(feats, want * enc["attention_mask"].bool().unsqueeze(-1))
     assert torch.equal(mask, enc["attention_mask"].bool())
+
+
+def test_a_loaded_router_runs_on_the_base_models_device(tmp_path):
+    """A GPU worker routes on its GPU: the network follows the base (here the meta device stands in for cuda)."""
+    from brainstacks_core.routing.router import MetaRouter, load_trained_router, save_router
+
+    cfg = RouterConfig(max_length=32)
+    save_router(tmp_path, MetaRouter(32, 3, cfg), ["a", "b", "c"], cfg, {"oracle_version": "o"})
+    base = torch.nn.Linear(4, 4).to("meta")
+    router = load_trained_router(tmp_path, base, tokenizer=None, cfg=cfg)
+    assert next(router.net.parameters()).device.type == "meta"

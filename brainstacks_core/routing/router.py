@@ -196,7 +196,8 @@ def load_trained_router(folder: str | Path, model: nn.Module, tokenizer, cfg: Ro
     """A :class:`TrainedRouter` from a saved folder.
 
     ``cfg`` may change inference-only keys (``chat_floor``, ``gate_threshold``,
-    ``feature_batch_size``); the feature keys must equal the trained ones.
+    ``feature_batch_size``); the feature keys must equal the trained ones. The network is
+    moved to the base model's device (a GPU worker routes on its GPU).
     """
     net, meta = load_router(folder, expected_sha256)
     trained = RouterConfig(**meta["config"])
@@ -204,7 +205,8 @@ def load_trained_router(folder: str | Path, model: nn.Module, tokenizer, cfg: Ro
     for key in ("max_length", "feature_layer", "feature_mix"):
         if getattr(cfg, key) != getattr(trained, key):
             raise ValueError(f"router trained with {key}={getattr(trained, key)!r}, asked for {getattr(cfg, key)!r}")
-    return TrainedRouter(net, model, tokenizer, meta["domains"], cfg, meta["version"], meta)
+    device = next(model.parameters()).device  # the worker's device: the router runs where the base runs
+    return TrainedRouter(net.to(device), model, tokenizer, meta["domains"], cfg, meta["version"], meta)
 
 
 def router_uri(profile_name: str, run_name: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+import torch
 from torch import nn
 
 from brainstacks_core.files import atomic_write_json
@@ -51,7 +52,7 @@ def train_and_save_router(frame: pd.DataFrame, domains: Sequence[str], model: nn
                           cfg: RouterConfig, root: str | Path, lineage: dict, *, catalog=None,
                           profile_name: str | None = None, run_name: str | None = None,
                           loss_under: LossUnder | None = None, progress_cb: ProgressCb | None = None,
-                          device: str = "cpu", run_ids: dict | None = None) -> dict:
+                          device: str | torch.device = "cpu", run_ids: dict | None = None) -> dict:
     """Train (or reuse) the run's router under ``root/<key>/`` and record it.
 
     Args:

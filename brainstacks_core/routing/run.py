@@ -168,6 +168,7 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     fitted = train_and_save_router(oracle.targets, domains, model, tok, cfg, out_dir / "router", lineage,
                                    catalog=catalog, profile_name=profile.name, run_name=run_name,
                                    loss_under=loss_under, run_ids=run_ids,
+                                   device=next(model.parameters()).device,  # the worker's GPU when it has one
                                    progress_cb=(lambda info: progress_cb({"stage": "router", **info}))
                                    if progress_cb else None)
     router = fitted["router"]
