@@ -5,7 +5,8 @@ Create the limit once per server, with as many slots as there are GPUs behind th
 
     prefect gcl create gpu --limit 1
 
-Training flows wrap their GPU work in :func:`gpu_slot`: a run that finds every slot
+Every flow that loads a base on CUDA (training, routing, evaluation, Experiment 1) wraps that
+work in :func:`gpu_slot`: a run that finds every slot
 taken waits (its lease is renewed while it trains, and released when it ends or its
 process dies). No CUDA device (CPU workers, tests): no slot is taken. A limit that
 does not exist is not an error (``strict=False``): the run proceeds unthrottled.
@@ -15,11 +16,15 @@ The limit's name is ``BRAINSTACKS_GPU_LIMIT`` (default ``gpu``; empty disables i
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from typing import Iterator
 
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_logger
+
+
+_HELD: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("brainstacks_gpu_slots", default=frozenset())
 
 
 @contextlib.contextmanager
@@ -29,6 +34,10 @@ def gpu_slot(name: str | None = None, require_cuda: bool = True) -> Iterator[str
     Args:
         name: limit name (default: ``$BRAINSTACKS_GPU_LIMIT`` or ``gpu``; ``""``: no limit).
         require_cuda: take a slot only when ``torch.cuda.is_available()``.
+
+    Re-entrant: a flow that already holds the slot (the pipeline around Experiment 1, a
+    subflow of a flow that holds it) does not ask again, which would wait for itself at a
+    limit of 1; another thread or process still waits.
 
     Yields:
         The limit name held, or None when no slot was taken.
@@ -42,6 +51,13 @@ def gpu_slot(name: str | None = None, require_cuda: bool = True) -> Iterator[str
     if not name:
         yield None
         return
+    if name in _HELD.get():  # this flow (or the flow around it) holds it already
+        yield name
+        return
     get_logger("brainstacks.gpu").info("waiting for a slot of global concurrency limit %r (one run per GPU)", name)
     with concurrency(name, occupy=1, strict=False):
-        yield name
+        token = _HELD.set(_HELD.get() | {name})
+        try:
+            yield name
+        finally:
+            _HELD.reset(token)

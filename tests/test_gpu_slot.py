@@ -40,3 +40,7 @@ def test_gpu_slot_holds_one_slot_and_a_second_run_waits(harness):
         assert active() == 0
         with gpu_slot("", require_cuda=False) as held:  # disabled: nothing taken
             assert held is None
+        with gpu_slot(name, require_cuda=False):  # re-entrant: a nested flow does not wait for itself
+            with gpu_slot(name, require_cuda=False) as inner:
+                assert inner == name and active() == 1
+        assert active() == 0
