@@ -87,3 +87,52 @@ def test_routed_mode_needs_a_router(models):
     _, model, tok = models
     with pytest.raises(ValueError, match="router"):
         BrainstacksLM(model, tok, mode="routed", base_fingerprint="b", stack_versions=VERSIONS)
+
+
+def _routed(model, tok, router, per_row: bool, batch_size: int = 8):
+    return BrainstacksLM(model, tok, mode="routed", base_fingerprint="b", stack_versions=VERSIONS, router=router,
+                         domain_stacks=DOMAINS, batch_size=batch_size, per_row_batches=per_row)
+
+
+def test_routed_batches_carry_per_row_weights_and_match_per_request_scores(models):
+    """Requests routed differently share full batches (per-row weights) with the scores of one call per route."""
+    _, model, tok = models
+    router = FixedRouter(["math", "medical"], {"math": 1.0},
+                         rules=[("beta", {"medical": 1.0}), ("once", {"math": 0.4, "medical": 0.7})])
+    pairs = PAIRS + [("Question: alpha and beta once?\nAnswer:", " maybe"), ("", " alpha")]
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda m, args, kw: forwards.append(
+        (kw.get("input_ids", args[0] if args else None)).shape[0]), with_kwargs=True)
+    try:
+        batched = _lls(_routed(model, tok, router, per_row=True), pairs)
+        n_batched, forwards[:] = list(forwards), []
+        grouped = _lls(_routed(model, tok, router, per_row=False), pairs)
+        n_grouped = list(forwards)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(batched, grouped, rtol=1e-5, atol=1e-5)
+    assert n_batched == [len(pairs)], f"one forward of {len(pairs)} rows expected, got {n_batched}"
+    assert len(n_grouped) == 3 and sum(n_grouped) == len(pairs)  # one HFLM call per distinct route
+
+    gen = [Instance("generate_until", {}, (c, {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}), i,
+                    ("g", i, 1)) for i, (c, _) in enumerate(pairs[:5])]
+    out_batched = _routed(model, tok, router, per_row=True).generate_until(copy.deepcopy(gen), disable_tqdm=True)
+    out_grouped = _routed(model, tok, router, per_row=False).generate_until(copy.deepcopy(gen), disable_tqdm=True)
+    assert out_batched == out_grouped
+
+
+def test_a_row_plan_refuses_ambiguous_rows(models):
+    """Equal token rows with different routes (HFLM computes equal rows once) fall back to one call per route."""
+    from brainstacks_core.evaluation.row_plan import plan_loglikelihood
+
+    _, model, tok = models
+    lm = _routed(model, tok, FixedRouter(["math", "medical"], {"math": 1.0}), per_row=True)
+    reqs = _requests([("Question: alpha", " beta gamma"), ("Question: alpha beta", " gamma")])
+    ids = list(VERSIONS)
+    same = plan_loglikelihood(lm, reqs, [{ids[0]: 1.0}, {ids[0]: 1.0}], ids)
+    differ = plan_loglikelihood(lm, reqs, [{ids[0]: 1.0}, {ids[1]: 1.0}], ids)
+    rows = {tuple((lm._encode_pair(*r.args)[0] + lm._encode_pair(*r.args)[1])[:-1]) for r in reqs}
+    if len(rows) == 1:  # the tokenizer splits both pairs into the same row
+        assert same is not None and differ is None
+    else:
+        assert same is not None and differ is not None

@@ -7,9 +7,10 @@ harness's code. It adds two things around HFLM's ``loglikelihood`` and
 
 * **Stack weights per request.** ``base``: every stack off; ``ungated``: every
   stack at weight 1; ``routed``: the router reads each request's context and its
-  domain weights become stack weights. Requests of one harness batch may route
-  differently: they are grouped by routing decision and each group runs as its
-  own HFLM call with those weights set.
+  domain weights become stack weights. Requests routed differently share HFLM's
+  batches through per-row stack weights (:mod:`~brainstacks_core.evaluation.row_plan`);
+  where a row's weights would be ambiguous they are grouped by routing decision and
+  each group runs as its own HFLM call.
 * **A score cache.** Each request is keyed by the *effective* model (base
   fingerprint + the versions and weights of the stacks that are on for it), the
   request kind and its arguments. Keys already in the catalog's ``eval_scores``
@@ -44,8 +45,9 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from brainstacks_core.evaluation.routing import Router, stack_weights
+from brainstacks_core.evaluation.row_plan import RowPlan, plan_generation, plan_loglikelihood
 from brainstacks_core.lineage.versioning import content_hash
-from brainstacks_core.stacks.inject import only_stacks, set_stack_weights, stack_ids
+from brainstacks_core.stacks.inject import only_stacks, row_weights, set_stack_weights, stack_ids
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,9 @@ class BrainstacksLM(HFLM):
         max_length: context length (``None`` = the model's).
         device: torch device of ``model``.
         request_bars: show HFLM's own per-call request bars (off under an outer progress bar).
+        per_row_batches: routed requests with different weights share HFLM's batches through
+            per-row stack weights (:mod:`~brainstacks_core.evaluation.row_plan`); False: one HFLM
+            call per distinct weight vector (the reference the parity test compares with).
 
     Attributes:
         computed: requests actually run through the model (cache misses) since construction.
@@ -87,7 +92,8 @@ class BrainstacksLM(HFLM):
     def __init__(self, model, tokenizer, *, mode: str, base_fingerprint: str,
                  stack_versions: Mapping[str, str] | None = None, router: Router | None = None,
                  domain_stacks: Mapping[str, Sequence[str]] | None = None, catalog=None, batch_size: int = 8,
-                 max_length: int | None = None, device: str | None = None, request_bars: bool = True) -> None:
+                 max_length: int | None = None, device: str | None = None, request_bars: bool = True,
+                 per_row_batches: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "routed" and (router is None or domain_stacks is None):
@@ -103,6 +109,8 @@ class BrainstacksLM(HFLM):
         if missing:
             raise ValueError(f"stack_versions lacks attached stacks {missing}")
         self.request_bars = request_bars
+        self.per_row_batches = per_row_batches
+        self._row_plan: RowPlan | None = None
         self.computed = self.reused = self.routes_computed = self.routes_reused = 0
 
     # ------------------------------------------------------------ identity
@@ -150,19 +158,49 @@ class BrainstacksLM(HFLM):
         for i in todo:
             groups.setdefault(json.dumps(sorted(weights[i].items())), []).append(i)
         new_rows = []
-        for group in groups.values():
-            with weighted(self.model, weights[group[0]]):
-                results = compute([requests[i] for i in group], disable_tqdm or not self.request_bars)
-            for i, res in zip(group, results):
-                out[i] = res
-                new_rows.append({"key": keys[i], "kind": kind, "value": encode(res)})
+        plan = None
+        if len(groups) > 1 and self.per_row_batches:
+            planner = plan_generation if kind == "generate_until" else plan_loglikelihood
+            plan = planner(self, [requests[i] for i in todo], [weights[i] for i in todo], stack_ids(self.model))
+        if plan is not None:  # one HFLM call: every batch carries its rows' own weights
+            self._row_plan = plan
+            try:
+                with weighted(self.model, {}):
+                    batches = [todo]
+                    results = compute([requests[i] for i in todo], disable_tqdm or not self.request_bars)
+            finally:
+                self._row_plan = None
+        else:
+            batches, results = list(groups.values()), []
+            for group in batches:
+                with weighted(self.model, weights[group[0]]):
+                    results += compute([requests[i] for i in group], disable_tqdm or not self.request_bars)
+        for i, res in zip([i for b in batches for i in b], results):
+            out[i] = res
+            new_rows.append({"key": keys[i], "kind": kind, "value": encode(res)})
         if self.catalog is not None and new_rows:
             self.catalog.record_eval_scores(pd.DataFrame(new_rows).drop_duplicates("key"))
         self.computed += len(todo)
         self.reused += len(requests) - len(todo)
-        log.info("%s %s: %d requests, %d computed, %d from cache, %d routing groups", self.mode, kind,
-                 len(requests), len(todo), len(requests) - len(todo), len(groups))
+        log.info("%s %s: %d requests, %d computed, %d from cache, %d routing groups%s", self.mode, kind,
+                 len(requests), len(todo), len(requests) - len(todo), len(groups),
+                 " in shared batches (per-row weights)" if plan is not None else "")
         return out
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        """HFLM's forward; under a row plan each row runs with its own request's stack weights."""
+        if self._row_plan is None:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        with row_weights(self.model, self._row_plan.stack_ids, self._row_plan.weights(inps)):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        """HFLM's greedy generation; under a row plan each row keeps its request's weights for every step."""
+        if self._row_plan is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        w = self._row_plan.weights(context, generation_kwargs.get("attention_mask"))
+        with row_weights(self.model, self._row_plan.stack_ids, w):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """HFLM's log-likelihoods, with per-request stack weights and the score cache."""
