@@ -9,7 +9,6 @@ only what is missing. Progress goes to a progress artifact updated after each
 
 from __future__ import annotations
 
-from typing import Callable
 
 from prefect import get_run_logger, task
 
@@ -17,11 +16,11 @@ from brainstacks_core.evaluation.record import counts_line
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 from tasks.artifacts import markdown_artifact
-from tasks.progress import artifact_key, progress_artifact
+from tasks.progress import ProgressArtifact, artifact_key, progress_artifact
 from tasks.run_context import retry_unless, run_ids
 
 
-def eval_progress(key: str, title: str) -> Callable[[dict], None]:
+def eval_progress(key: str, title: str) -> ProgressArtifact:
     """A ``progress_cb(info)`` for ``evaluate_model``: one progress artifact, updated per (mode, task) pair."""
 
     def render(info: dict) -> tuple[float, str, bool]:
@@ -52,8 +51,14 @@ def evaluate_task(config_path: str, artifact_root: str | None, run_name: str = "
     log = get_run_logger()
     title = f"{profile.name}/{run_name} benchmark evaluation"
     hook = eval_progress(artifact_key("eval", profile.name, run_name), title)
-    out = evaluate_profile(profile, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks, limit=limit,
-                           run_ids=run_ids(), progress_cb=hook)
+    try:
+        out = evaluate_profile(profile, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks,
+                               limit=limit, run_ids=run_ids(), progress_cb=hook)
+    except BaseException:
+        hook.finish("failed (see the flow run's logs)", progress=0.0)
+        raise
+    hook.finish(f"done: {counts_line(out['per_mode'])}" if out["version"] is not None else
+                "nothing evaluated: " + "; ".join(f"{m} skipped ({w})" for m, w in out["skipped"].items()))
     for mode, why in out["skipped"].items():
         log.warning("%s skipped: %s", mode, why)
     if out["version"] is not None:

@@ -43,8 +43,14 @@ def route_task(config_path: str, artifact_root: str | None, run_name: str = "mai
     log = get_run_logger()
     hook = routing_progress(artifact_key("routing", profile.name, run_name), f"{profile.name}/{run_name}",
                             profile.router.epochs)
-    out = route_profile(profile, run_name, Catalog(profile.catalog_path), run_ids(), progress_cb=hook)
+    try:
+        out = route_profile(profile, run_name, Catalog(profile.catalog_path), run_ids(), progress_cb=hook)
+    except BaseException:
+        hook.finish("failed (see the flow run's logs)", progress=0.0)
+        raise
     o = out["summary"]["oracle"]
+    hook.finish(f"done: oracle {o['computed']} losses computed, {o['reused']} reused; "
+                f"router {out['summary']['router_version']}")
     log.info("oracle %s: %d losses computed, %d reused, %d forwards; router %s", o["version"], o["computed"],
              o["reused"], o["forwards"], out["summary"]["router_version"])
     return {"markdown": out["markdown"], "plots": out["plots"], "summary": out["summary"], "version": out["version"]}

@@ -66,8 +66,16 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
                                  data_versions=data_versions, progress=hook)
     except RunBusyError as exc:
         log.warning("skipped: %s", exc)
+        hook.finish(f"**{domain}** skipped ({exc})", progress=0.0)
         return {"domain": domain, "run": run_name, "rounds": [], "stop_reason": None, "skipped": str(exc)}
+    except BaseException:
+        hook.finish(f"**{domain}** failed (see the flow run's logs)", progress=0.0)
+        raise
     entry = manifest["domains"][domain]
+    frozen = sum(r["status"] == "frozen" for r in entry["rounds"])
+    hook.finish(f"**{domain}** unchanged, {frozen} stacks reused from {entry['reused_from']}"
+                if entry.get("reused_from") else
+                f"**{domain}** done: {frozen} frozen of {len(entry['rounds'])} rounds ({entry.get('stop_reason')})")
     cat = Catalog(profile.catalog_path)
     if entry.get("reused_from"):
         log.info("%s: unchanged (base, settings, its data and every earlier domain): stacks reused from %s",

@@ -114,7 +114,8 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     assert "| demo_math | acc | 6 | " in first["markdown"] and "| ungated | routed |" in first["markdown"]
 
     progress = _artifact("eval-evalmini-main")
-    assert progress.data == pytest.approx(100.0) and "routed / demo_gsm8k done" in progress.description
+    assert progress.data == pytest.approx(100.0) and "done: Requests: base 0 computed" in progress.description
+    assert f"routed {pm['routed']['computed']} computed" in progress.description  # the final state, not a step
     report = _artifact("eval-report-evalmini-main")
     assert "Paired tests" in report.data and "](data:image/png;base64,iVBOR" in report.data
 

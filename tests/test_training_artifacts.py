@@ -55,13 +55,13 @@ def test_training_flow_progress_model_cards_stacks_table_plots_and_lineage(harne
     arts = _artifacts(["training-mini-main-chat", "training-mini-main-math", "stacks-mini-main",
                        "training-mini-main", *card_keys.values()])
 
-    # progress: created at 0 % and updated during training to the last round's end
+    # progress: created at 0 %, updated during training, and ending in the domain's final state
     for dom in ("chat", "math"):
         prog = arts[f"training-mini-main-{dom}"]
-        last = manifest["domains"][dom]["rounds"][-1]
+        rounds_d = manifest["domains"][dom]["rounds"]
+        n_frozen = sum(r["status"] == "frozen" for r in rounds_d)
         assert prog.type == "progress" and float(prog.data) == pytest.approx(100.0), (dom, prog.data)
-        assert f"**{dom}** round {last['round']}/1, step 6/6, val loss {last['loss_after']:.4f} ({last['status']})" \
-            in prog.description
+        assert f"**{dom}** done: {n_frozen} frozen of {len(rounds_d)} rounds" in prog.description, prog.description
 
     # one model card per frozen stack: the artifact is the file beside the stack
     for dom, r in frozen:
@@ -109,8 +109,14 @@ def test_training_flow_progress_model_cards_stacks_table_plots_and_lineage(harne
         assert ins[f"dataset://mini/{dom}/train"] == manifest["domains"][dom]["train_version"]
         assert ins[f"dataset://mini/{dom}/val"] == manifest["domains"][dom]["val_version"]
 
-    # a second run trains nothing; its lineage still names the data it read (train, val and test splits)
+    # a second run trains nothing; its progress artifacts still end final (never "starting"), and its
+    # lineage still names the data it read (train, val and test splits)
     continual_training(config_path=str(cfg), artifact_root=str(root))
+    again = _artifacts(["training-mini-main-chat", "training-mini-main-math"])
+    for dom in ("chat", "math"):
+        assert float(again[f"training-mini-main-{dom}"].data) == pytest.approx(100.0)
+        assert "starting" not in again[f"training-mini-main-{dom}"].description
+        assert again[f"training-mini-main-{dom}"].id != arts[f"training-mini-main-{dom}"].id  # the second run's
     events = job_events(read_events(profile.store / "lineage" / "openlineage.jsonl"), "continual-training")
     assert [e.eventType.value for e in events] == ["START", "COMPLETE"] * 2
     ins = {d.name: d.facets["version"].datasetVersion for d in events[3].inputs}
