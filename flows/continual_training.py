@@ -16,10 +16,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.evaluate import evaluate  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import DomainName, ProfilePath, RunName  # noqa: E402
 from tasks.artifacts import markdown_artifact  # noqa: E402
 from tasks.lineage import lineage_hooks  # noqa: E402
+from flows.train_router import train_router  # noqa: E402
 from tasks.training import build_base_task, resolve_data_task, run_summary_task, train_domain_task  # noqa: E402
 
 
@@ -49,7 +51,8 @@ def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName
 
 @flow(name="continual-training", **lineage_hooks())
 def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
-                       null_space: bool | None = None, artifact_root: str | None = None) -> list[dict]:
+                       null_space: bool | None = None, artifact_root: str | None = None,
+                       downstream: bool = False) -> list[dict]:
     """Every domain of the curriculum in order, then a markdown artifact of the rounds and forgetting matrix.
 
     Finished rounds on unchanged inputs are never retrained: a change in domain k retrains k and the
@@ -62,6 +65,10 @@ def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name:
         null_space: Null-space projection on (true) or off (false, the ablation); empty: the profile's
             training.null_space.
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
+        downstream: Then bring what depends on the stacks up to date: the router (train-router: oracle rows
+            only for the combinations a retrained stack is in) and the benchmark evaluation (evaluate: only
+            the requests whose model contains a retrained stack), as subflows. The retrain-on-data-change
+            deployments set it, so `brainstacks generate` works again after an automatic retraining.
     """
 
     profile = load_profile(config_path, artifact_root)
@@ -74,6 +81,11 @@ def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name:
     markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
                       markdown=summary["markdown"], plots=summary["plots"],
                       description="per-round validation losses and the forgetting matrix")
+    if downstream and run_name == "main":
+        if profile.router.enabled:
+            train_router(config_path=config_path, run_name=run_name, artifact_root=artifact_root)
+            if profile.eval.enabled and profile.eval.tasks:
+                evaluate(config_path=config_path, run_name=run_name, artifact_root=artifact_root)
     return results
 
 

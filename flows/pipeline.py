@@ -40,7 +40,8 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
     profile = load_profile(config_path, artifact_root)
     if profile.eval.enabled:  # an unknown eval task fails now, not after training
         check_request(profile.eval.modes, profile.eval.tasks)
-    counts = prepare_data(config_path=config_path, artifact_root=artifact_root)
+    # no data-changed event: this flow trains next (the event would start a competing retraining)
+    counts = prepare_data(config_path=config_path, artifact_root=artifact_root, announce=False)
     runs = ["main"]
     continual_training(config_path=config_path, run_name="main", artifact_root=artifact_root)
 

@@ -38,7 +38,8 @@ COLUMNS = ["domain", "version", "in", "kept", "moved_in", "moved_out", "quaranti
 
 @flow(name="prepare-data", **lineage_hooks())
 def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainName | None = None,
-                 artifact_root: str | None = None, domains: list[DomainName] | None = None) -> dict[str, dict]:
+                 artifact_root: str | None = None, domains: list[DomainName] | None = None,
+                 announce: bool = True) -> dict[str, dict]:
     """Prepare one domain, some domains or all domains of a profile.
 
     Args:
@@ -49,6 +50,9 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainN
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
         domains: Several domains (what the watch-sources flow passes: the changed ones), plus the domains
             that receive rows moved out of them; overrides domain.
+        announce: Emit the brainstacks.data.changed event when a version changed (it starts the profile's
+            retrain-on-data-change deployment). The pipeline turns it off: it trains next itself, so a
+            second, competing retraining would only publish its artifacts twice.
 
     Returns:
         Per-domain counts, version, paths and report by domain.
@@ -66,7 +70,8 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainN
     finalized = {d: finalize_task(config_path, artifact_root, d, ingested, assigned)
                  for d in cfg.domains if d in wanted}
     rows = register_task(config_path, artifact_root, finalized)
-    emit_data_changed(profile.name, config_path, rows)
+    if announce:
+        emit_data_changed(profile.name, config_path, rows)
     create_table_artifact(key=f"data-counts-{profile.name}".replace("_", "-").lower(),
                           table=[_artifact_cells(r) for r in rows.values()],
                           description=f"Prepared data of profile {profile.name}: every input row is in a split "

@@ -1,4 +1,5 @@
-"""A REAL Prefect server, work pool, deployments and worker (issue 12): data change -> exactly one retraining.
+"""A REAL Prefect server, work pool, deployments and worker: data change -> exactly one retraining, then router
+and evaluation brought up to date; the pipeline's own preparation starts no retraining; schedules create runs.
 
 Slow on purpose (marked ``slow``, about 2-3 minutes on 2 CPU cores): it starts
 ``prefect server start`` on a free port of 127.0.0.1 (PREFECT_HOME in a temp dir,
@@ -8,10 +9,14 @@ prefect.yaml re-pointed at a tiny three-domain profile (``prefect --no-prompt de
 with a wrong ``BRAINSTACKS_HOME``: the pull step must read the worker's), starts a worker and runs
 the prepare deployment twice:
 
-1. first preparation: three new dataset versions -> ONE event -> ONE retraining run,
-   which trains every domain;
-2. one record of the middle domain (code) edited -> ONE more retraining run, which
-   trains code and math (after it) and reuses chat's stack files.
+1. the whole pipeline (deployment ``pipeline-srv``) on a fresh store: it prepares, trains, routes and
+   evaluates, and its preparation emits no data-changed event, so NO retraining run starts and
+   every model card is published once;
+2. one record of the middle domain (code) edited -> ``prepare-srv`` -> ONE retraining run, which
+   trains code and math (after it), reuses chat's stack files, then (``downstream``) retrains the
+   router and re-scores the evaluation as subflows: ``brainstacks generate`` works right after;
+3. ``watch-srv`` deployed with a 3 s interval schedule: the server's scheduler (SQLAlchemy < 2.1)
+   creates runs by itself and the worker completes one.
 
 Rounds are counted from the run manifests. Everything started is stopped (worker by
 SIGINT, then its process group; server killed) even when an assertion fails.
@@ -49,7 +54,8 @@ def server_env(tmp: Path, port: int) -> dict[str, str]:
     env.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="2",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", BRAINSTACKS_HOME=str(ROOT),
-               PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+               PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
     return env
 
 
@@ -109,6 +115,8 @@ def write_profile(tmp: Path) -> Path:
                            sft={"max_steps": 3, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.01,
                                 "warmup_steps": 0, "max_length": 64})
     raw.pop("experiment1", None)
+    raw["router"].update(epochs=3, soft_boost={})
+    raw["eval"].update(limit=4, task_limits={"demo_gsm8k": 2}, demo_items=8)
     path = tmp / "srv.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -119,12 +127,15 @@ def write_deployments(tmp: Path, profile: Path) -> Path:
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
     out = []
-    for name, new in (("prepare-demo", "prepare-srv"), ("retrain-demo-on-data-change", "retrain-srv")):
+    for name, new in (("prepare-demo", "prepare-srv"), ("retrain-demo-on-data-change", "retrain-srv"),
+                      ("demo", "pipeline-srv"), ("watch-demo", "watch-srv")):
         d = json.loads(json.dumps(deps[name]))
         d.update(name=new, work_pool={"name": POOL}, enforce_parameter_schema=False)  # a path outside configs/
         d["parameters"]["config_path"] = str(profile)
         for t in d.get("triggers", []):
             t["match"] = {"prefect.resource.id": "brainstacks.profile.srv"}
+        if d.get("schedules"):
+            d["schedules"] = [{"interval": 3}]
         out.append(d)
     spec["deployments"] = out
     path = tmp / "prefect.yaml"
@@ -151,6 +162,14 @@ def wait_for(api: str, deployment_id: str, n: int, timeout: float) -> list[dict]
     return sorted(runs, key=lambda r: r["created"])
 
 
+def artifacts_like(api: str, prefix: str) -> list[dict]:
+    """Every version of every artifact whose key starts with ``prefix`` (Prefect keeps each run's)."""
+    r = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"like_": prefix}}, "limit": 200},
+                   timeout=10)
+    r.raise_for_status()
+    return [a for a in r.json() if (a.get("key") or "").startswith(prefix)]
+
+
 def manifest(store: Path) -> dict:
     current = json.loads((store / "training" / "main" / "current.json").read_text())
     return json.loads((Path(current["dir"]) / "manifest.json").read_text())
@@ -165,7 +184,7 @@ def trained_rounds(m: dict, before: dict | None = None) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_real_server_one_retraining_per_data_change_only_stale_domains(tmp_path):
+def test_real_server_one_retraining_per_data_change_then_router_and_eval_and_schedules(tmp_path):
     port = free_port()
     env = server_env(tmp_path, port)
     api = env["PREFECT_API_URL"]
@@ -175,49 +194,74 @@ def test_real_server_one_retraining_per_data_change_only_stale_domains(tmp_path)
     cli = lambda *a, e=env: subprocess.run([PREFECT, *a], env=e, cwd=ROOT, capture_output=True,  # noqa: E731
                                            text=True, timeout=120)
     server = worker = None
+    wlog = lambda: (tmp_path / "worker.log").read_text()[-4000:]  # noqa: E731
     try:
         server = start_server(env, port, tmp_path / "server.log")
         r = cli("work-pool", "create", POOL, "--type", "process")
         assert r.returncode == 0, r.stdout + r.stderr
-        r = cli("--no-prompt", "deploy", "--all", "--prefect-file", str(deployments), e=deploy_env)
-        assert r.returncode == 0, r.stdout + r.stderr
+        for name in ("prepare-srv", "retrain-srv", "pipeline-srv"):  # the watcher later: its schedule starts at once
+            r = cli("--no-prompt", "deploy", "--name", name, "--prefect-file", str(deployments), e=deploy_env)
+            assert r.returncode == 0, r.stdout + r.stderr
         ids = {d["name"]: d["id"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
-        assert set(ids) == {"prepare-srv", "retrain-srv"}, ids
+        assert set(ids) == {"prepare-srv", "retrain-srv", "pipeline-srv"}, ids
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", POOL], env=env, cwd=tmp_path,
                                   stdout=(tmp_path / "worker.log").open("w"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
         store = tmp_path / "art" / "srv"
 
-        # 1. first preparation: every domain new -> one event -> one retraining of every domain
-        r = cli("deployment", "run", "prepare-data/prepare-srv")
+        # 1. the pipeline on a fresh store: prepare, train, route, evaluate, and NO competing retraining
+        r = cli("deployment", "run", "brainstacks-pipeline/pipeline-srv")
         assert r.returncode == 0, r.stdout + r.stderr
-        prep = wait_for(api, ids["prepare-srv"], 1, 120)
-        assert [p["state"]["type"] for p in prep] == ["COMPLETED"], (tmp_path / "worker.log").read_text()[-4000:]
-        runs = wait_for(api, ids["retrain-srv"], 1, 180)
-        time.sleep(5)  # a run per domain (no debounce) would have been created by now
-        runs = wait_for(api, ids["retrain-srv"], 1, 180)
-        assert [x["state"]["type"] for x in runs] == ["COMPLETED"], (tmp_path / "worker.log").read_text()[-4000:]
+        pipe = wait_for(api, ids["pipeline-srv"], 1, 400)
+        assert [p["state"]["type"] for p in pipe] == ["COMPLETED"], wlog()
+        time.sleep(8)  # a triggered retraining would have been created by now
+        assert flow_runs(api, ids["retrain-srv"]) == [], "the pipeline's own preparation started a retraining"
         first = manifest(store)
         assert trained_rounds(first) == {"chat": 1, "code": 1, "math": 1}
+        frozen = [r for e in first["domains"].values() for r in e["rounds"] if r["status"] == "frozen"]
+        cards = artifacts_like(api, "model-card-srv-main-")
+        assert len(cards) == len(frozen), [a["key"] for a in cards]  # each published once, not twice
 
-        # 2. one record of the middle domain changes -> exactly one more run: code and math, chat reused
+        # 2. one record of the middle domain changes -> exactly one retraining: code and math, chat reused;
+        #    then the router and the evaluation follow by themselves
         rows = json.loads((tmp_path / "code.json").read_text())
         rows[5]["output"] = "def f5():\n    return 5  # five"
         (tmp_path / "code.json").write_text(json.dumps(rows))
         r = cli("deployment", "run", "prepare-data/prepare-srv")
         assert r.returncode == 0, r.stdout + r.stderr
-        prep = wait_for(api, ids["prepare-srv"], 2, 120)
-        assert [p["state"]["type"] for p in prep] == ["COMPLETED"] * 2
-        runs = wait_for(api, ids["retrain-srv"], 2, 180)
-        time.sleep(5)
-        runs = wait_for(api, ids["retrain-srv"], 2, 180)
-        assert [x["state"]["type"] for x in runs] == ["COMPLETED"] * 2, (tmp_path / "worker.log").read_text()[-4000:]
+        prep = wait_for(api, ids["prepare-srv"], 1, 120)
+        assert [p["state"]["type"] for p in prep] == ["COMPLETED"], wlog()
+        runs = wait_for(api, ids["retrain-srv"], 1, 400)
+        time.sleep(5)  # a run per domain (no debounce) would have been created by now
+        runs = wait_for(api, ids["retrain-srv"], 1, 400)
+        assert [x["state"]["type"] for x in runs] == ["COMPLETED"], wlog()
         second = manifest(store)
         counts = trained_rounds(second, first)
         print(f"rounds trained after the one-record change in code: {counts}")
         assert counts == {"chat": 0, "code": 1, "math": 1}, counts
         chat = second["domains"]["chat"]["rounds"][0]["file"]
         assert os.path.samefile(chat, first["domains"]["chat"]["rounds"][0]["file"])  # the same file, linked
+        # the routed system is usable again without a hand-run step (generate refuses a stale router)
+        gen = subprocess.run([str(Path(sys.executable).parent / "brainstacks"), "generate", "--config", str(profile),
+                              "--prompt", "What is 2 plus 3?", "--max-new-tokens", "4"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert gen.returncode == 0, gen.stdout[-2000:] + gen.stderr[-3000:]
+        assert "routing weights:" in gen.stdout
+        evals = artifacts_like(api, "eval-srv-main")
+        assert any("done:" in (a.get("description") or "") for a in evals), [a.get("description") for a in evals]
+
+        # 3. a schedule creates runs by itself (the scheduler service works with the pinned SQLAlchemy)
+        r = cli("--no-prompt", "deploy", "--name", "watch-srv", "--prefect-file", str(deployments), e=deploy_env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        watch_id = next(d["id"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+                        if d["name"] == "watch-srv")
+        deadline, done = time.monotonic() + 150, []
+        while time.monotonic() < deadline and not done:
+            done = [x for x in flow_runs(api, watch_id)
+                    if x.get("auto_scheduled") and x["state"]["type"] == "COMPLETED"]
+            time.sleep(2)
+        assert done, (flow_runs(api, watch_id), (tmp_path / "server.log").read_text()[-3000:])
+        assert "bulk DML" not in (tmp_path / "server.log").read_text()
     finally:
         stop(worker, signal.SIGINT, grace=20)
         stop(server)

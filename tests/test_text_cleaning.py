@@ -118,6 +118,10 @@ def test_guanaco_rows_all_parse():
     convs = [parse_conversation(t) for t in texts]
     assert sum(c is not None for c in convs) >= 0.99 * len(texts)
     assert not any(has_chat_tokens(c.prompt + c.response) or "<s>" in c.response for c in convs if c)
+    for i in (284, 434, 943):  # unclosed code fences before a turn boundary kept Llama-2 markers
+        c = convs[i]
+        assert "</s>" not in c.prompt + c.response and "<s>" not in c.prompt + c.response, i
+        assert not has_chat_tokens(strip_chat_tokens(texts[i])), i
 
 
 def test_unanswered_trailing_turn_is_reported_not_dropped():
@@ -182,3 +186,23 @@ def test_a_fence_left_open_across_turns_does_not_hide_the_template():
     text = "<s>[INST] My plan:\n```\n##\n# [/INST] Nice plan. </s>"
     conv = parse_conversation(text)
     assert conv is not None and conv.response == "Nice plan." and "[/INST]" not in conv.prompt
+
+
+@pytest.mark.parametrize("text", [
+    "<s>[INST] Plan:\n```\n##\n# [/INST] ok ``` </s><s>[INST] more? [/INST] sure </s>",
+    "### Human: show code\n```python\nprint(1) </s><s>### Human: thanks ### Assistant: welcome",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n```js\nlet a = 1<|im_end|>\n<|im_start|>user\nok",
+    "<s>[INST] code please [/INST] ```\nfunction f() </s>",
+])
+def test_an_unclosed_fence_does_not_protect_a_turn_boundary(text):
+    out = strip_chat_tokens(text)
+    assert has_chat_tokens(text)  # the contract check sees the boundary even behind the open fence
+    assert "</s>" not in out and "<s>" not in out and "<|im_end|>" not in out and "<|im_start|>" not in out, out
+    assert not has_chat_tokens(out)
+
+
+def test_a_closed_fence_still_protects_literal_markers_and_the_contract_catches_leftovers():
+    tutorial = "End a Llama-2 turn like this:\n```\nanswer </s><s>[INST] next\n```\nDone."
+    assert not has_chat_tokens(tutorial) and strip_chat_tokens(tutorial) is tutorial
+    leftover = "a strip that missed it ```\ncode </s><s>### Human: hi"
+    assert has_chat_tokens(leftover)  # no_chat_tokens would quarantine it

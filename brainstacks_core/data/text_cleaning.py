@@ -78,6 +78,12 @@ _ALL = re.compile(
 _PER_PATTERN = [(name, re.compile(rx)) for name, _, rx in TEMPLATE_PATTERNS]
 # Fenced blocks (an unclosed fence runs to the end) and inline code spans.
 _CODE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`", re.DOTALL)
+# Unambiguous template boundaries: the end of one turn followed by the start of the next (or by the end of
+# the text). A fence left open never protects one: the turn ended there, so the code did too.
+_BOUNDARY = re.compile(
+    r"</s>[ \t]*(?:<s>)?[ \t]*(?:\[INST\]|### Human:|### Assistant:)|</s>\s*(?:<s>)?\s*\Z"
+    r"|<\|im_end\|>\s*(?:<\|im_start\|>|\Z)|<end_of_turn>\s*(?:<start_of_turn>|\Z)"
+    r"|<\|eot_id\|>\s*(?:<\|start_header_id\|>|\Z)")
 # DeepSeek (v1 / Coder) without role tokens: plain "User:" / "Assistant:" labels at line starts.
 _PLAIN_ROLES = re.compile(r"(?m)^[ \t]*(?P<role>User|Assistant|System)[ \t]*:[ \t]?")
 
@@ -97,7 +103,7 @@ def _code_spans(text: str) -> list[tuple[int, int]]:
     """
     if "`" not in text and "~~~" not in text:
         return []
-    spans = [m.span() for m in _CODE.finditer(text)]
+    spans = _raw_code_spans(text)
     for _ in range(3):
         marks = [(m.start(), m.lastgroup) for m in _BY_FAMILY.finditer(text)]
         outer = {fam for pos, fam in marks if _outside(spans, pos)}
@@ -105,6 +111,20 @@ def _code_spans(text: str) -> list[tuple[int, int]]:
         if len(keep) == len(spans):
             break
         spans = keep
+    return spans
+
+
+def _raw_code_spans(text: str) -> list[tuple[int, int]]:
+    """Fences and inline spans; an unclosed fence ends at the first template boundary inside it."""
+    spans, pos = [], 0
+    while (m := _CODE.search(text, pos)) is not None:
+        a, b = m.span()
+        body = text[a:b]
+        closed = len(body) >= 6 and body[-3:] in ("```", "~~~") or not body.startswith(("```", "~~~"))
+        if not closed and (cut := _BOUNDARY.search(text, a + 3, b)) is not None:
+            b = cut.start()  # the fence never closed: the turn boundary ends it
+        spans.append((a, b))
+        pos = max(b, a + 1)
     return spans
 
 
@@ -164,12 +184,20 @@ class Conversation:
 
 
 def has_chat_tokens(text: str) -> bool:
-    """True when ``text`` holds at least one unambiguous template marker outside code."""
+    """True when ``text`` holds an unambiguous template marker or turn boundary outside code.
+
+    A boundary (``</s><s>[INST]``, ``</s><s>### Human:``, ``<|im_end|>\\n<|im_start|>``, a final ``</s>``)
+    counts even though its ``</s>``/``<s>`` are ambiguous alone, and a fence that never closes
+    does not hide it: this is also the ``no_chat_tokens`` contract check, so it catches what a
+    strip missed.
+    """
     m = _MARKERS.search(text)
-    if m is None:
+    b = _BOUNDARY.search(text)
+    if m is None and b is None:
         return False
     spans = _code_spans(text)
-    return not spans or any(_outside(spans, x.start()) for x in _MARKERS.finditer(text))
+    return not spans or any(_outside(spans, x.start())
+                            for rx in (_MARKERS, _BOUNDARY) for x in rx.finditer(text))
 
 
 def find_chat_tokens(text: str) -> list[str]:
