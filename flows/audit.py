@@ -55,6 +55,31 @@ def _resolve(cat: Catalog, ref: str) -> list[dict]:
     return [a for a in (cat.get(f"{ref}-{s}") for s in SPLITS) if a is not None]
 
 
+def _near(cat: Catalog, ref: str, limit: int = 20) -> list[str]:
+    """What the user probably meant: the rounds of a stack URI given without one, else URIs that start alike.
+
+    ``stack://demo/main/math`` has no artifact of its own (a domain's stacks are its rounds); the
+    answer lists ``stack://demo/main/math/r1 ...`` with their versions, newest version of each.
+    """
+    arts = cat.list_artifacts()
+    prefix = ref.rstrip("/") + "/"
+    under = _latest_per_uri([a for a in arts if a["uri"].startswith(prefix)])
+    if under:
+        head = (f"{ref} is a domain of a run; its rounds are:" if ref.startswith("stack://")
+                else f"artifacts under {ref}:")
+        return [head] + [f"  {a['uri']}  {a['version']}" for a in under[:limit]]
+    stem = ref.rsplit("/", 1)[0] + "/" if "/" in ref.split("://", 1)[-1] else ref
+    alike = _latest_per_uri([a for a in arts if a["uri"].startswith(stem)])
+    return ([f"did you mean one of these ({stem}...)?"] + [f"  {a['uri']}" for a in alike[:limit]]) if alike else []
+
+
+def _latest_per_uri(arts: list[dict]) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for a in reversed(arts):  # list_artifacts is oldest first: keep each URI's newest version
+        seen.setdefault(a["uri"], a)
+    return sorted(seen.values(), key=lambda a: a["uri"])
+
+
 def _record(cat: Catalog, record: str, current: bool) -> list[str]:
     found = _current(cat, cat.artifacts_containing(record), current)
     lines = [LEGEND_DOWN]
@@ -87,6 +112,10 @@ def cli_audit(args: argparse.Namespace) -> int:
         arts = _resolve(cat, args.artifact)
         if not arts:
             print(f"no artifact {args.artifact!r} in {profile.catalog_path}")
+            hints = _near(cat, args.artifact)
+            if hints:
+                print(hints[0])
+                print("\n".join(hints[1:]))
             return 1
         print(LEGEND_UP)
         for art in arts:

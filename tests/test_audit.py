@@ -59,3 +59,29 @@ def test_current_hides_superseded_versions(tmp_path, capsys):
     _, current = _audit(cfg, capsys, list=True, current=True)
     assert f"{old}-train" in everything and f"{new}-train" in everything
     assert f"{old}-train" not in current and f"{new}-train" in current
+
+
+def test_a_stack_uri_without_a_round_lists_the_rounds_through_the_cli(tmp_path):
+    """``audit --artifact stack://p/main/math`` names the rounds that exist instead of a bare "no artifact"."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from brainstacks_core.lineage.catalog import Catalog
+
+    cfg = _profile(tmp_path)
+    profile = load_profile(cfg)
+    cat = Catalog(profile.catalog_path)
+    for r, v in ((1, "stk-a1"), (2, "stk-a2")):
+        cat.record_artifact(uri=f"stack://{profile.name}/main/code/r{r}", version=v, kind="stack", path=None,
+                            sha256=None, code_version="c", config_hash="h", inputs=[])
+    exe = str(Path(sys.executable).parent / "brainstacks")
+    run = lambda ref: subprocess.run([exe, "audit", "--config", str(cfg), "--artifact", ref],  # noqa: E731
+                                     capture_output=True, text=True, timeout=120)
+    out = run(f"stack://{profile.name}/main/code")
+    assert out.returncode == 1
+    assert "its rounds are:" in out.stdout, out.stdout + out.stderr
+    assert f"stack://{profile.name}/main/code/r1  stk-a1" in out.stdout
+    assert f"stack://{profile.name}/main/code/r2  stk-a2" in out.stdout
+    typo = run(f"stack://{profile.name}/main/code/r9")
+    assert typo.returncode == 1 and "did you mean" in typo.stdout and "/code/r1" in typo.stdout

@@ -136,3 +136,10 @@ def test_a_row_plan_refuses_ambiguous_rows(models):
         assert same is not None and differ is None
     else:
         assert same is not None and differ is not None
+
+
+def test_the_profiles_max_gen_toks_overrides_the_task_yamls(tmp_path):
+    """demo_gsm8k.yaml says 32 for standalone use; eval.max_gen_toks decides inside the pipeline."""
+    for n in (7, 300):
+        spec = task_spec("demo_gsm8k", EvalConfig(demo_items=4, max_gen_toks=n), Path("."), tmp_path)
+        assert spec.config["generation_kwargs"]["max_gen_toks"] == n

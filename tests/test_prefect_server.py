@@ -246,7 +246,7 @@ def test_real_server_one_retraining_per_data_change_then_router_and_eval_and_sch
                               "--prompt", "What is 2 plus 3?", "--max-new-tokens", "4"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
         assert gen.returncode == 0, gen.stdout[-2000:] + gen.stderr[-3000:]
-        assert "routing weights:" in gen.stdout
+        assert "routing weights" in gen.stdout and "stacks used:" in gen.stdout, gen.stdout
         evals = artifacts_like(api, "eval-srv-main")
         assert any("done:" in (a.get("description") or "") for a in evals), [a.get("description") for a in evals]
 

@@ -130,3 +130,12 @@ def test_cli_config_check_and_schema(tmp_path):
     assert "Traceback" not in bad.stderr
     schema = _cli("config", "schema")
     assert schema.returncode == 0 and json.loads(schema.stdout)["title"] == "Profile"
+
+
+def test_config_check_refuses_an_unknown_eval_task(tmp_path):
+    raw = _demo()
+    raw["eval"]["tasks"] = ["demo_math", "demo_mth"]
+    path = _write(tmp_path, raw)
+    bad = _cli("config", "check", str(path))
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert f"{path}: eval.tasks: unknown eval task 'demo_mth'" in bad.stderr and "Traceback" not in bad.stderr

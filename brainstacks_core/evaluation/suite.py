@@ -128,7 +128,8 @@ def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: i
     if name in cfg.num_fewshot:
         config["num_fewshot"] = cfg.num_fewshot[name]
     if config.get("output_type") == "generate_until":
-        config["generation_kwargs"] = {"max_gen_toks": cfg.max_gen_toks, **config.get("generation_kwargs", {})}
+        # the profile's eval.max_gen_toks wins over the task YAML's own (its value is for standalone use)
+        config["generation_kwargs"] = {**config.get("generation_kwargs", {}), "max_gen_toks": cfg.max_gen_toks}
     version = content_hash(name, {k: v for k, v in raw.items() if k != "dataset_kwargs"},
                            {s: v for s, (_, v) in data.items()}, config.get("num_fewshot"),
                            config.get("generation_kwargs"), metadata.version("lm_eval"), length=16)
