@@ -86,6 +86,9 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
     if progress_cb is not None:
         progress_cb({"mode": None, "task": None, "done": 0, "total": total, "computed": 0, "reused": 0})
     with quiet_harness(progress):
+        # one task dict per task for the whole call (building one reads and converts its documents);
+        # re-seeded before each evaluate so every mode gets the same few-shot contexts
+        task_dicts = {spec.name: get_task_dict([spec.config], manager) for spec in specs}
         for mode in modes:
             lm = BrainstacksLM(model, tokenizer, mode=mode, base_fingerprint=base_fingerprint,
                                stack_versions=stack_versions, router=router if mode == "routed" else None,
@@ -95,7 +98,7 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
             for spec in specs:
                 bar.set_postfix_str(f"{mode}/{spec.name}")
                 n = limit if limit is not None else cfg.limit_for(spec.name)
-                out = evaluator.evaluate(lm, seeded(get_task_dict([spec.config], manager)), limit=n,
+                out = evaluator.evaluate(lm, seeded(task_dicts[spec.name]), limit=n,
                                          bootstrap_iters=cfg.bootstrap_iters, log_samples=True)
                 rows = R.item_rows(spec, identities[mode], out, lm)
                 items[spec.name][mode] = rows
