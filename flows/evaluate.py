@@ -25,6 +25,7 @@ from brainstacks_core.evaluation.record import counts_line  # noqa: E402
 from brainstacks_core.evaluation.suite import GROUPS, available, check_request  # noqa: E402
 from brainstacks_core.evaluation.task_data import BenchmarkFileError  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
 from tasks.evaluation import evaluate_task  # noqa: E402
 from tasks.lineage import lineage_hooks  # noqa: E402
@@ -53,7 +54,8 @@ def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName =
     """
     profile = load_profile(config_path, artifact_root)
     check_request(modes or profile.eval.modes, tasks or profile.eval.tasks)  # fail before the task starts
-    return evaluate_task(config_path, artifact_root, run_name, modes or None, tasks or None, limit)
+    with gpu_slot():  # lm-eval runs the base on the GPU: one run per GPU (re-entrant inside a flow holding it)
+        return evaluate_task(config_path, artifact_root, run_name, modes or None, tasks or None, limit)
 
 
 def _names(text: str | None) -> list[str]:

@@ -20,6 +20,7 @@ from brainstacks_core.evaluation.suite import check_request  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.continual_training import continual_training  # noqa: E402
 from flows.evaluate import evaluate  # noqa: E402
+from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
 from flows.train_router import train_router  # noqa: E402
@@ -51,7 +52,8 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
                            artifact_root=artifact_root)
         runs.append("no-null-space")
     if profile.experiment1 is not None and profile.experiment1.enabled:
-        experiment1_task(config_path, artifact_root)
+        with gpu_slot():  # trains two arms on the base: one run per GPU
+            experiment1_task(config_path, artifact_root)
     report = report_task(config_path, artifact_root, runs)
     if profile.router.enabled:
         routing = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)

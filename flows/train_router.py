@@ -18,6 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
 from tasks.artifacts import markdown_artifact  # noqa: E402
 from tasks.lineage import lineage_hooks  # noqa: E402
@@ -36,7 +37,8 @@ def train_router(config_path: ProfilePath = "configs/demo.yaml", run_name: RunNa
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     profile = load_profile(config_path, artifact_root)
-    out = route_task(config_path, artifact_root, run_name)
+    with gpu_slot():  # the oracle and features load the base: one run per GPU (re-entrant inside a flow holding it)
+        out = route_task(config_path, artifact_root, run_name)
     markdown_artifact(key=artifact_key("routing-report", profile.name, run_name), markdown=out["markdown"],
                       plots=out["plots"], description="Oracle combinations, router vs baselines, routed losses, answers")
     return out

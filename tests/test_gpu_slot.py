@@ -44,3 +44,14 @@ def test_gpu_slot_holds_one_slot_and_a_second_run_waits(harness):
             with gpu_slot(name, require_cuda=False) as inner:
                 assert inner == name and active() == 1
         assert active() == 0
+
+
+def test_every_flow_that_loads_a_base_holds_the_slot():
+    """Training, routing, evaluation and Experiment 1 all run inside gpu_slot (a no-op without CUDA)."""
+    import inspect
+
+    from flows import continual_training, evaluate, pipeline, train_router
+
+    for fn in (continual_training.train_domain, continual_training.continual_training, train_router.train_router,
+               evaluate.evaluate, pipeline.brainstacks_pipeline):
+        assert "with gpu_slot():" in inspect.getsource(fn.fn), fn.name
