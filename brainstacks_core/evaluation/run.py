@@ -27,6 +27,7 @@ from brainstacks_core.evaluation.record import record_evaluation, register_bench
 from brainstacks_core.evaluation.routing import Router
 from brainstacks_core.evaluation.suite import check_request, task_specs
 from brainstacks_core.lineage.versioning import content_hash
+from brainstacks_core.training.trained_run import load_base_only, load_run
 
 log = logging.getLogger(__name__)
 
@@ -121,52 +122,6 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
         summary=summary, items=items, comps=comps, per_mode=per_mode, catalog=catalog,
         inputs=[v for v in [base_version, *stack_versions.values()] if v]
         + ([router.version] if "routed" in modes else []) + bench_versions, run_ids=run_ids)
-
-
-def load_run(profile, run_name: str, catalog=None) -> dict:
-    """The profile's base with every frozen stack of run ``run_name`` attached (checksums verified).
-
-    Returns:
-        ``{"model", "tokenizer", "base_fingerprint", "base_version", "stack_versions", "domain_stacks"}``.
-    """
-    from brainstacks_core.stacks.stack_io import attach_stack, load_stack
-    from brainstacks_core.training.continual import domain_stacks
-    from brainstacks_core.training.run import current_run_dir, ensure_base, load_domain_data, load_model
-
-    folder = current_run_dir(profile, run_name)
-    pointer = json.loads((folder.parent / "current.json").read_text())
-    manifest = json.loads((folder / "manifest.json").read_text())
-    versions = {d: v[0] for d, v in pointer.get("data", {}).items()}
-    info = ensure_base(profile, load_domain_data(profile, profile.curriculum, catalog, versions), catalog)
-    model, tok = load_model(profile, info)
-    stack_versions = {}
-    for dom in manifest["domains_order"]:
-        for r in manifest["domains"].get(dom, {}).get("rounds", []):
-            if r["status"] != "frozen":
-                continue
-            sf = load_stack(r["file"], base_fingerprint=info.fingerprint)
-            if sf.file_sha256 != r["file_sha256"]:
-                raise ValueError(f"{r['file']}: sha256 differs from the manifest's: a frozen stack file changed")
-            attach_stack(model, sf)
-            stack_versions[r["stack_id"]] = r["version"]
-    model.eval()
-    return {"model": model, "tokenizer": tok, "base_fingerprint": info.fingerprint, "base_version": info.fingerprint,
-            "stack_versions": stack_versions,
-            "domain_stacks": {d: domain_stacks(manifest, d) for d in manifest["domains_order"]}}
-
-
-def load_base_only(profile, catalog=None) -> dict:
-    """The profile's base with stack layers but no stacks (``base`` mode before any training).
-
-    Returns:
-        the same keys as :func:`load_run`, with no stacks.
-    """
-    from brainstacks_core.training.run import ensure_base, load_model
-
-    info = ensure_base(profile, None, catalog)
-    model, tok = load_model(profile, info)
-    return {"model": model.eval(), "tokenizer": tok, "base_fingerprint": info.fingerprint,
-            "base_version": info.fingerprint, "stack_versions": {}, "domain_stacks": {}}
 
 
 def run_router(profile, run_name: str, run: dict, catalog=None) -> tuple[Router | None, str]:

@@ -46,16 +46,10 @@ import pandas as pd
 
 from brainstacks_core.lineage.versioning import content_hash
 from brainstacks_core.routing.config import RouterConfig
-from brainstacks_core.routing.pair_loss import PairLosses, answerable, loss_code_version
+from brainstacks_core.routing.pair_loss import PairLosses, answerable, combo_name, loss_code_version
 
 log = logging.getLogger(__name__)
 ProgressCb = Callable[[dict], None]
-
-
-def combo_name(combo: Sequence[str], domains: Sequence[str]) -> str:
-    """Canonical name of a combination: its domains in curriculum order joined by ``+``; ``base`` if empty."""
-    order = [d for d in domains if d in set(combo)]
-    return "+".join(order) if order else "base"
 
 
 def router_pairs(profile, catalog=None, data_versions: Mapping[str, str] | None = None) -> pd.DataFrame:

@@ -120,10 +120,10 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     Returns:
         ``{"oracle": {...}, "router": {...}, "table": DataFrame, "markdown", "plots", "version"}``.
     """
-    from brainstacks_core.evaluation.run import load_run
     from brainstacks_core.routing.router_run import train_and_save_router
     from brainstacks_core.training.continual import as_trained_stacks
     from brainstacks_core.training.run import current_run_dir
+    from brainstacks_core.training.trained_run import load_run
 
     cfg = profile.router
     out_dir = routing_dir(profile, run_name)
