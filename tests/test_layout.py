@@ -214,3 +214,35 @@ def test_the_graph_checks_catch_a_circle_and_an_upward_import(tmp_path):
     assert circles(graph) == [["brainstacks_core.lineage.a", "brainstacks_core.lineage.b"]]
     assert upward_imports(graph) == ["brainstacks_core.lineage.b -> brainstacks_core.training.t "
                                      "(brainstacks_core.lineage rank 1 imports brainstacks_core.training rank 3)"]
+
+
+def test_flows_take_the_profile_path_and_tasks_take_the_loaded_profile():
+    """The UI form of every flow still offers config_path as a choice of profiles; no task re-reads a
+    path: each takes the Profile its flow loaded (pydantic, never hashed: NO_CACHE)."""
+    import importlib
+    import inspect
+
+    from prefect import Flow, Task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.utilities.callables import parameter_schema
+
+    from brainstacks_core.profile import Profile
+    from flows.params import PROFILES
+
+    flows, tasks = [], []
+    for f in _files(ROOT / "flows") + _files(ROOT / "tasks"):
+        mod = importlib.import_module(_module_name(f, ROOT))
+        for obj in vars(mod).values():
+            if isinstance(obj, Flow) and obj.fn.__module__ == mod.__name__:
+                flows.append(obj)
+            elif isinstance(obj, Task) and obj.fn.__module__ == mod.__name__:
+                tasks.append(obj)
+    assert len(flows) >= 7 and len(tasks) >= 12, (flows, tasks)
+    for fl in flows:
+        props = parameter_schema(fl).model_dump()["properties"]
+        assert props["config_path"]["enum"] == PROFILES, fl.name
+    for t in tasks:
+        params = inspect.signature(t.fn).parameters
+        assert "config_path" not in params and "artifact_root" not in params, t.name
+        assert params["profile"].annotation in (Profile, "Profile"), t.name
+        assert t.cache_policy is NO_CACHE, t.name

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 
+from brainstacks_core.training.config import TrainingSetup
 
-def load_run(profile, run_name: str, catalog=None) -> dict:
+
+def load_run(setup: TrainingSetup, run_name: str, catalog=None) -> dict:
     """The profile's base with every frozen stack of run ``run_name`` attached (checksums verified).
 
     Returns:
@@ -21,12 +23,12 @@ def load_run(profile, run_name: str, catalog=None) -> dict:
     from brainstacks_core.training.continual import domain_stacks
     from brainstacks_core.training.run import current_run_dir, ensure_base, load_domain_data, load_model
 
-    folder = current_run_dir(profile, run_name)
+    folder = current_run_dir(setup.context, run_name)
     pointer = json.loads((folder.parent / "current.json").read_text())
     manifest = json.loads((folder / "manifest.json").read_text())
     versions = {d: v[0] for d, v in pointer.get("data", {}).items()}
-    info = ensure_base(profile, load_domain_data(profile, profile.curriculum, catalog, versions), catalog)
-    model, tok = load_model(profile, info)
+    info = ensure_base(setup, load_domain_data(setup.context, list(setup.curriculum), catalog, versions), catalog)
+    model, tok = load_model(setup, info)
     stack_versions = {}
     for dom in manifest["domains_order"]:
         for r in manifest["domains"].get(dom, {}).get("rounds", []):
@@ -43,7 +45,7 @@ def load_run(profile, run_name: str, catalog=None) -> dict:
             "domain_stacks": {d: domain_stacks(manifest, d) for d in manifest["domains_order"]}}
 
 
-def load_base_only(profile, catalog=None) -> dict:
+def load_base_only(setup: TrainingSetup, catalog=None) -> dict:
     """The profile's base with stack layers but no stacks (``base`` mode before any training).
 
     Returns:
@@ -51,7 +53,7 @@ def load_base_only(profile, catalog=None) -> dict:
     """
     from brainstacks_core.training.run import ensure_base, load_model
 
-    info = ensure_base(profile, None, catalog)
-    model, tok = load_model(profile, info)
+    info = ensure_base(setup, None, catalog)
+    model, tok = load_model(setup, info)
     return {"model": model.eval(), "tokenizer": tok, "base_fingerprint": info.fingerprint,
             "base_version": info.fingerprint, "stack_versions": {}, "domain_stacks": {}}
