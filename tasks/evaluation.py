@@ -53,8 +53,8 @@ def evaluate_task(profile: Profile, run_name: str = "main",
     log = get_run_logger()
     title = f"{profile.name}/{run_name} benchmark evaluation"
     hook = eval_progress(artifact_key("eval", profile.name, run_name), title)
-    out = evaluate_profile(profile.eval_setup, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks, limit=limit,
-                           run_ids=run_ids(), progress_cb=hook)
+    out = evaluate_profile(profile.eval_setup, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks,
+                           limit=limit, run_ids=run_ids(), progress_cb=hook)
     for mode, why in out["skipped"].items():
         log.warning("%s skipped: %s", mode, why)
     if out["version"] is not None:

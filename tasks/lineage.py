@@ -16,8 +16,9 @@ before it starts.
   trace) and whatever the run recorded before it failed; Cancelling: ``ABORT``.
 
 The hooks read ``config_path`` and ``artifact_root`` from the run's parameters (every
-flow has both), once per flow run (the START hook's profile serves the final event). A hook never fails a flow: Prefect logs a hook's exception and
-goes on, and the DuckDB catalog stays the record.
+flow has both), once per flow run (the START hook's profile serves the final event).
+A hook never fails a flow: Prefect logs a hook's exception and goes on, and the
+DuckDB catalog stays the record.
 """
 
 from __future__ import annotations
@@ -76,11 +77,6 @@ def eval_inputs(profile: Profile, params: dict) -> list[str]:
     """START inputs of an evaluation: what routing reads, plus the run's meta-router."""
     run = params.get("run_name") or "main"
     return routing_inputs(profile, params) + [f"router://{profile.name}/{run}"]
-
-
-def emit_start(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature
-    """Running: the ``START`` event (no inputs named; ``lineage_hooks(inputs)`` adds them)."""
-    _emit(flow, flow_run, "START")
 
 
 def emit_complete(flow, flow_run, state) -> None:  # noqa: ANN001

@@ -289,7 +289,7 @@ def test_cli_generate_prints_weights_stacks_answer_and_store(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
 
-    routed = load_routed_run(profile.routing_setup, "main", cat)  # the same run, in process: what the CLI must have printed
+    routed = load_routed_run(profile.routing_setup, "main", cat)  # the same run, in process: what the CLI printed
     plan, answers = routed.generate([prompt], max_new_tokens=6)
     lines = out.splitlines()
     assert "routing weights (chat floor 0.20, gate 0.12):" in lines

@@ -34,14 +34,14 @@ def test_local_files_stat_then_hash_and_commit_after_success(tmp_path, monkeypat
     profile = load_profile(cfg)
     first = watch.check_sources(profile.context, profile.data)
     assert first.changed == ["chat", "code"] and "first check" in first.reasons["code"][0]
-    assert watch.check_sources(profile.context, profile.data).changed == ["chat", "code"]  # nothing committed yet: still changed
+    assert watch.check_sources(*_data(profile)).changed == ["chat", "code"]  # nothing committed yet: still changed
     watch.commit_state(first)
     assert json.loads(watch.state_path(profile.context).read_text())["sources"]
 
     hashed: list[Path] = []
     real = watch.sha256_file
     monkeypatch.setattr(watch, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
-    assert watch.check_sources(profile.context, profile.data).changed == [] and hashed == []  # same size+mtime: no hash at all
+    assert watch.check_sources(*_data(profile)).changed == [] and hashed == []  # same size+mtime: no hash at all
 
     st = (tmp_path / "code.json").stat()  # touched: hashed once, unchanged
     os.utime(tmp_path / "code.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))

@@ -326,4 +326,5 @@ def input_uris(setup: TrainingSetup) -> list[str]:
     """Catalog URIs a training run reads, known before it runs (OpenLineage START): the base and every
     curriculum domain's train, val and test split."""
     name = setup.context.name
-    return [f"base://{name}"] + [f"dataset://{name}/{d}/{s}" for d in setup.curriculum for s in ("train", "val", "test")]
+    splits = ("train", "val", "test")
+    return [f"base://{name}"] + [f"dataset://{name}/{d}/{s}" for d in setup.curriculum for s in splits]
