@@ -121,7 +121,7 @@ def whole_prepare(root: Path) -> tuple[int, float, float, dict]:
     """``prepare_all`` on the shared profile in a fresh folder: rows in, wall s, CPU s, per-domain counts."""
     profile = load_profile(ROOT / "configs" / "shared.yaml", artifact_root=root)
     t0, c0 = time.perf_counter(), time.process_time()
-    res = prepare_all(profile)
+    res = prepare_all(profile.context, profile.data)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return sum(p.counts["in"] for p in res.values()), wall, cpu, {d: p.counts for d, p in res.items()}
 

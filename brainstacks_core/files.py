@@ -93,3 +93,19 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_tree(folder: str | os.PathLike[str], exclude: tuple[str, ...] = ()) -> str:
+    """Content sha256 of a folder's files: the sha256 of ``"<file sha256>  <relative path>"`` lines,
+    sorted by path (what ``sha256sum`` prints). Dot-files and the names in ``exclude`` are skipped.
+
+    Raises:
+        FileNotFoundError: ``folder`` holds no file to hash.
+    """
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in exclude
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise FileNotFoundError(f"no files to hash in {root}")
+    lines = "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files)
+    return sha256_bytes(lines.encode("utf-8"))

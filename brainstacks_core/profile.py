@@ -12,8 +12,12 @@ Every model forbids unknown keys, so a misspelled key at any depth fails in
 
     configs/x.yaml: training.sft.max_step: extra inputs are not permitted
 
-Stages receive their typed section (``profile.training``), never the raw dict.
-Every section module is pure pydantic, so loading a profile imports no torch.
+Stages receive their typed section (``profile.training``), never the raw dict, plus
+the store context (``profile.context``); a whole-run entry point receives the small
+composite its stage defines (``profile.training_setup``, ``routing_setup``,
+``eval_setup``). This module is the top of the core: it imports the sections, no
+section imports it. Every section module is pure pydantic, so loading a profile
+imports no torch.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from brainstacks_core.base.config import BaseConfig
 from brainstacks_core.data.config import DataConfig
-from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.evaluation.config import EvalConfig, EvalSetup
 from brainstacks_core.lineage.config import LineageConfig
+from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.orchestration import OrchestrationConfig
-from brainstacks_core.routing.config import RouterConfig
+from brainstacks_core.routing.config import RouterConfig, RoutingSetup
 from brainstacks_core.stacks.config import MoELoRAConfig
-from brainstacks_core.training.config import Experiment1Config, TrainingConfig
+from brainstacks_core.training.config import Experiment1Config, TrainingConfig, TrainingSetup
 
 
 class ProfileError(ValueError):
@@ -93,6 +98,29 @@ class Profile(BaseModel):
     def repo_root(self) -> Path:
         """Folder that relative paths in the profile resolve against (the parent of ``configs/``)."""
         return self.source_path.parent.parent if self.source_path else Path.cwd()
+
+    @property
+    def context(self) -> StoreContext:
+        """Name, store, catalog, seed and repository root: what every stage takes beside its section."""
+        return StoreContext(name=self.name, store=self.store, seed=self.seed, repo_root=self.repo_root,
+                            source_path=self.source_path)
+
+    @property
+    def training_setup(self) -> TrainingSetup:
+        """The sections a training run reads (``brainstacks_core.training.run``)."""
+        return TrainingSetup(context=self.context, base=self.base, moe=self.moe, training=self.training,
+                             orchestration=self.orchestration, curriculum=tuple(self.curriculum),
+                             experiment1=self.experiment1)
+
+    @property
+    def routing_setup(self) -> RoutingSetup:
+        """The sections the routing stage reads (``brainstacks_core.routing.run``)."""
+        return RoutingSetup(run=self.training_setup, router=self.router)
+
+    @property
+    def eval_setup(self) -> EvalSetup:
+        """The sections benchmark evaluation reads (``brainstacks_core.evaluation.run``)."""
+        return EvalSetup(routing=self.routing_setup, eval=self.eval)
 
 
 class _KeyError(ValueError):

@@ -20,12 +20,12 @@ from flows.evaluate import evaluate  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import DomainName, ProfilePath, RunName  # noqa: E402
 from tasks.artifacts import markdown_artifact  # noqa: E402
-from tasks.lineage import lineage_hooks  # noqa: E402
+from tasks.lineage import training_inputs, lineage_hooks  # noqa: E402
 from flows.train_router import train_router  # noqa: E402
 from tasks.training import build_base_task, resolve_data_task, run_summary_task, train_domain_task  # noqa: E402
 
 
-@flow(name="train-domain", **lineage_hooks())
+@flow(name="train-domain", **lineage_hooks(training_inputs))
 def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName = "main",
                  null_space: bool | None = None, data_versions: dict[str, str] | None = None,
                  artifact_root: str | None = None) -> dict:
@@ -43,13 +43,14 @@ def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName
             latest prepared version of each, pinned at the start of the flow.
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
-    versions = {**resolve_data_task(config_path, artifact_root), **(data_versions or {})}
+    profile = load_profile(config_path, artifact_root)  # once: every task of the run reads this one
+    versions = {**resolve_data_task(profile), **(data_versions or {})}
     with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
-        build_base_task(config_path, artifact_root, versions)
-        return train_domain_task(config_path, artifact_root, domain, run_name, null_space, versions)
+        build_base_task(profile, versions)
+        return train_domain_task(profile, domain, run_name, null_space, versions)
 
 
-@flow(name="continual-training", **lineage_hooks())
+@flow(name="continual-training", **lineage_hooks(training_inputs))
 def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
                        null_space: bool | None = None, artifact_root: str | None = None,
                        downstream: bool = False) -> list[dict]:
@@ -71,13 +72,12 @@ def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name:
             deployments set it, so `brainstacks generate` works again after an automatic retraining.
     """
 
-    profile = load_profile(config_path, artifact_root)
-    versions = resolve_data_task(config_path, artifact_root)  # pinned once: every domain trains on the same data
+    profile = load_profile(config_path, artifact_root)  # once: every task of the run reads this one
+    versions = resolve_data_task(profile)  # pinned once: every domain trains on the same data
     with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
-        build_base_task(config_path, artifact_root, versions)
-        results = [train_domain_task(config_path, artifact_root, d, run_name, null_space, versions)
-                   for d in profile.curriculum]
-    summary = run_summary_task(config_path, artifact_root, run_name)
+        build_base_task(profile, versions)
+        results = [train_domain_task(profile, d, run_name, null_space, versions) for d in profile.curriculum]
+    summary = run_summary_task(profile, run_name)
     markdown_artifact(key=f"training-{profile.name}-{run_name}".replace("_", "-").lower(),
                       markdown=summary["markdown"], plots=summary["plots"],
                       description="per-round validation losses and the forgetting matrix")

@@ -28,14 +28,14 @@ from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
 from tasks.evaluation import evaluate_task  # noqa: E402
-from tasks.lineage import lineage_hooks  # noqa: E402
+from tasks.lineage import eval_inputs, lineage_hooks  # noqa: E402
 
 # Choices the Prefect form offers (the core names an unknown one: check_request).
 EvalMode = Annotated[str, Field(json_schema_extra={"enum": list(MODES)})]
 EvalTask = Annotated[str, Field(json_schema_extra={"enum": [*available(), *GROUPS]})]
 
 
-@flow(name="evaluate", **lineage_hooks())
+@flow(name="evaluate", **lineage_hooks(eval_inputs))
 def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
              modes: list[EvalMode] | None = None, tasks: list[EvalTask] | None = None,
              limit: Annotated[int, Field(ge=1)] | None = None, artifact_root: str | None = None) -> dict:
@@ -55,7 +55,7 @@ def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName =
     profile = load_profile(config_path, artifact_root)
     check_request(modes or profile.eval.modes, tasks or profile.eval.tasks)  # fail before the task starts
     with gpu_slot():  # lm-eval runs the base on the GPU: one run per GPU (re-entrant inside a flow holding it)
-        return evaluate_task(config_path, artifact_root, run_name, modes or None, tasks or None, limit)
+        return evaluate_task(profile, run_name, modes or None, tasks or None, limit)
 
 
 def _names(text: str | None) -> list[str]:

@@ -15,7 +15,7 @@ def cli_plan(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.config, args.artifact_root)
     try:
-        rows = plan_run(profile, args.run, Catalog(profile.catalog_path))
+        rows = plan_run(profile.training_setup, args.run, Catalog(profile.catalog_path))
     except LookupError as exc:
         print(f"plan: {exc}", file=sys.stderr)
         return 2
@@ -38,7 +38,7 @@ def cli_repair(args: argparse.Namespace) -> int:
     from brainstacks_core.training.run_lock import run_lock
 
     profile = load_profile(args.config, args.artifact_root)
-    folder = current_run_dir(profile, args.run)
+    folder = current_run_dir(profile.context, args.run)
     with run_lock(folder.parent, "wait", what=f"run {profile.name}/{args.run}"):
         report = repair_run(folder)
     if report["broken"] is None:

@@ -25,11 +25,11 @@ from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
 from flows.train_router import train_router  # noqa: E402
 from tasks.artifacts import markdown_artifact  # noqa: E402
-from tasks.lineage import lineage_hooks  # noqa: E402
+from tasks.lineage import data_inputs, lineage_hooks  # noqa: E402
 from tasks.training import experiment1_task, report_task  # noqa: E402
 
 
-@flow(name="brainstacks-pipeline", **lineage_hooks())
+@flow(name="brainstacks-pipeline", **lineage_hooks(data_inputs))
 def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifact_root: str | None = None) -> dict:
     """Run every stage of the profile and return the report (paths, markdown).
 
@@ -53,8 +53,8 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
         runs.append("no-null-space")
     if profile.experiment1 is not None and profile.experiment1.enabled:
         with gpu_slot():  # trains two arms on the base: one run per GPU
-            experiment1_task(config_path, artifact_root)
-    report = report_task(config_path, artifact_root, runs)
+            experiment1_task(profile)
+    report = report_task(profile, runs)
     if profile.router.enabled:
         routing = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)
         report["markdown"] += "\n\n" + routing["markdown"]

@@ -30,13 +30,13 @@ from brainstacks_core.data.watch import move_partners  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.params import DomainName, ProfilePath  # noqa: E402
 from tasks.data import PERMANENT_ERRORS, assign_task, finalize_task, ingest_task, register_task  # noqa: E402
-from tasks.lineage import lineage_hooks  # noqa: E402
+from tasks.lineage import data_inputs, lineage_hooks  # noqa: E402
 
 COLUMNS = ["domain", "version", "in", "kept", "moved_in", "moved_out", "quarantined", "dropped", "flagged",
            "train", "val", "test", "router", "new_version"]
 
 
-@flow(name="prepare-data", **lineage_hooks())
+@flow(name="prepare-data", **lineage_hooks(data_inputs))
 def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainName | None = None,
                  artifact_root: str | None = None, domains: list[DomainName] | None = None,
                  announce: bool = True) -> dict[str, dict]:
@@ -63,13 +63,12 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainN
     unknown = [d for d in wanted if d not in cfg.domains]
     if unknown:
         raise ValueError(f"unknown domain {unknown[0]!r}; profile {profile.name!r} has {cfg.domains}")
-    ingested = {d: ingest_task(config_path, artifact_root, d) for d in cfg.domains}
-    assigned = assign_task(config_path, artifact_root, ingested)
+    ingested = {d: ingest_task(profile, d) for d in cfg.domains}
+    assigned = assign_task(profile, ingested)
     if domains:  # rows moved out of the requested domains change the domains they moved to
         wanted += move_partners(Path(assigned["folder"]), wanted, cfg.domains)
-    finalized = {d: finalize_task(config_path, artifact_root, d, ingested, assigned)
-                 for d in cfg.domains if d in wanted}
-    rows = register_task(config_path, artifact_root, finalized)
+    finalized = {d: finalize_task(profile, d, ingested, assigned) for d in cfg.domains if d in wanted}
+    rows = register_task(profile, finalized)
     if announce:
         emit_data_changed(profile.name, config_path, rows)
     create_table_artifact(key=f"data-counts-{profile.name}".replace("_", "-").lower(),

@@ -21,12 +21,12 @@ from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
 from tasks.artifacts import markdown_artifact  # noqa: E402
-from tasks.lineage import lineage_hooks  # noqa: E402
+from tasks.lineage import routing_inputs, lineage_hooks  # noqa: E402
 from tasks.progress import artifact_key  # noqa: E402
 from tasks.routing import route_task  # noqa: E402
 
 
-@flow(name="train-router", **lineage_hooks())
+@flow(name="train-router", **lineage_hooks(routing_inputs))
 def train_router(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
                  artifact_root: str | None = None) -> dict:
     """Oracle targets on the router split, the meta-router, and routed losses on the test split.
@@ -38,7 +38,7 @@ def train_router(config_path: ProfilePath = "configs/demo.yaml", run_name: RunNa
     """
     profile = load_profile(config_path, artifact_root)
     with gpu_slot():  # the oracle and features load the base: one run per GPU (re-entrant inside a flow holding it)
-        out = route_task(config_path, artifact_root, run_name)
+        out = route_task(profile, run_name)
     markdown_artifact(key=artifact_key("routing-report", profile.name, run_name), markdown=out["markdown"],
                       plots=out["plots"], description="Oracle combinations, router vs baselines, routed losses, answers")
     return out

@@ -18,18 +18,19 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from brainstacks_core.data.watch import check_sources, commit_state  # noqa: E402
-from brainstacks_core.profile import load_profile  # noqa: E402
+from brainstacks_core.profile import Profile, load_profile  # noqa: E402
 from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import prepare_data  # noqa: E402
-from tasks.lineage import lineage_hooks  # noqa: E402
+from tasks.lineage import data_inputs, lineage_hooks  # noqa: E402
 
 
-@task(name="check-sources")
-def check_sources_task(config_path: str, artifact_root: str | None):
+@task(name="check-sources", cache_policy=NO_CACHE)
+def check_sources_task(profile: Profile):
     """Which domains have changed sources (nothing is written yet)."""
-    result = check_sources(load_profile(config_path, artifact_root))
+    result = check_sources(profile.context, profile.data)
     logger = get_run_logger()
     for d in result.changed:
         logger.info("%s changed: %s", d, "; ".join(result.reasons[d]))
@@ -38,7 +39,7 @@ def check_sources_task(config_path: str, artifact_root: str | None):
     return result
 
 
-@flow(name="watch-sources", **lineage_hooks())
+@flow(name="watch-sources", **lineage_hooks(data_inputs))
 def watch_sources(config_path: ProfilePath = "configs/demo.yaml", artifact_root: str | None = None,
                   dry_run: bool = False) -> dict:
     """Check every source of the profile; prepare only the domains whose sources changed.
@@ -52,7 +53,7 @@ def watch_sources(config_path: ProfilePath = "configs/demo.yaml", artifact_root:
     Returns:
         ``{"changed": [...], "reasons": {...}, "prepared": {domain: summary}}``.
     """
-    result = check_sources_task(config_path, artifact_root)
+    result = check_sources_task(load_profile(config_path, artifact_root))
     prepared: dict = {}
     if result.changed and not dry_run:
         prepared = prepare_data(config_path=config_path, artifact_root=artifact_root, domains=result.changed)

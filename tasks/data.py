@@ -1,8 +1,10 @@
 """Prefect tasks of the data step: thin wrappers over ``brainstacks_core.data.pipeline``.
 
-Tasks pass stage metadata (small dicts with versions and file paths), never
-DataFrames; each stage is cached by the version key it computes from its inputs,
-so the Prefect cache key is that version, not a hash of data. A failure that
+Tasks receive the flow's loaded :class:`~brainstacks_core.profile.Profile` (read
+once per flow run) and pass stage metadata (small dicts with versions and file
+paths), never DataFrames. Each stage is cached in the core by the version key it
+computes from its inputs; Prefect's own result cache is off (``NO_CACHE``), so
+no parameter (the profile, the stage dicts) is ever hashed or pickled. A failure that
 cannot change on retry (an empty or unreadable file, a domain left with no rows)
 is not retried.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from brainstacks_core.data.pipeline import (
     EmptyDomainError,
@@ -23,7 +26,7 @@ from brainstacks_core.data.pipeline import (
 )
 from brainstacks_core.data.sources import SourceError
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.profile import load_profile
+from brainstacks_core.profile import Profile
 from tasks.run_context import retry_unless, run_ids
 
 # Errors in the data itself: the same input gives the same error, so retrying only repeats it.
@@ -40,40 +43,38 @@ def _summary(p) -> dict:  # noqa: ANN001 - PreparedDataset
             "moves_path": str(p.moves_path), "report": p.report, **p.counts}
 
 
-@task(name="ingest-domain", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_permanent)
-def ingest_task(config_path: str, artifact_root: str | None, domain: str) -> dict:
+@task(name="ingest-domain", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_permanent,
+      cache_policy=NO_CACHE)
+def ingest_task(profile: Profile, domain: str) -> dict:
     """Read, normalise, strip and validate one domain's sources (stage 1)."""
-    profile = load_profile(config_path, artifact_root)
-    meta = ingest_domain(profile, profile.data, domain)
+    meta = ingest_domain(profile.context, profile.data, domain)
     get_run_logger().info("ingested %s: %d rows in, key %s", domain, meta["n_in"], meta["key"])
     return meta
 
 
-@task(name="keyword-decontamination")
-def assign_task(config_path: str, artifact_root: str | None, ingested: dict[str, dict]) -> dict:
+@task(name="keyword-decontamination", cache_policy=NO_CACHE)
+def assign_task(profile: Profile, ingested: dict[str, dict]) -> dict:
     """Cross-domain keyword decontamination over every domain (stage 2)."""
-    profile = load_profile(config_path, artifact_root)
-    meta = assign_domains(profile, profile.data, ingested)
+    meta = assign_domains(profile.context, profile.data, ingested)
     get_run_logger().info("keyword decontamination: %d moves, %d drops, %d flagged (kept)", meta["moves"],
                           meta["dropped"], meta.get("flagged", 0))
     return meta
 
 
-@task(name="finalize-domain", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_permanent)
-def finalize_task(config_path: str, artifact_root: str | None, domain: str, ingested: dict[str, dict],
-                  assigned: dict) -> dict:
+@task(name="finalize-domain", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_permanent,
+      cache_policy=NO_CACHE)
+def finalize_task(profile: Profile, domain: str, ingested: dict[str, dict], assigned: dict) -> dict:
     """Benchmark decontamination, dedup, split and write one domain (stage 3): its manifest path."""
-    profile = load_profile(config_path, artifact_root)
-    prepared = finalize_domain(profile, profile.data, domain, ingested, assigned)
+    prepared = finalize_domain(profile.context, profile.data, domain, ingested, assigned)
     get_run_logger().info("%s: version %s (%s) %s", domain, prepared.version,
                           "cache hit" if prepared.cache_hit else "written", prepared.counts)
     return {"manifest": str(prepared.train_path.parent / "manifest.json"), "cache_hit": prepared.cache_hit}
 
 
-@task(name="register-datasets", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_permanent)
-def register_task(config_path: str, artifact_root: str | None, finalized: dict[str, dict]) -> dict[str, dict]:
+@task(name="register-datasets", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_permanent,
+      cache_policy=NO_CACHE)
+def register_task(profile: Profile, finalized: dict[str, dict]) -> dict[str, dict]:
     """Record every finished domain in the catalog in one transaction (after all succeeded)."""
-    profile = load_profile(config_path, artifact_root)
     prepared = {d: from_manifest(Path(f["manifest"]), cache_hit=f["cache_hit"]) for d, f in finalized.items()}
-    done = register_prepared(profile, prepared, Catalog(profile.catalog_path), run_ids())
+    done = register_prepared(profile.context, prepared, Catalog(profile.catalog_path), run_ids())
     return {d: _summary(p) for d, p in done.items()}

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from brainstacks_core.evaluation.record import counts_line
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.profile import load_profile
+from brainstacks_core.profile import Profile
 from tasks.artifacts import markdown_artifact
 from tasks.progress import ProgressArtifact, artifact_key, progress_artifact
 from tasks.run_context import retry_unless, run_ids
@@ -36,8 +37,9 @@ def eval_progress(key: str, title: str) -> ProgressArtifact:
 retry_unless_request_error = retry_unless(ValueError, FileNotFoundError)
 
 
-@task(name="evaluate-run", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_request_error)
-def evaluate_task(config_path: str, artifact_root: str | None, run_name: str = "main",
+@task(name="evaluate-run", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_request_error,
+      cache_policy=NO_CACHE)
+def evaluate_task(profile: Profile, run_name: str = "main",
                   modes: list[str] | None = None, tasks: list[str] | None = None,
                   limit: int | None = None) -> dict:
     """Benchmark evaluation of one trained run on lm-evaluation-harness (base / ungated / routed).
@@ -47,12 +49,11 @@ def evaluate_task(config_path: str, artifact_root: str | None, run_name: str = "
     """
     from brainstacks_core.evaluation.run import evaluate_profile
 
-    profile = load_profile(config_path, artifact_root)
     log = get_run_logger()
     title = f"{profile.name}/{run_name} benchmark evaluation"
     hook = eval_progress(artifact_key("eval", profile.name, run_name), title)
     try:
-        out = evaluate_profile(profile, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks,
+        out = evaluate_profile(profile.eval_setup, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks,
                                limit=limit, run_ids=run_ids(), progress_cb=hook)
     except BaseException:
         hook.finish("failed (see the flow run's logs)", progress=0.0)

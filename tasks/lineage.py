@@ -1,9 +1,12 @@
 """OpenLineage run events and Prefect asset events of every flow, from Prefect's flow state hooks.
 
-A flow opts in with one argument: ``@flow(name="prepare-data", **lineage_hooks())``.
+A flow opts in with one argument: ``@flow(name="prepare-data", **lineage_hooks(inputs))``,
+where ``inputs(profile, parameters)`` names the catalog URIs the run reads, known
+before it starts.
 
 * Running: an OpenLineage ``START`` event (run id = the Prefect flow run id; a
-  subflow names its parent and root run in the ``parent`` facet);
+  subflow names its parent and root run in the ``parent`` facet) with those inputs,
+  each at its latest catalog version (name only when the catalog has none yet);
 * Completed: ``COMPLETE`` with the datasets the run recorded in the catalog
   (``brainstacks_core.lineage.openlineage.run_datasets``: versions as facets), and
   the asset events ``prefect.assets.materialize`` emits: ``prefect.asset.referenced``
@@ -13,31 +16,67 @@ A flow opts in with one argument: ``@flow(name="prepare-data", **lineage_hooks()
   trace) and whatever the run recorded before it failed; Cancelling: ``ABORT``.
 
 The hooks read ``config_path`` and ``artifact_root`` from the run's parameters (every
-flow has both). A hook never fails a flow: Prefect logs a hook's exception and
-goes on, and the DuckDB catalog stays the record.
+flow has both), once per flow run (the START hook's profile serves the final event).
+A hook never fails a flow: Prefect logs a hook's exception and goes on, and the
+DuckDB catalog stays the record.
 """
 
 from __future__ import annotations
 
-import re
+from typing import Callable
 
 from prefect.logging.loggers import flow_run_logger
 
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.lineage.openlineage import LineageDataset, OpenLineageEmitter, run_datasets
+from brainstacks_core.lineage.openlineage import LineageDataset, OpenLineageEmitter, known_inputs, run_datasets
+from brainstacks_core.lineage.uris import asset_key
 from brainstacks_core.lineage.versioning import code_version
-from brainstacks_core.profile import load_profile
+from brainstacks_core.profile import Profile, load_profile
+
+Inputs = Callable[[Profile, dict], list[str]]
+_RUNS: dict[str, tuple[Profile, Inputs | None]] = {}  # flow run id -> its profile (read once) and inputs
 
 
-def lineage_hooks() -> dict[str, list]:
-    """The ``@flow`` keyword arguments that make a flow emit its lineage (see the module docstring)."""
-    return {"on_running": [emit_start], "on_completion": [emit_complete], "on_failure": [emit_fail],
+def lineage_hooks(inputs: Inputs | None = None) -> dict[str, list]:
+    """The ``@flow`` keyword arguments that make a flow emit its lineage (see the module docstring).
+
+    Args:
+        inputs: ``(profile, flow parameters) -> catalog URIs`` the run reads (its START inputs).
+    """
+
+    def start(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature
+        """Running: the ``START`` event with the run's known inputs."""
+        _emit(flow, flow_run, "START", inputs_fn=inputs)
+
+    return {"on_running": [start], "on_completion": [emit_complete], "on_failure": [emit_fail],
             "on_crashed": [emit_fail], "on_cancellation": [emit_abort]}
 
 
-def emit_start(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature
-    """Running: the ``START`` event."""
-    _emit(flow, flow_run, "START")
+def data_inputs(profile: Profile, params: dict) -> list[str]:
+    """START inputs of a preparation (prepare-data, watch-sources, the pipeline): sources and eval sets."""
+    from brainstacks_core.data.pipeline import input_uris
+
+    return input_uris(profile.data)
+
+
+def training_inputs(profile: Profile, params: dict) -> list[str]:
+    """START inputs of a training run: the base and every curriculum domain's train/val/test split."""
+    from brainstacks_core.training.run import input_uris
+
+    return input_uris(profile.training_setup)
+
+
+def routing_inputs(profile: Profile, params: dict) -> list[str]:
+    """START inputs of train-router: the base, the run's frozen stacks, router and test splits."""
+    from brainstacks_core.routing.run import input_uris
+
+    return input_uris(profile.routing_setup, params.get("run_name") or "main")
+
+
+def eval_inputs(profile: Profile, params: dict) -> list[str]:
+    """START inputs of an evaluation: what routing reads, plus the run's meta-router."""
+    run = params.get("run_name") or "main"
+    return routing_inputs(profile, params) + [f"router://{profile.name}/{run}"]
 
 
 def emit_complete(flow, flow_run, state) -> None:  # noqa: ANN001
@@ -63,20 +102,35 @@ def _error(state) -> BaseException | str:  # noqa: ANN001
     return exc if isinstance(exc, BaseException) else (state.message or state.name)
 
 
-def _emit(flow, flow_run, state: str, error=None, assets: bool = False) -> None:  # noqa: ANN001
+def _profile(run_id: str, params: dict, state: str, inputs_fn: Inputs | None) -> tuple[Profile, Inputs | None]:
+    """The run's profile: read by its START hook, reused (then dropped) by the final event."""
+    known = _RUNS.pop(run_id, None) if state != "START" else None
+    if known is None:
+        known = (load_profile(params["config_path"], params.get("artifact_root")), inputs_fn)
+    if state == "START":
+        _RUNS[run_id] = known
+    return known
+
+
+def _emit(flow, flow_run, state: str, error=None, assets: bool = False,  # noqa: ANN001
+          inputs_fn: Inputs | None = None) -> None:
     import prefect
 
     params = dict(flow_run.parameters or {})
     logger = flow_run_logger(flow_run, flow)
+    run_id = str(flow_run.id)
     try:
-        profile = load_profile(params["config_path"], params.get("artifact_root"))
+        profile, inputs_fn = _profile(run_id, params, state, inputs_fn)
     except Exception as exc:  # noqa: BLE001 - no profile: nowhere to write
         logger.warning("openlineage %s not emitted: the profile cannot be loaded (%s)", state, exc)
         return
     if not profile.lineage.openlineage:
         return
-    run_id = str(flow_run.id)
-    inputs, outputs = ([], []) if state == "START" else run_datasets(Catalog(profile.catalog_path), run_id)
+    cat = Catalog(profile.catalog_path)
+    if state == "START":
+        inputs, outputs = (known_inputs(cat, inputs_fn(profile, params)) if inputs_fn else []), []
+    else:
+        inputs, outputs = run_datasets(cat, run_id)
     emitter = OpenLineageEmitter(profile.lineage, profile.store, profile.name, profile.catalog_path)
     emitter.emit(state, flow.name, run_id, inputs, outputs, parent=_parent(flow_run), error=error,
                  engine={"name": "prefect", "version": prefect.__version__}, parameters=params,
@@ -101,19 +155,6 @@ def _parent(flow_run) -> dict | None:  # noqa: ANN001
     return {"run_id": chain[0][0], "job": chain[0][1], "root_run_id": chain[-1][0], "root_job": chain[-1][1]}
 
 
-def asset_key(uri: str) -> str | None:
-    """The Prefect asset key of a catalog URI: the URI itself when Prefect accepts it, else
-    ``brainstacks://<scheme>/<rest>`` with other characters as ``/`` (None if still invalid)."""
-    from prefect.assets import Asset
-
-    for key in (uri, "brainstacks://" + re.sub(r"[^A-Za-z0-9._/-]+", "/", uri.replace("://", "/", 1)).strip("/")):
-        try:
-            return Asset(key=key).key
-        except ValueError:
-            continue
-    return None
-
-
 def emit_asset_events(run_id: str, run_name: str | None, inputs: list[LineageDataset],
                       outputs: list[LineageDataset]) -> int:
     """The events ``prefect.assets.materialize`` emits, for datasets known only after the run.
@@ -123,7 +164,7 @@ def emit_asset_events(run_id: str, run_name: str | None, inputs: list[LineageDat
     """
     from prefect.events import emit_event
 
-    ups = [k for k in (asset_key(d.uri) for d in inputs) if k]
+    ups = [asset_key(d.uri) for d in inputs]
     for key in dict.fromkeys(ups):
         emit_event(event="prefect.asset.referenced", resource={"prefect.resource.id": key}, related=[])
     related = [{"prefect.resource.id": k, "prefect.resource.role": "asset"} for k in dict.fromkeys(ups)]
@@ -133,8 +174,6 @@ def emit_asset_events(run_id: str, run_name: str | None, inputs: list[LineageDat
     n = 0
     for d in outputs:
         key = asset_key(d.uri)
-        if key is None:
-            continue
         emit_event(event="prefect.asset.materialization.succeeded",
                    resource={"prefect.resource.id": key, "prefect.resource.name": d.uri},
                    related=related, payload={"version": d.version, "kind": d.kind, "rows": d.rows,

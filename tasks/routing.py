@@ -11,9 +11,10 @@ steps, router epochs) goes to one progress artifact.
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.profile import load_profile
+from brainstacks_core.profile import Profile
 from tasks.progress import artifact_key, progress_artifact
 from tasks.run_context import run_ids
 
@@ -34,17 +35,17 @@ def routing_progress(key: str, title: str, epochs: int, min_interval_s: float = 
     return progress_artifact(key, title, render, min_interval_s)
 
 
-@task(name="route-run", retries=1, retry_delay_seconds=10)
-def route_task(config_path: str, artifact_root: str | None, run_name: str = "main") -> dict:
-    """Oracle discovery, meta-router training and routed evaluation of one trained run."""
+@task(name="route-run", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def route_task(profile: Profile, run_name: str = "main") -> dict:
+    """Oracle discovery, meta-router training and routed evaluation of one trained run (the flow's profile)."""
     from brainstacks_core.routing.run import route_profile
 
-    profile = load_profile(config_path, artifact_root)
     log = get_run_logger()
     hook = routing_progress(artifact_key("routing", profile.name, run_name), f"{profile.name}/{run_name}",
                             profile.router.epochs)
     try:
-        out = route_profile(profile, run_name, Catalog(profile.catalog_path), run_ids(), progress_cb=hook)
+        out = route_profile(profile.routing_setup, run_name, Catalog(profile.catalog_path), run_ids(),
+                            progress_cb=hook)
     except BaseException:
         hook.finish("failed (see the flow run's logs)", progress=0.0)
         raise

@@ -1,41 +1,42 @@
 """Prefect tasks of the training stage: thin wrappers over ``brainstacks_core.training.run``.
 
-Inputs are the profile path and names; data is resolved by version from the
-catalog inside the core, so nothing large crosses a task boundary. Retries are
+Inputs are the flow's loaded profile (read once per flow run) and names; data is
+resolved by version from the catalog inside the core, so nothing large crosses a
+task boundary, and Prefect's result cache is off (``NO_CACHE``: nothing is hashed;
+the core skips what is done by version). Retries are
 safe: training resumes from the run's manifest and never retrains a finished round.
 """
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.profile import load_profile
+from brainstacks_core.profile import Profile
 from tasks.artifacts import markdown_artifact, table_artifact
 from tasks.progress import artifact_key, progress_hook
 from tasks.run_context import run_ids
 
 
-@task(name="build-base", retries=1, retry_delay_seconds=5)
-def build_base_task(config_path: str, artifact_root: str | None, data_versions: dict[str, str] | None = None) -> dict:
+@task(name="build-base", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def build_base_task(profile: Profile, data_versions: dict[str, str] | None = None) -> dict:
     """Build (tiny) or resolve (hub) the base model; returns its identity."""
     from brainstacks_core.training.run import ensure_base
 
-    profile = load_profile(config_path, artifact_root)
     cat = Catalog(profile.catalog_path)
-    info = ensure_base(profile, None, cat, run_ids())  # the tiny base has its own pinned corpus
+    info = ensure_base(profile.training_setup, None, cat, run_ids())  # the tiny base has its own pinned corpus
     get_run_logger().info("base %s (%s) at %s", info.fingerprint, info.source, info.path)
     return {"fingerprint": info.fingerprint, "path": str(info.path), "source": info.source}
 
 
-@task(name="resolve-data-versions")
-def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, str]:
+@task(name="resolve-data-versions", cache_policy=NO_CACHE)
+def resolve_data_task(profile: Profile) -> dict[str, str]:
     """Pin the latest dataset version of every curriculum domain for this run."""
     from brainstacks_core.training.run import resolve_data_versions
 
-    profile = load_profile(config_path, artifact_root)
     cat = Catalog(profile.catalog_path)
-    versions = resolve_data_versions(profile, cat)
+    versions = resolve_data_versions(profile.training_setup, cat)
     # what this run reads: every domain's train/val (training, null space) and test (forgetting) split
     cat.record_reads([f"{v.rsplit('-', 1)[0]}-{s}" for v in versions.values() for s in ("train", "val", "test")],
                      run_ids())
@@ -43,8 +44,8 @@ def resolve_data_task(config_path: str, artifact_root: str | None) -> dict[str, 
     return versions
 
 
-@task(name="train-domain", retries=1, retry_delay_seconds=10)
-def train_domain_task(config_path: str, artifact_root: str | None, domain: str, run_name: str = "main",
+@task(name="train-domain", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def train_domain_task(profile: Profile, domain: str, run_name: str = "main",
                       null_space: bool | None = None, data_versions: dict[str, str] | None = None) -> dict:
     """Train one domain's boosting rounds (earlier domains must be done or are resumed first).
 
@@ -56,12 +57,11 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
     from brainstacks_core.training.run import train_profile
     from brainstacks_core.training.run_lock import RunBusyError
 
-    profile = load_profile(config_path, artifact_root)
     log = get_run_logger()
     hook = progress_hook(artifact_key("training", profile.name, run_name, domain),
                          f"{profile.name}/{run_name}", profile.training.max_rounds)
     try:
-        manifest = train_profile(profile, run_name, null_space, until_domain=domain,
+        manifest = train_profile(profile.training_setup, run_name, null_space, until_domain=domain,
                                  catalog=Catalog(profile.catalog_path), run_ids=run_ids(),
                                  data_versions=data_versions, progress=hook)
     except RunBusyError as exc:
@@ -91,7 +91,7 @@ def train_domain_task(config_path: str, artifact_root: str | None, domain: str, 
         "reused_from": entry.get("reused_from")}
 
 
-def model_cards(profile, run_name: str, manifest: dict, domain: str, catalog: Catalog) -> list[dict]:
+def model_cards(profile: Profile, run_name: str, manifest: dict, domain: str, catalog: Catalog) -> list[dict]:
     """Write each frozen stack's model card beside its file and show it as a markdown artifact."""
     from brainstacks_core.reporting.model_card import write_model_cards
 
@@ -103,31 +103,28 @@ def model_cards(profile, run_name: str, manifest: dict, domain: str, catalog: Ca
     return cards
 
 
-@task(name="experiment-1")
-def experiment1_task(config_path: str, artifact_root: str | None) -> dict:
+@task(name="experiment-1", cache_policy=NO_CACHE)
+def experiment1_task(profile: Profile) -> dict:
     """MoE-LoRA vs parameter-matched single LoRA on one domain (paper 4.1)."""
     from brainstacks_core.training.run import run_experiment1_for_profile
 
-    profile = load_profile(config_path, artifact_root)
-    return run_experiment1_for_profile(profile, Catalog(profile.catalog_path), run_ids())
+    return run_experiment1_for_profile(profile.training_setup, Catalog(profile.catalog_path), run_ids())
 
 
-@task(name="report")
-def report_task(config_path: str, artifact_root: str | None, run_names: list[str]) -> dict:
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(profile: Profile, run_names: list[str]) -> dict:
     """Plots and the markdown report of the profile's runs; returns paths and text."""
     from brainstacks_core.reporting.report import build_report
 
-    profile = load_profile(config_path, artifact_root)
-    return build_report(profile, run_names, Catalog(profile.catalog_path), run_ids())
+    return build_report(profile.context, run_names, Catalog(profile.catalog_path), run_ids())
 
 
-@task(name="run-summary")
-def run_summary_task(config_path: str, artifact_root: str | None, run_name: str) -> dict:
+@task(name="run-summary", cache_policy=NO_CACHE)
+def run_summary_task(profile: Profile, run_name: str) -> dict:
     """One run's round table and forgetting matrix (markdown + PNGs), and a table artifact of its stacks."""
     from brainstacks_core.reporting.report import run_summary
 
-    profile = load_profile(config_path, artifact_root)
-    summary = run_summary(profile, run_name)
+    summary = run_summary(profile.context, run_name)
     table_artifact(artifact_key("stacks", profile.name, run_name), summary["stacks"],
                    description=f"Stacks trained in run {profile.name}/{run_name}: domain, round, status (frozen or "
                                f"discarded), validation loss before/after, catalog version")

@@ -12,6 +12,11 @@ from brainstacks_core.profile import load_profile
 from flows.audit import cli_audit
 
 
+def _data(profile):
+    """The data stage's arguments of a profile: its store context and ``data:`` section."""
+    return profile.context, profile.data
+
+
 def _profile(tmp_path):
     chat = [{"instruction": f"Write a friendly letter {i}", "output": f"Dear friend {i}"} for i in range(15)]
     chat.append({"instruction": "Write a python function def f that will return a loop", "output": "def f(): return 1"})
@@ -27,7 +32,7 @@ def _audit(cfg, capsys, **kw) -> tuple[int, str]:
 
 def test_record_shows_file_row_origin_run_ids_and_a_legend(tmp_path, capsys):
     cfg = _profile(tmp_path)
-    res = prepare_all(load_profile(cfg), run_ids={"flow_run_id": "flow-123", "task_run_id": "task-456"})
+    res = prepare_all(*_data(load_profile(cfg)), run_ids={"flow_run_id": "flow-123", "task_run_id": "task-456"})
     moves = pd.read_parquet(res["code"].moves_path)
     rid = moves[moves["action"] == "move"]["record_id"].iloc[0]
     rc, out = _audit(cfg, capsys, record=rid)
@@ -40,7 +45,7 @@ def test_record_shows_file_row_origin_run_ids_and_a_legend(tmp_path, capsys):
 
 def test_dataset_version_as_prepare_prints_it_lists_every_split(tmp_path, capsys):
     cfg = _profile(tmp_path)
-    version = prepare_all(load_profile(cfg))["code"].version
+    version = prepare_all(*_data(load_profile(cfg)))["code"].version
     rc, out = _audit(cfg, capsys, artifact=version)
     assert rc == 0 and out.startswith("depth: 0 = the artifact asked about")
     for split in ("train", "val", "test", "router"):
@@ -50,10 +55,10 @@ def test_dataset_version_as_prepare_prints_it_lists_every_split(tmp_path, capsys
 
 def test_current_hides_superseded_versions(tmp_path, capsys):
     cfg = _profile(tmp_path)
-    old = prepare_all(load_profile(cfg))["code"].version
+    old = prepare_all(*_data(load_profile(cfg)))["code"].version
     path = tmp_path / "code.json"
     path.write_text(path.read_text().replace("f3", "g3"))
-    new = prepare_all(load_profile(cfg))["code"].version
+    new = prepare_all(*_data(load_profile(cfg)))["code"].version
     assert new != old
     _, everything = _audit(cfg, capsys, list=True)
     _, current = _audit(cfg, capsys, list=True, current=True)

@@ -19,11 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BRAINSTACKS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def _data(profile):
+    """The data stage's arguments of a profile: its store context and ``data:`` section."""
+    return profile.context, profile.data
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("art")
     profile = load_profile(ROOT / "configs" / "demo.yaml", artifact_root=root)
-    return profile, prepare_all(profile)
+    return profile, prepare_all(profile.context, profile.data)
 
 
 def test_demo_counts_conserved_and_schema(demo):
@@ -41,11 +46,11 @@ def test_demo_counts_conserved_and_schema(demo):
 
 def test_rerun_creates_no_new_version(demo):
     profile, result = demo
-    again = prepare_all(profile)
+    again = prepare_all(profile.context, profile.data)
     assert all(p.cache_hit for p in again.values())
     assert {d: p.version for d, p in again.items()} == {d: p.version for d, p in result.items()}
     assert len(Catalog(profile.catalog_path).list_artifacts("dataset")) == 20  # 5 domains x 4 splits
-    assert prepare_domain(profile, "math").version == result["math"].version
+    assert prepare_domain(profile.context, profile.data, "math").version == result["math"].version
 
 
 def test_catalog_lineage_of_demo(demo):
@@ -53,7 +58,7 @@ def test_catalog_lineage_of_demo(demo):
     cat = Catalog(profile.catalog_path)
     up = cat.upstream("dataset://demo/math/train")
     assert {a["kind"] for a in up} == {"source", "eval_set"}
-    assert load_prepared(profile, "math").version == result["math"].version
+    assert load_prepared(profile.context, "math").version == result["math"].version
     rid = pd.read_parquet(result["math"].train_path)["record_id"].iloc[0]
     holders = cat.artifacts_containing(rid)
     assert holders[0]["uri"] == "dataset://demo/math/train" and holders[0]["source_row_key"].startswith("line:")
@@ -95,7 +100,7 @@ def test_bad_inputs_land_in_quarantine_and_counts_hold(tmp_path):
     cfg = _custom_profile(tmp_path, {"chat_a.jsonl": raw, "code_a.jsonl": code},
                           lexicons={"chat": ["letter", "friend", "dear"], "code": ["python", "function", "def", "return", "loop"]})
     profile = load_profile(cfg)
-    res = prepare_all(profile)
+    res = prepare_all(profile.context, profile.data)
     chat = res["chat"].counts
     check_conservation(chat, "chat")
     assert chat["in"] == 29 and chat["moved_out"] == 1 and chat["dropped_duplicate"] == 1
@@ -118,7 +123,7 @@ def test_planted_benchmark_row_is_removed(tmp_path):
            [{"instruction": f"Question {i}: add {i} and {i}", "output": str(2 * i)} for i in range(10)]
     cfg = _custom_profile(tmp_path, {"math_a.jsonl": rows},
                           evals=[{"name": "gsm8k_test", "format": "gsm8k", "path": "data/gsm_test.jsonl"}])
-    res = prepare_all(load_profile(cfg))
+    res = prepare_all(*_data(load_profile(cfg)))
     assert res["math"].counts["dropped_benchmark"] == 1
     dropped = pd.read_parquet(res["math"].dropped_path)
     assert "gsm8k_test" in dropped[dropped["kind"] == "benchmark"]["reason"].iloc[0]
@@ -131,7 +136,7 @@ def test_shared_profile_one_domain(tmp_path):
     profile = load_profile(ROOT / "configs" / "shared.yaml", artifact_root=tmp_path)
     if SHARED.resolve() != (ROOT.parent / "shared" / "data").resolve():
         pytest.skip("shared.yaml points at ../shared/data; BRAINSTACKS_SHARED_DATA elsewhere")
-    res = prepare_domain(profile, "reasoning")
+    res = prepare_domain(profile.context, profile.data, "reasoning")
     check_conservation(res.counts, "reasoning")
     assert res.counts["in"] == 651 and res.counts["train"] > 300
 
@@ -151,7 +156,7 @@ def test_source_with_system_on_some_rows_only(tmp_path):
     raw = yaml.safe_load(cfg.read_text())
     raw["data"]["sources"]["chat"].append({"kind": "local", "format": "template_text", "path": "data/chat_b.parquet"})
     cfg.write_text(yaml.safe_dump(raw))
-    res = prepare_all(load_profile(cfg))["chat"]
+    res = prepare_all(*_data(load_profile(cfg)))["chat"]
     check_conservation(res.counts, "chat")
     assert res.counts["in"] == 32 and res.counts["quarantined"] == 0
     every = pd.concat([pd.read_parquet(res.split_path(s)) for s in ("train", "val", "test", "router")])

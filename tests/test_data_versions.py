@@ -19,6 +19,11 @@ from brainstacks_core.profile import load_profile
 LEX = {"chat": ["letter", "poem"], "code": ["python", "def", "return"], "math": ["how many", "total"]}
 
 
+def _data(profile):
+    """The data stage's arguments of a profile: its store context and ``data:`` section."""
+    return profile.context, profile.data
+
+
 def _write(tmp_path: Path, sources: dict, **data) -> Path:
     cfg = tmp_path / "configs" / "t.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
@@ -48,11 +53,11 @@ def _three_domains(tmp_path: Path) -> Path:
 
 def test_one_byte_edit_re_versions_only_its_domain(tmp_path):
     cfg = _three_domains(tmp_path)
-    first = prepare_all(load_profile(cfg))
+    first = prepare_all(*_data(load_profile(cfg)))
     assert all(p.new_version for p in first.values())
     code = tmp_path / "data" / "code.jsonl"
     code.write_text(code.read_text().replace("return 7", "return 8", 1))
-    second = prepare_all(load_profile(cfg))
+    second = prepare_all(*_data(load_profile(cfg)))
     changed = {d for d in first if first[d].version != second[d].version}
     assert changed == {"code"}
     assert {d for d, p in second.items() if p.new_version} == {"code"}  # one version-changed event, not three
@@ -62,11 +67,11 @@ def test_generated_source_switched_to_local_file_with_the_same_rows(tmp_path):
     gen = {"math": [{"kind": "generated", "generator": "math", "rows": 60}]}
     cfg = _write(tmp_path, gen)
     profile = load_profile(cfg)
-    prepare_all(profile)
+    prepare_all(profile.context, profile.data)
     made = next((profile.store / "generated").rglob("*.jsonl"))
     shutil.copy(made, tmp_path / "math_copy.jsonl")
     cfg = _write(tmp_path, {"math": [{"kind": "local", "format": "prompt_response", "path": "math_copy.jsonl"}]})
-    res = prepare_all(load_profile(cfg))  # used to fail: version ... already recorded for generated://...
+    res = prepare_all(*_data(load_profile(cfg)))  # used to fail: version ... already recorded for generated://...
     cat = Catalog(profile.catalog_path)
     assert {a["uri"] for a in cat.list_artifacts("source")} == {"generated://math?rows=60&seed=0",
                                                                   "local:math_copy.jsonl"}
@@ -83,7 +88,7 @@ def test_a_failed_prepare_registers_nothing(tmp_path):
     cfg.write_text(yaml.safe_dump(raw))
     profile = load_profile(cfg)
     with pytest.raises(EmptyDomainError, match=r"medical.*0 rows left.*quarantine.*field 'output'"):
-        prepare_all(profile)
+        prepare_all(profile.context, profile.data)
     assert Catalog(profile.catalog_path).list_artifacts() == []  # chat, code, math were finished, not registered
     assert not (profile.store / "datasets" / "medical").exists()
 
@@ -91,7 +96,7 @@ def test_a_failed_prepare_registers_nothing(tmp_path):
 def test_splits_are_disjoint_deterministic_and_registered(tmp_path):
     cfg = _three_domains(tmp_path)
     profile = load_profile(cfg)
-    res = prepare_all(profile)["code"]
+    res = prepare_all(profile.context, profile.data)["code"]
     check_conservation(res.counts, "code")
     parts = {s: pd.read_parquet(res.split_path(s)) for s in SPLITS}
     ids = [set(p["record_id"]) for p in parts.values()]
@@ -102,7 +107,7 @@ def test_splits_are_disjoint_deterministic_and_registered(tmp_path):
         art = cat.get(res.uri_version(s))
         assert art["uri"] == f"dataset://t/code/{s}" and len(cat.members(res.uri_version(s))) == len(parts[s])
     assert res.test_uri_version.endswith("-test") and res.router_uri_version.endswith("-router")
-    again = prepare_all(load_profile(cfg))["code"]
+    again = prepare_all(*_data(load_profile(cfg)))["code"]
     assert again.version == res.version and again.cache_hit
 
 

@@ -60,7 +60,7 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     cfg, art = _profile(tmp_path), tmp_path / "art"
     profile = load_profile(cfg, artifact_root=art)
     cat = Catalog(profile.catalog_path)
-    prepare_all(profile, catalog=cat)
+    prepare_all(profile.context, profile.data, catalog=cat)
 
     # 0. before training: base mode scores the base alone; other modes say what to run first
     common = ["eval", "--config", str(cfg), "--artifact-root", str(art), "--tasks", "demo_math", "--limit", "2"]
@@ -91,7 +91,7 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     converted = art / "evalmini" / "eval" / "data"
     assert list(converted.glob("demo_math-*")) and not list(converted.glob("arc_easy-*"))
 
-    train_profile(profile, catalog=cat)
+    train_profile(profile.training_setup, catalog=cat)
 
     # 1. the CLI, before any router exists
     assert main(["eval", "--config", str(cfg), "--artifact-root", str(art)]) == 0
@@ -105,7 +105,7 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # 2. the router trains; the flow scores routed mode and reuses what the CLI scored
-    route_profile(profile, "main", cat, progress=False)
+    route_profile(profile.routing_setup, "main", cat, progress=False)
     first = evaluate(config_path=str(cfg), artifact_root=str(art))
     assert first["skipped"] == {}
     pm = first["per_mode"]
@@ -140,10 +140,10 @@ def test_eval_cli_and_flow_on_a_trained_run(tmp_path, harness, capsys):
     # 5. after a retrain (other stack versions), the old router is not used
     from brainstacks_core.evaluation.run import load_run, run_router
 
-    run = load_run(profile, "main", cat)
-    assert run_router(profile, "main", run, cat)[0] is not None
+    run = load_run(profile.training_setup, "main", cat)
+    assert run_router(profile.routing_setup, "main", run, cat)[0] is not None
     retrained = {**run, "stack_versions": {**run["stack_versions"], next(iter(run["stack_versions"])): "v-new"}}
-    router, why = run_router(profile, "main", retrained, cat)
+    router, why = run_router(profile.routing_setup, "main", retrained, cat)
     assert router is None and "trained on other stack versions" in why and "train-router" in why
 
 

@@ -173,11 +173,11 @@ def test_experiment1_loads_the_base_exactly_as_training(tmp_path, monkeypatch):
             "tiny": {"vocab_size": 320, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                      "pretrain_steps": 2, "pretrain_batch_size": 4, "seq_len": 32}}
     profile = load_profile(_profile_yaml(tmp_path, tiny), artifact_root=tmp_path / "artifacts")
-    prepare_all(profile)
+    prepare_all(profile.context, profile.data)
     with pytest.raises(_Loaded):
-        run.run_experiment1_for_profile(profile)
+        run.run_experiment1_for_profile(profile.training_setup)
     assert [b[0] for b in built] == [bnb.nn.Linear4bit] * 2 and all(b[2] for b in built)
-    info = run.ensure_base(profile, run.load_domain_data(profile, ["chat"]))
+    info = run.ensure_base(profile.training_setup, run.load_domain_data(profile.context, ["chat"]))
 
     # the same base as a pinned hub snapshot in the (offline) HF cache
     sha = "0123456789abcdef0123456789abcdef01234567"
@@ -188,7 +188,7 @@ def test_experiment1_loads_the_base_exactly_as_training(tmp_path, monkeypatch):
     hub_profile = load_profile(_profile_yaml(tmp_path, hub), artifact_root=tmp_path / "artifacts")
     built.clear()
     with pytest.raises(_Loaded):
-        run.run_experiment1_for_profile(hub_profile)
+        run.run_experiment1_for_profile(hub_profile.training_setup)
     assert [b[0] for b in built] == [bnb.nn.Linear4bit] * 2
     # only the pinned revision's snapshot exists (no refs/main): loading it offline proves the revision was used
     assert all(b[1] == "brainstacks-test/tiny" for b in built), built

@@ -165,3 +165,96 @@ def test_profile_lineage_section_sets_file_and_switch(tmp_path):
     assert em.file == tmp_path / "art" / "demo" / "ol" / "events.jsonl" and em.job_namespace == "team.demo"
     off = OpenLineageEmitter(profile.lineage.model_copy(update={"openlineage": False}), profile.store, profile.name)
     assert off.emit("START", "prepare-data") is None and not off.file.exists()
+
+
+def _facet_schema(url: str) -> dict:
+    """The shipped JSON Schema a custom facet's ``_schemaURL`` names (package data, read offline)."""
+    from brainstacks_core.lineage.openlineage import SCHEMA_BASE, SCHEMA_DIR
+
+    assert url.startswith(SCHEMA_BASE), url
+    file, _, pointer = url[len(SCHEMA_BASE):].partition("#")
+    schema = json.loads((SCHEMA_DIR / file).read_text())
+    assert schema["$id"] == url.split("#")[0] and pointer == f"/$defs/{file[:-5]}"
+    return schema
+
+
+def _validate_custom_facets(raw_events: list[dict]) -> int:
+    """Validate every ``brainstacks`` facet (run and dataset) against the JSON Schema its _schemaURL names."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    n = 0
+    for ev in raw_events:
+        facets = [ev["run"]["facets"]["brainstacks"]]
+        facets += [d["facets"]["brainstacks"] for d in ev.get("inputs", []) + ev.get("outputs", [])]
+        for facet in facets:
+            schema = _facet_schema(facet["_schemaURL"])
+            jsonschema.Draft202012Validator.check_schema(schema)
+            registry = Registry().with_resource(schema["$id"], Resource.from_contents(schema))
+            jsonschema.Draft202012Validator({"$ref": facet["_schemaURL"]}, registry=registry).validate(facet)
+            n += 1
+    return n
+
+
+def test_start_names_the_runs_known_inputs_and_custom_facets_match_their_schemas(harness, tmp_path):
+    import jsonschema
+    from openlineage.client.event_v2 import RunEvent
+
+    from brainstacks_core.data.pipeline import input_uris
+    from brainstacks_core.lineage.openlineage import SCHEMA_DIR
+    from brainstacks_core.profile import load_profile
+    from flows.prepare_data import prepare_data
+
+    profile = load_profile(DEMO, tmp_path)
+    expected = input_uris(profile.data)
+    assert any(u.startswith("generated://math") for u in expected) and "eval://math_heldout" in expected
+    prepare_data(config_path=DEMO, domain="math", artifact_root=str(tmp_path))
+    prepare_data(config_path=DEMO, domain="math", artifact_root=str(tmp_path))
+    path = tmp_path / "demo" / "lineage" / "openlineage.jsonl"
+    raw = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["eventType"] for e in raw] == ["START", "COMPLETE", "START", "COMPLETE"]
+    first, second = raw[0], raw[2]
+    # before the first preparation the catalog knows none of them: named, no version yet
+    assert [d["name"] for d in first["inputs"]] == expected
+    assert all("version" not in d["facets"] for d in first["inputs"]) and first["outputs"] == []
+    # the second START carries each input at the version the first run recorded
+    cat = Catalog(tmp_path / "demo" / "catalog.duckdb")
+    versions = {d["name"]: d["facets"].get("version", {}).get("datasetVersion") for d in second["inputs"]}
+    assert list(versions) == expected
+    assert versions == {u: (cat.latest(u) or {}).get("version") for u in expected}
+    done_inputs = {d["name"]: d["facets"]["version"]["datasetVersion"] for d in raw[1]["inputs"]}
+    assert {u: v for u, v in versions.items() if u in done_inputs} == done_inputs and done_inputs
+    assert all(isinstance(e, RunEvent) for e in read_events(path))  # still parsed by openlineage's own classes
+
+    # every custom facet validates against the JSON Schema file its _schemaURL names (shipped as package data)
+    assert _validate_custom_facets(raw) == 4 + sum(len(e["inputs"]) + len(e["outputs"]) for e in raw)
+    assert sorted(p.name for p in SCHEMA_DIR.glob("*.json")) == ["BrainstacksDatasetFacet.json",
+                                                                  "BrainstacksRunFacet.json"]
+    bad = {**raw[1]["outputs"][0]["facets"]["brainstacks"]}
+    del bad["kind"]
+    with pytest.raises(jsonschema.ValidationError, match="'kind' is a required property"):
+        _validate_custom_facets([{"run": raw[1]["run"], "outputs": [{"facets": {"brainstacks": bad}}]}])
+
+
+def test_asset_keys_derive_from_the_catalog_uri_in_one_place():
+    """asset_key (core, no Prefect) gives a key Prefect's Asset accepts for any catalog URI: the URI itself
+    when valid, else brainstacks://<scheme>/<rest>; the asset events use exactly that key."""
+    from prefect.assets import Asset
+
+    from brainstacks_core.lineage.uris import asset_key
+    from tasks import lineage as tl
+
+    valid = ["dataset://demo/math/train", "stack://demo/main/chat/r1", "eval://math_heldout", "base://demo"]
+    for uri in valid:
+        assert asset_key(uri) == uri == Asset(key=uri).key
+    odd = {"generated://math?rows=400&seed=0": "brainstacks://generated/math/rows/400/seed/0",
+           "routing-eval://demo/main": "brainstacks://routing-eval/demo/main",
+           "local:../shared/data/x y.json": "brainstacks://local/../shared/data/x/y.json"}
+    for uri, key in odd.items():
+        with pytest.raises(ValueError):
+            Asset(key=uri)
+        assert asset_key(uri) == key == Asset(key=key).key
+    long = "dataset://demo/" + "x" * 600
+    assert len(asset_key(long)) == 512 and Asset(key=asset_key(long)).key == asset_key(long)
+    assert asset_key(long) != asset_key(long + "y")  # cut with a hash: two long URIs stay two assets
+    assert tl.asset_key is asset_key  # the Prefect events take it from the core: one place

@@ -10,6 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _data(profile):
+    """The data stage's arguments of a profile: its store context and ``data:`` section."""
+    return profile.context, profile.data
+
+
 def test_flow_one_domain_then_cli_table_and_audit(harness, tmp_path, capsys):
     from brainstacks_core.lineage.catalog import Catalog
     from flows.audit import cli_audit
@@ -48,7 +53,7 @@ def test_prepare_printout_names_quarantine_file_reasons_and_move_evidence(tmp_pa
     rows += [{"instruction": "x"}, {"instruction": "y"},
              {"instruction": "Write a python function def f that will return a loop", "output": "def f(): return 1"}]
     cfg = write_two_domain_profile(tmp_path, rows, 12)
-    summaries = {d: _summary(p) for d, p in prepare_all(load_profile(cfg)).items()}
+    summaries = {d: _summary(p) for d, p in prepare_all(*_data(load_profile(cfg))).items()}
     table, details = format_table(summaries), format_details(summaries)
     assert table.splitlines()[0].split()[:9] == ["domain", "version", "in", "kept", "moved_in", "moved_out",
                                                  "quarantined", "dropped", "flagged"]
@@ -69,3 +74,40 @@ def test_failures_that_cannot_change_are_not_retried():
         assert not _retry_unless_permanent(None, None, Failed(data=exc))
     assert _retry_unless_permanent(None, None, Failed(data=OSError("disk busy")))
     assert ingest_task.retry_condition_fn is _retry_unless_permanent is finalize_task.retry_condition_fn
+
+
+def test_the_flow_reads_the_profile_once_and_hands_it_to_every_task(harness, tmp_path, monkeypatch):
+    """One read of the YAML by the flow and one by its lineage hooks (START; the final event reuses it),
+    however many tasks run: the tasks receive the loaded Profile. The profile file is edited while the
+    first task runs: the run still finishes on what it read at the start."""
+    import yaml
+
+    import flows.prepare_data as fp
+    import tasks.data as td
+    import tasks.lineage as tl
+    from brainstacks_core.profile import load_profile
+
+    src = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    (tmp_path / "configs").mkdir()
+    cfg = tmp_path / "configs" / "demo.yaml"
+    cfg.write_text(yaml.safe_dump(src))
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return load_profile(*args, **kwargs)
+
+    monkeypatch.setattr(fp, "load_profile", counted)
+    monkeypatch.setattr(tl, "load_profile", counted)
+    real_ingest = td.ingest_domain
+
+    def ingest_then_edit(ctx, data, domain):  # a user edits the profile mid-run
+        cfg.write_text(yaml.safe_dump({**src, "data": {**src["data"], "val_fraction": 0.4}}))
+        return real_ingest(ctx, data, domain)
+
+    monkeypatch.setattr(td, "ingest_domain", ingest_then_edit)
+    rows = fp.prepare_data(config_path=str(cfg), domain="math", artifact_root=str(tmp_path / "art"))
+    assert calls == [str(cfg), str(cfg)]  # the flow, then the START hook; 4 ingest + 3 more tasks read none
+    expected = load_profile(ROOT / "configs" / "demo.yaml").data.val_fraction
+    m = rows["math"]
+    assert abs(m["val"] / (m["train"] + m["val"] + m["test"] + m["router"]) - expected) < 0.05

@@ -53,8 +53,8 @@ def test_one_record_change_in_the_last_domain_retrains_only_that_domain(tmp_path
     monkeypatch.setattr(continual, "train_round", counting)
     profile = load_profile(cfg, artifact_root=tmp_path / "art")
     cat = Catalog(profile.catalog_path)
-    prepare_all(profile, catalog=cat)
-    first = train_profile(profile, catalog=cat)
+    prepare_all(profile.context, profile.data, catalog=cat)
+    first = train_profile(profile.training_setup, catalog=cat)
     assert sorted(set(trained)) == ["chat", "math"]
     chat_files = [r["file"] for r in first["domains"]["chat"]["rounds"] if r["status"] == "frozen"]
 
@@ -63,13 +63,13 @@ def test_one_record_change_in_the_last_domain_retrains_only_that_domain(tmp_path
     rows[7]["output"] = "7 plus 8 is fifteen (15)."
     (tmp_path / "math.json").write_text(json.dumps(rows))
     profile = load_profile(cfg, artifact_root=tmp_path / "art")
-    prepare_all(profile, catalog=cat)
-    plan = {r["domain"]: r for r in plan_run(profile, catalog=cat)}
+    prepare_all(profile.context, profile.data, catalog=cat)
+    plan = {r["domain"]: r for r in plan_run(profile.training_setup, catalog=cat)}
     assert plan["chat"]["action"] == "reuse" and plan["math"]["action"] == "train", plan
     assert "math" in plan["math"]["reason"] or "data" in plan["math"]["reason"], plan["math"]
 
     trained.clear()
-    second = train_profile(profile, catalog=cat)
+    second = train_profile(profile.training_setup, catalog=cat)
     counts = {d: trained.count(d) for d in ("chat", "math")}
     assert counts == {"chat": 0, "math": 1}, counts  # rounds trained per domain after the edit
     new_chat = [r["file"] for r in second["domains"]["chat"]["rounds"] if r["status"] == "frozen"]

@@ -44,8 +44,8 @@ def test_train_router_flow_is_cached_and_records_lineage(tmp_path, harness):
     cfg = _profile(tmp_path)
     profile = load_profile(cfg, artifact_root=tmp_path / "art")
     cat = Catalog(profile.catalog_path)
-    prepare_all(profile, catalog=cat)
-    train_profile(profile, catalog=cat)
+    prepare_all(profile.context, profile.data, catalog=cat)
+    train_profile(profile.training_setup, catalog=cat)
 
     first = train_router(config_path=str(cfg), artifact_root=str(tmp_path / "art"))
     o = first["summary"]["oracle"]
@@ -77,8 +77,8 @@ def test_train_router_flow_is_cached_and_records_lineage(tmp_path, harness):
     # the run's router, as generate and routed evaluation load it: floor and gate applied
     from brainstacks_core.evaluation.run import load_run
 
-    run = load_run(profile, "main", cat)
-    router = trained_router(profile, "main", run["model"], run["tokenizer"], cat)
+    run = load_run(profile.training_setup, "main", cat)
+    router = trained_router(profile.routing_setup, "main", run["model"], run["tokenizer"], cat)
     assert router is not None and router.version == first["summary"]["router_version"]
     w = router.domain_weights(["What is 3 plus 4?", "Tell me about your day."])  # [2, D]
     chat = router.domains.index("chat")

@@ -258,11 +258,11 @@ def _trained_run(tmp_path: Path):
     cfg_path = _profile(tmp_path)
     profile = load_profile(cfg_path, artifact_root=tmp_path / "art")
     cat = Catalog(profile.catalog_path)
-    prepare_all(profile, catalog=cat)
-    train_profile(profile, catalog=cat)
-    run = load_run(profile, "main", cat)
+    prepare_all(profile.context, profile.data, catalog=cat)
+    train_profile(profile.training_setup, catalog=cat)
+    run = load_run(profile.training_setup, "main", cat)
     domains = [d for d in profile.curriculum if run["domain_stacks"].get(d)]
-    pairs = router_pairs(profile, cat)
+    pairs = router_pairs(profile.context, profile.curriculum, cat)
     frame = pd.DataFrame({"record_id": pairs["record_id"], "source_domain": pairs["source_domain"],
                           "prompt": pairs["prompt"], "answer": pairs["response"]})
     for d in domains:  # planted targets: each prompt's own domain (what the oracle would find on clean data)
@@ -271,7 +271,7 @@ def _trained_run(tmp_path: Path):
     lineage = {"oracle_version": "planted", "stack_versions": run["stack_versions"],
                "base_fingerprint": run["base_fingerprint"]}
     train_and_save_router(frame, domains, run["model"], run["tokenizer"], profile.router,
-                          routing_dir(profile, "main") / "router", lineage, catalog=cat,
+                          routing_dir(profile.context, "main") / "router", lineage, catalog=cat,
                           profile_name=profile.name, run_name="main")
     return cfg_path, profile, cat
 
@@ -289,7 +289,7 @@ def test_cli_generate_prints_weights_stacks_answer_and_store(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
 
-    routed = load_routed_run(profile, "main", cat)  # the same run, in process: what the CLI must have printed
+    routed = load_routed_run(profile.routing_setup, "main", cat)  # the same run, in process: what the CLI printed
     plan, answers = routed.generate([prompt], max_new_tokens=6)
     lines = out.splitlines()
     assert "routing weights (chat floor 0.20, gate 0.12):" in lines
@@ -324,7 +324,7 @@ def test_cli_generate_prints_weights_stacks_answer_and_store(tmp_path, capsys):
     # the stale router and names the command that fixes it
     from brainstacks_core.training.run import current_run_dir
 
-    manifest_path = current_run_dir(profile, "main") / "manifest.json"
+    manifest_path = current_run_dir(profile.context, "main") / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["domains"]["math"]["rounds"][0]["version"] = "retrained-version"
     manifest_path.write_text(json.dumps(manifest))

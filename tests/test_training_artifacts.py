@@ -45,9 +45,9 @@ def test_training_flow_progress_model_cards_stacks_table_plots_and_lineage(harne
     root = tmp_path / "artifacts"
     profile = load_profile(cfg, artifact_root=root)
     cat = Catalog(profile.catalog_path)
-    prepare_all(profile, catalog=cat)
+    prepare_all(profile.context, profile.data, catalog=cat)
     continual_training(config_path=str(cfg), artifact_root=str(root))
-    manifest = json.loads((current_run_dir(profile, "main") / "manifest.json").read_text())
+    manifest = json.loads((current_run_dir(profile.context, "main") / "manifest.json").read_text())
     rounds = [(d, r) for d in manifest["domains_order"] for r in manifest["domains"][d]["rounds"]]
     frozen = [(d, r) for d, r in rounds if r["status"] == "frozen"]
     assert frozen

@@ -41,8 +41,8 @@ def _mini_profile(tmp_path: Path) -> Path:
 def test_train_profile_records_full_lineage(tmp_path):
     profile = load_profile(_mini_profile(tmp_path), artifact_root=tmp_path / "artifacts")
     cat = Catalog(profile.catalog_path)
-    prepare_all(profile, catalog=cat)
-    manifest = train_profile(profile, catalog=cat)
+    prepare_all(profile.context, profile.data, catalog=cat)
+    manifest = train_profile(profile.training_setup, catalog=cat)
     assert [d for d in manifest["domains_order"]] == ["chat", "math"]
     frozen = [r for d in manifest["domains"].values() for r in d["rounds"] if r["status"] == "frozen"]
     assert frozen, "no stack was frozen"
@@ -71,7 +71,7 @@ def test_train_profile_records_full_lineage(tmp_path):
         f"dataset://mini/{stack['domain']}/train")["version"]
 
     # a second call resumes: nothing is retrained
-    again = train_profile(profile, catalog=cat)
+    again = train_profile(profile.training_setup, catalog=cat)
     assert again["domains"] == manifest["domains"]
 
     # changed data (what the dataset-change trigger reacts to) trains a fresh run folder; the old one stays
@@ -84,8 +84,8 @@ def test_train_profile_records_full_lineage(tmp_path):
     raw["data"]["sources"]["chat"][0]["rows"] = 100
     profile.source_path.write_text(yaml.safe_dump(raw))
     changed = load_profile(profile.source_path, artifact_root=tmp_path / "artifacts")
-    prepare_all(changed, catalog=cat)
-    fresh = train_profile(changed, catalog=cat)
+    prepare_all(changed.context, changed.data, catalog=cat)
+    fresh = train_profile(changed.training_setup, catalog=cat)
     new = json.loads(pointer.read_text())
     assert new["key"] != old["key"] and new["data"]["chat"] != old["data"]["chat"]
     assert (Path(old["dir"]) / "manifest.json").exists() and Path(stack["file"]).exists()
@@ -99,9 +99,28 @@ def test_train_profile_records_full_lineage(tmp_path):
     from brainstacks_core.training.run import resolve_data_versions
 
     pinned = {d: v[0] for d, v in old["data"].items()}
-    assert resolve_data_versions(changed, cat) != pinned
-    back = train_profile(changed, catalog=cat, data_versions=pinned)
+    assert resolve_data_versions(changed.training_setup, cat) != pinned
+    back = train_profile(changed.training_setup, catalog=cat, data_versions=pinned)
     assert back["domains"] == manifest["domains"]
     assert json.loads(pointer.read_text())["key"] == old["key"]
     with pytest.raises(LookupError, match="no prepared dataset for version"):
-        train_profile(changed, catalog=cat, data_versions={"chat": "0000000000000000"})
+        train_profile(changed.training_setup, catalog=cat, data_versions={"chat": "0000000000000000"})
+
+
+def test_the_base_row_records_the_sha256_of_the_base_files(tmp_path):
+    """base://<profile> carries a content sha256 of the tiny base's files (weights, config, tokenizer),
+    the same as sha256sum over them; it does not change when the base is resolved again."""
+    import hashlib
+
+    from brainstacks_core.training.run import ensure_base
+
+    profile = load_profile(_mini_profile(tmp_path), artifact_root=tmp_path / "artifacts")
+    cat = Catalog(profile.catalog_path)
+    info = ensure_base(profile.training_setup, catalog=cat)
+    row = cat.latest("base://mini")
+    files = sorted(p for p in Path(info.path).iterdir() if p.is_file() and p.name != "brainstacks_base.json")
+    assert any(p.suffix == ".safetensors" for p in files) and any(p.name == "config.json" for p in files)
+    listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in files)
+    assert row["sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    ensure_base(profile.training_setup, catalog=cat)
+    assert cat.latest("base://mini")["sha256"] == row["sha256"]

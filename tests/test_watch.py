@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAT = [{"instruction": f"Write a friendly letter {i}", "output": f"Dear friend {i}"} for i in range(12)]
 
 
+def _data(profile):
+    """The data stage's arguments of a profile: its store context and ``data:`` section."""
+    return profile.context, profile.data
+
+
 def _edit_one_code_record(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "code.json").read_text())
     rows[3]["output"] = "return 3"
@@ -27,32 +32,32 @@ def _edit_one_code_record(tmp_path: Path) -> None:
 def test_local_files_stat_then_hash_and_commit_after_success(tmp_path, monkeypatch):
     cfg = write_two_domain_profile(tmp_path, CHAT, 12)
     profile = load_profile(cfg)
-    first = watch.check_sources(profile)
+    first = watch.check_sources(profile.context, profile.data)
     assert first.changed == ["chat", "code"] and "first check" in first.reasons["code"][0]
-    assert watch.check_sources(profile).changed == ["chat", "code"]  # nothing committed yet: still changed
+    assert watch.check_sources(*_data(profile)).changed == ["chat", "code"]  # nothing committed yet: still changed
     watch.commit_state(first)
-    assert json.loads(watch.state_path(profile).read_text())["sources"]
+    assert json.loads(watch.state_path(profile.context).read_text())["sources"]
 
     hashed: list[Path] = []
     real = watch.sha256_file
     monkeypatch.setattr(watch, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
-    assert watch.check_sources(profile).changed == [] and hashed == []  # same size+mtime: no hash at all
+    assert watch.check_sources(*_data(profile)).changed == [] and hashed == []  # same size+mtime: no hash at all
 
     st = (tmp_path / "code.json").stat()  # touched: hashed once, unchanged
     os.utime(tmp_path / "code.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    touched = watch.check_sources(profile)
+    touched = watch.check_sources(profile.context, profile.data)
     assert touched.changed == [] and hashed == [tmp_path / "code.json"]
     watch.commit_state(touched)
 
     _edit_one_code_record(tmp_path)
-    edited = watch.check_sources(profile)
+    edited = watch.check_sources(profile.context, profile.data)
     assert edited.changed == ["code"] and "sha256" in edited.reasons["code"][0]
     watch.commit_state(edited)
 
     raw = yaml.safe_load(cfg.read_text())  # a profile edit of the data section: every domain
     raw["data"]["margin"] = 3
     cfg.write_text(yaml.safe_dump(raw))
-    assert watch.check_sources(load_profile(cfg)).changed == ["chat", "code"]
+    assert watch.check_sources(*_data(load_profile(cfg))).changed == ["chat", "code"]
 
 
 def test_tracked_hub_branch_offline_pinned_and_moving(tmp_path, monkeypatch, caplog):

@@ -45,8 +45,8 @@ from brainstacks_core.data.prepared import (
 from brainstacks_core.data.steps import SPLITS
 from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
 from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import config_hash, content_hash, data_code_version
-from brainstacks_core.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,9 @@ def top_reasons(quarantine: pd.DataFrame, k: int = 3) -> list[list]:
     return [[str(a), int(b)] for a, b in labels.value_counts().head(k).items()]
 
 
-def ingest_domain(profile: Profile, cfg: DataConfig, domain: str) -> dict:
+def ingest_domain(ctx: StoreContext, cfg: DataConfig, domain: str) -> dict:
     """Stage 1 for one domain; returns its meta (cached under ``staging/ingest``)."""
-    store = profile.store
+    store = ctx.store
     idents = [steps.identify(spec, cfg, store) for spec in cfg.sources[domain]]
     key = content_hash("ingest", domain, [(i.uri, i.version) for i in idents],
                        [s.model_dump(mode="json") for s in cfg.sources[domain]], cfg.max_chars, data_code_version())
@@ -95,12 +95,12 @@ def ingest_domain(profile: Profile, cfg: DataConfig, domain: str) -> dict:
     return meta
 
 
-def assign_domains(profile: Profile, cfg: DataConfig, ingested: dict[str, dict]) -> dict:
+def assign_domains(ctx: StoreContext, cfg: DataConfig, ingested: dict[str, dict]) -> dict:
     """Stage 2 over every domain of the run; returns its meta (cached under ``staging/assign``)."""
     key = content_hash("assign", sorted((d, m["key"]) for d, m in ingested.items()), cfg.lexicons,
                        cfg.margin, cfg.min_score, cfg.single_domain_min_score, sorted(steps.mixed_sources(cfg)),
                        cfg.domains, data_code_version())
-    folder = profile.store / "staging" / "assign" / key
+    folder = ctx.store / "staging" / "assign" / key
     if (folder / "meta.json").is_file():
         return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     frames = [pd.read_parquet(Path(m["folder"]) / "records.parquet") for m in ingested.values()]
@@ -119,17 +119,17 @@ def _example_moves(log_rows: pd.DataFrame, k: int = 5) -> list[dict]:
     return [dict(zip(cols, map(str, r))) for r in log_rows[cols].head(k).itertuples(index=False)]
 
 
-def finalize_domain(profile: Profile, cfg: DataConfig, domain: str, ingested: dict[str, dict], assigned: dict,
+def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: dict[str, dict], assigned: dict,
                     ) -> PreparedDataset:
     """Stage 3 for one domain: benchmark decontamination, dedup, cap, split, write (not registered).
 
     Raises:
         EmptyDomainError: No row is left for the train split (nothing written).
     """
-    evals = steps.eval_identities(cfg, profile.store)
+    evals = steps.eval_identities(cfg, ctx.store)
     input_key = content_hash("final", assigned["key"], domain_config(cfg, domain),
                              [(e["name"], e["version"]) for e in evals], data_code_version())
-    index_file = profile.store / "datasets" / domain / "_inputs" / f"{input_key}.json"
+    index_file = ctx.store / "datasets" / domain / "_inputs" / f"{input_key}.json"
     if index_file.is_file():
         manifest_path = Path(json.loads(index_file.read_text(encoding="utf-8"))["manifest"])
         if manifest_path.is_file():
@@ -139,7 +139,7 @@ def finalize_domain(profile: Profile, cfg: DataConfig, domain: str, ingested: di
     moves = pd.read_parquet(afolder / "moves.parquet")
     kw_dropped = pd.read_parquet(afolder / "dropped.parquet")
     flagged = pd.read_parquet(afolder / "flagged.parquet")
-    result = steps.finalize(rows[rows["domain"] == domain], cfg, steps.benchmark_index(cfg, profile.store, evals))
+    result = steps.finalize(rows[rows["domain"] == domain], cfg, steps.benchmark_index(cfg, ctx.store, evals))
     own_q = pd.read_parquet(Path(ingested[domain]["folder"]) / "quarantine.parquet")
     quarantine = pd.concat([q for q in (own_q, result.quarantine) if not q.empty] or [own_q], ignore_index=True)
     kw_drop = kw_dropped[kw_dropped["from_domain"] == domain]
@@ -169,11 +169,11 @@ def finalize_domain(profile: Profile, cfg: DataConfig, domain: str, ingested: di
     version = content_hash("dataset", domain, {s: result.splits[s][member_cols].values.tolist() for s in SPLITS},
                            sorted(s["version"] for s in inputs), sorted(e["version"] for e in evals), dcfg,
                            data_code_version())
-    folder = profile.store / "datasets" / domain / version
+    folder = ctx.store / "datasets" / domain / version
     paths = {s: _write_parquet(result.splits[s][_SPLIT_COLUMNS], folder / f"{s}.parquet") for s in SPLITS}
     dropped_path = _write_parquet(dropped, folder / "dropped.parquet")
     moves_path = _write_parquet(my_log, folder / "moves.parquet")
-    q_path = _write_parquet(quarantine, profile.store / "quarantine" / domain / f"{version}.parquet")
+    q_path = _write_parquet(quarantine, ctx.store / "quarantine" / domain / f"{version}.parquet")
     report = {"top_reasons": reasons, "moves": _example_moves(my_log[my_log["action"] != "flag"]),
               "flagged": _example_moves(my_log[my_log["action"] == "flag"])}
     manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts, "report": report,
@@ -197,7 +197,7 @@ def from_manifest(path: Path, cache_hit: bool) -> PreparedDataset:
                            report=m.get("report", {}), cache_hit=cache_hit)
 
 
-def register_prepared(profile: Profile, prepared: dict[str, PreparedDataset], catalog: Catalog | None = None,
+def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], catalog: Catalog | None = None,
                       run_ids: dict | None = None) -> dict[str, PreparedDataset]:
     """Record every domain's sources, eval sets, split artifacts and row membership, in one transaction.
 
@@ -205,12 +205,12 @@ def register_prepared(profile: Profile, prepared: dict[str, PreparedDataset], ca
         The datasets with ``new_version`` set: True when the domain's train URI had
         another (or no) latest version before (a version-changed event is due).
     """
-    cat = catalog or Catalog(profile.catalog_path)
+    cat = catalog or Catalog(ctx.catalog_path)
     out = {}
     with cat.batch():
         for domain, p in prepared.items():
             m = json.loads((p.train_path.parent / "manifest.json").read_text(encoding="utf-8"))
-            before = cat.latest(f"dataset://{profile.name}/{domain}/train")
+            before = cat.latest(f"dataset://{ctx.name}/{domain}/train")
             inputs = []
             for s in m["sources"] + m["eval_sets"]:
                 cat.record_artifact(uri=s["uri"], version=s["version"], kind=s["kind"], path=s.get("path"),
@@ -222,7 +222,7 @@ def register_prepared(profile: Profile, prepared: dict[str, PreparedDataset], ca
                 if path is None:
                     continue
                 fresh = cat.get(version) is None
-                cat.record_artifact(uri=f"dataset://{profile.name}/{domain}/{split}", version=version,
+                cat.record_artifact(uri=f"dataset://{ctx.name}/{domain}/{split}", version=version,
                                     kind="dataset", path=str(path), sha256=m["sha256"][split],
                                     code_version=m["code_version"], config_hash=m["config_hash"], inputs=inputs,
                                     metadata={"dataset_version": p.version, "split": split, "counts": p.counts},
@@ -235,15 +235,16 @@ def register_prepared(profile: Profile, prepared: dict[str, PreparedDataset], ca
     return out
 
 
-def prepare_all(profile: Profile, domains: list[str] | None = None, catalog: Catalog | None = None,
-                run_ids: dict | None = None) -> dict[str, PreparedDataset]:
+def prepare_all(ctx: StoreContext, cfg: DataConfig, domains: list[str] | None = None,
+                catalog: Catalog | None = None, run_ids: dict | None = None) -> dict[str, PreparedDataset]:
     """Prepare some or all domains of a profile (keyword moves always see every domain).
 
     Every domain is finished before anything is registered: a failure in any
     domain raises and leaves the catalog as it was.
 
     Args:
-        profile: The profile.
+        ctx: The profile's store context (``Profile.context``).
+        cfg: The ``data:`` section.
         domains: Domains to write (default: all, in curriculum order).
         catalog: Lineage catalog (default: the profile's).
         run_ids: Prefect flow/task run ids to record.
@@ -251,24 +252,23 @@ def prepare_all(profile: Profile, domains: list[str] | None = None, catalog: Cat
     Returns:
         Prepared datasets by domain.
     """
-    cfg = profile.data
     wanted = list(domains or cfg.domains)
     unknown = [d for d in wanted if d not in cfg.domains]
     if unknown:
-        raise ValueError(f"unknown domains {unknown}; profile {profile.name!r} has {cfg.domains}")
-    ingested = {d: ingest_domain(profile, cfg, d) for d in cfg.domains}
-    assigned = assign_domains(profile, cfg, ingested)
-    prepared = {d: finalize_domain(profile, cfg, d, ingested, assigned) for d in wanted}
-    return register_prepared(profile, prepared, catalog, run_ids)
+        raise ValueError(f"unknown domains {unknown}; profile {ctx.name!r} has {cfg.domains}")
+    ingested = {d: ingest_domain(ctx, cfg, d) for d in cfg.domains}
+    assigned = assign_domains(ctx, cfg, ingested)
+    prepared = {d: finalize_domain(ctx, cfg, d, ingested, assigned) for d in wanted}
+    return register_prepared(ctx, prepared, catalog, run_ids)
 
 
-def prepare_domain(profile: Profile, domain: str, catalog: Catalog | None = None,
+def prepare_domain(ctx: StoreContext, cfg: DataConfig, domain: str, catalog: Catalog | None = None,
                    run_ids: dict | None = None) -> PreparedDataset:
     """Prepare one domain (the same version as when prepared with all the others)."""
-    return prepare_all(profile, [domain], catalog, run_ids)[domain]
+    return prepare_all(ctx, cfg, [domain], catalog, run_ids)[domain]
 
 
-def load_prepared(profile: Profile, domain: str, catalog: Catalog | None = None,
+def load_prepared(ctx: StoreContext, domain: str, catalog: Catalog | None = None,
                   version: str | None = None) -> PreparedDataset:
     """A prepared version of ``domain`` registered in the catalog: ``version`` (the
     dataset version or its ``-train`` artifact version), or the latest.
@@ -276,8 +276,8 @@ def load_prepared(profile: Profile, domain: str, catalog: Catalog | None = None,
     Raises:
         LookupError: The domain (or that version of it) was never prepared for this profile.
     """
-    cat = catalog or Catalog(profile.catalog_path)
-    uri = f"dataset://{profile.name}/{domain}/train"
+    cat = catalog or Catalog(ctx.catalog_path)
+    uri = f"dataset://{ctx.name}/{domain}/train"
     if version is None:
         art = cat.latest(uri)
     else:
@@ -286,5 +286,13 @@ def load_prepared(profile: Profile, domain: str, catalog: Catalog | None = None,
             raise LookupError(f"version {version} is {art['uri']}, not {uri}")
     if art is None:
         what = f"version {version} of " if version else ""
-        raise LookupError(f"no prepared dataset for {what}{profile.name}/{domain}; run `brainstacks prepare`")
+        raise LookupError(f"no prepared dataset for {what}{ctx.name}/{domain}; run `brainstacks prepare`")
     return from_manifest(Path(art["path"]).parent / "manifest.json", cache_hit=True)
+
+
+def input_uris(cfg: DataConfig) -> list[str]:
+    """Catalog URIs a preparation reads, known before it runs: every source and eval set (OpenLineage START)."""
+    from brainstacks_core.data.sources import source_uri
+
+    sources = [source_uri(spec, cfg) for d in cfg.domains for spec in cfg.sources[d]]
+    return list(dict.fromkeys(sources + [f"eval://{e.name}" for e in cfg.eval_sets]))

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from brainstacks_core.data.config import DataConfig, SourceConfig
 from brainstacks_core.files import atomic_write_json, sha256_file
+from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import content_hash
-from brainstacks_core.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class WatchResult:
     state_path: Path
 
 
-def state_path(profile: Profile) -> Path:
+def state_path(ctx: StoreContext) -> Path:
     """``<store>/watch/sources.json``."""
-    return profile.store / "watch" / "sources.json"
+    return ctx.store / "watch" / "sources.json"
 
 
 def load_state(path: Path) -> dict:
@@ -145,8 +145,8 @@ def _check_source(spec: SourceConfig, cfg: DataConfig, old: dict | None) -> tupl
     return (old is None), entry, ("first check" if old is None else "")
 
 
-def check_sources(profile: Profile) -> WatchResult:
-    """Check every source of the profile; nothing is written (see :func:`commit_state`).
+def check_sources(ctx: StoreContext, cfg: DataConfig) -> WatchResult:
+    """Check every source of the profile's ``data:`` section; nothing is written (see :func:`commit_state`).
 
     Cost: one ``stat`` per local file (a sha256 only when size or mtime moved), one
     hub request per tracked hub source, nothing for pinned or generated sources.
@@ -154,8 +154,7 @@ def check_sources(profile: Profile) -> WatchResult:
     Returns:
         The changed domains (curriculum order of ``data.domains``) and why.
     """
-    cfg = profile.data
-    path = state_path(profile)
+    path = state_path(ctx)
     old = load_state(path)
     section = content_hash(cfg.model_dump(mode="json"))
     old_sources = old.get("sources", {})
@@ -174,9 +173,9 @@ def check_sources(profile: Profile) -> WatchResult:
             reasons.setdefault(domain, []).append("the profile's data section changed")
     changed = [d for d in cfg.domains if d in reasons]
     for d in changed:
-        log.info("watch %s: %s changed: %s", profile.name, d, "; ".join(reasons[d]))
+        log.info("watch %s: %s changed: %s", ctx.name, d, "; ".join(reasons[d]))
     if not changed:
-        log.info("watch %s: no source changed (%d checked)", profile.name, len(new_sources))
+        log.info("watch %s: no source changed (%d checked)", ctx.name, len(new_sources))
     return WatchResult(changed=changed, reasons=reasons, state={"data_config": section, "sources": new_sources},
                        state_path=path)
 

@@ -1,5 +1,7 @@
 """Typed ``eval:`` profile section: which benchmarks, in which modes, on how many items.
 
+:class:`EvalSetup` is what a run's evaluation needs (the routing setup, for the
+trained run and its meta-router, and ``eval:``), built by ``Profile.eval_setup``.
 Pure pydantic (no torch, no lm-eval).
 """
 
@@ -9,6 +11,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from brainstacks_core.routing.config import RoutingSetup
 
 Mode = Literal["base", "ungated", "routed"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -52,3 +56,12 @@ class EvalConfig(BaseModel):
     def limit_for(self, task: str) -> int | None:
         """Items scored for ``task``: ``task_limits[task]``, else ``limit``."""
         return self.task_limits.get(task, self.limit)
+
+
+class EvalSetup(BaseModel):
+    """The sections a run's benchmark evaluation reads (built by ``Profile.eval_setup``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    routing: RoutingSetup = Field(..., description="The trained run and its meta-router's section.")
+    eval: EvalConfig = Field(..., description="Benchmarks, modes, limits.")

@@ -20,13 +20,15 @@ from typing import Callable, Mapping, Sequence
 import pandas as pd
 
 from brainstacks_core.evaluation import results as R
-from brainstacks_core.evaluation.config import EvalConfig
+from brainstacks_core.evaluation.config import EvalConfig, EvalSetup
 from brainstacks_core.evaluation.harness import quiet_harness, seeded
 from brainstacks_core.evaluation.model import BrainstacksLM
 from brainstacks_core.evaluation.record import record_evaluation, register_benchmarks
 from brainstacks_core.evaluation.routing import Router
 from brainstacks_core.evaluation.suite import check_request, task_specs
 from brainstacks_core.lineage.versioning import content_hash
+from brainstacks_core.routing.config import RoutingSetup
+from brainstacks_core.training.trained_run import load_base_only, load_run
 
 log = logging.getLogger(__name__)
 
@@ -126,53 +128,7 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
         + ([router.version] if "routed" in modes else []) + bench_versions, run_ids=run_ids)
 
 
-def load_run(profile, run_name: str, catalog=None) -> dict:
-    """The profile's base with every frozen stack of run ``run_name`` attached (checksums verified).
-
-    Returns:
-        ``{"model", "tokenizer", "base_fingerprint", "base_version", "stack_versions", "domain_stacks"}``.
-    """
-    from brainstacks_core.stacks.stack_io import attach_stack, load_stack
-    from brainstacks_core.training.continual import domain_stacks
-    from brainstacks_core.training.run import current_run_dir, ensure_base, load_domain_data, load_model
-
-    folder = current_run_dir(profile, run_name)
-    pointer = json.loads((folder.parent / "current.json").read_text())
-    manifest = json.loads((folder / "manifest.json").read_text())
-    versions = {d: v[0] for d, v in pointer.get("data", {}).items()}
-    info = ensure_base(profile, load_domain_data(profile, profile.curriculum, catalog, versions), catalog)
-    model, tok = load_model(profile, info)
-    stack_versions = {}
-    for dom in manifest["domains_order"]:
-        for r in manifest["domains"].get(dom, {}).get("rounds", []):
-            if r["status"] != "frozen":
-                continue
-            sf = load_stack(r["file"], base_fingerprint=info.fingerprint)
-            if sf.file_sha256 != r["file_sha256"]:
-                raise ValueError(f"{r['file']}: sha256 differs from the manifest's: a frozen stack file changed")
-            attach_stack(model, sf)
-            stack_versions[r["stack_id"]] = r["version"]
-    model.eval()
-    return {"model": model, "tokenizer": tok, "base_fingerprint": info.fingerprint, "base_version": info.fingerprint,
-            "stack_versions": stack_versions,
-            "domain_stacks": {d: domain_stacks(manifest, d) for d in manifest["domains_order"]}}
-
-
-def load_base_only(profile, catalog=None) -> dict:
-    """The profile's base with stack layers but no stacks (``base`` mode before any training).
-
-    Returns:
-        the same keys as :func:`load_run`, with no stacks.
-    """
-    from brainstacks_core.training.run import ensure_base, load_model
-
-    info = ensure_base(profile, None, catalog)
-    model, tok = load_model(profile, info)
-    return {"model": model.eval(), "tokenizer": tok, "base_fingerprint": info.fingerprint,
-            "base_version": info.fingerprint, "stack_versions": {}, "domain_stacks": {}}
-
-
-def run_router(profile, run_name: str, run: dict, catalog=None) -> tuple[Router | None, str]:
+def run_router(setup: RoutingSetup, run_name: str, run: dict, catalog=None) -> tuple[Router | None, str]:
     """The run's trained meta-router for routed mode, or ``(None, why not)``.
 
     A router trained on other stack versions than the run now has (the run retrained
@@ -180,22 +136,22 @@ def run_router(profile, run_name: str, run: dict, catalog=None) -> tuple[Router 
     """
     from brainstacks_core.routing.run import stale_router_reason, trained_router
 
-    again = f"run `brainstacks train-router --config {profile.source_path} --run {run_name}` first"
-    if not profile.router.enabled:
+    command = f"brainstacks train-router --config {setup.run.context.source_path} --run {run_name}"
+    again = f"run `{command}` first"
+    if not setup.router.enabled:
         return None, "router.enabled is false in this profile"
-    router = trained_router(profile, run_name, run["model"], run["tokenizer"], catalog)
+    router = trained_router(setup, run_name, run["model"], run["tokenizer"], catalog)
     if router is None:
         return None, f"run {run_name!r} has no trained meta-router in the catalog ({again})"
-    stale = stale_router_reason(router, run["stack_versions"],
-                                f"brainstacks train-router --config {profile.source_path} --run {run_name}")
+    stale = stale_router_reason(router, run["stack_versions"], command)
     return (None, stale) if stale else (router, "")
 
 
-def evaluate_profile(profile, run_name: str = "main", catalog=None, modes: Sequence[str] | None = None,
+def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, modes: Sequence[str] | None = None,
                      router: Router | None = None, tasks: Sequence[str] | None = None, limit: int | None = None,
                      run_ids: dict | None = None, progress: bool = True,
                      progress_cb: Callable[[dict], None] | None = None) -> dict:
-    """Benchmark evaluation of a trained run of ``profile`` (see :func:`evaluate_model`).
+    """Benchmark evaluation of a trained run (see :func:`evaluate_model`); ``setup`` is ``Profile.eval_setup``.
 
     ``eval.data_dir`` resolves against the repository root like data sources do.
     Routed mode uses ``router`` or else the run's trained meta-router
@@ -208,29 +164,30 @@ def evaluate_profile(profile, run_name: str = "main", catalog=None, modes: Seque
     """
     from brainstacks_core.training.run import current_run_dir
 
-    cfg = profile.eval
+    cfg, train = setup.eval, setup.routing.run
+    ctx = train.context
     modes, tasks = list(modes or cfg.modes), list(tasks or cfg.tasks)
     check_request(modes, tasks)
     if not tasks:
-        log.info("eval: profile %s lists no eval.tasks; nothing to do", profile.name)
+        log.info("eval: profile %s lists no eval.tasks; nothing to do", ctx.name)
         return {"version": None, "markdown": "", "plot": None, "results": None, "summary": {}, "comparisons": [],
                 "computed": 0, "reused": 0, "per_mode": {}, "skipped": {"all": "eval.tasks is empty"}}
-    data_dir = cfg.data_dir if cfg.data_dir.is_absolute() else (profile.repo_root / cfg.data_dir).resolve()
+    data_dir = cfg.data_dir if cfg.data_dir.is_absolute() else (ctx.repo_root / cfg.data_dir).resolve()
     try:
-        current_run_dir(profile, run_name)
+        current_run_dir(ctx, run_name)
         trained = True
     except FileNotFoundError:
         if modes != ["base"]:
             raise
         log.info("eval: run %s has not trained; base mode scores the base alone", run_name)
         trained = False
-    run = load_run(profile, run_name, catalog) if trained else load_base_only(profile, catalog)
+    run = load_run(train, run_name, catalog) if trained else load_base_only(train, catalog)
     reason = ""
     if "routed" in modes and router is None:
-        router, reason = run_router(profile, run_name, run, catalog)
-    return evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=profile.name, run_name=run_name,
-                          store=profile.store, data_dir=data_dir, base_fingerprint=run["base_fingerprint"],
+        router, reason = run_router(setup.routing, run_name, run, catalog)
+    return evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=ctx.name, run_name=run_name,
+                          store=ctx.store, data_dir=data_dir, base_fingerprint=run["base_fingerprint"],
                           stack_versions=run["stack_versions"], domain_stacks=run["domain_stacks"], router=router,
                           modes=modes, tasks=tasks, limit=limit, catalog=catalog, base_version=run["base_version"],
-                          seed=profile.seed, run_ids=run_ids, progress=progress, progress_cb=progress_cb,
+                          seed=ctx.seed, run_ids=run_ids, progress=progress, progress_cb=progress_cb,
                           no_router_reason=reason or "no router was given")

@@ -2,7 +2,8 @@
 
 What a run read and wrote is already in the catalog: every artifact a step records
 carries the Prefect flow run id, and its input edges. :func:`run_datasets` turns
-that into the run's OpenLineage inputs and outputs; :class:`OpenLineageEmitter`
+that into the run's OpenLineage inputs and outputs (COMPLETE / FAIL);
+:func:`known_inputs` the inputs a run names before it starts (START); :class:`OpenLineageEmitter`
 builds ``START`` / ``COMPLETE`` / ``FAIL`` / ``ABORT`` :class:`RunEvent` objects
 with ``openlineage-python``'s own classes and emits them through openlineage
 transports:
@@ -19,7 +20,10 @@ Naming: jobs in namespace ``<lineage.namespace>.<profile>`` named after the flow
 datasets in ``lineage.namespace`` named by their catalog URI (``dataset://demo/math/train``),
 with the catalog version as the standard ``version`` facet
 (``DatasetVersionDatasetFacet``), row counts and file sizes as input/output
-statistics, and a ``brainstacks`` facet (kind, path, sha256, code version). The run
+statistics, and a ``brainstacks`` facet (kind, path, sha256, code version). The two
+custom facets (``BrainstacksDatasetFacet``, ``BrainstacksRunFacet``) have JSON Schema
+files shipped as package data (``lineage/schemas/``); each facet's ``_schemaURL`` is
+``SCHEMA_BASE`` + its file + ``#/$defs/<name>``, the file's ``$id``. The run
 id is the Prefect flow run id when there is one. Memory: one event at a time (about
 1 KB per dataset); nothing depends on model shapes or grows with tokens seen.
 """
@@ -59,7 +63,15 @@ from brainstacks_core.lineage.openlineage_io import LockedFileConfig, LockedFile
 log = logging.getLogger(__name__)
 
 PRODUCER = "https://github.com/brainstacks/brainstacks"
-_FACET_SCHEMA = PRODUCER + "/blob/main/brainstacks_core/lineage/openlineage.py#/$defs/"
+FACET_VERSION = "1-0-0"
+SCHEMA_BASE = ("https://raw.githubusercontent.com/brainstacks/brainstacks/main/brainstacks_core/lineage/schemas/"
+               f"{FACET_VERSION}/")
+SCHEMA_DIR = Path(__file__).parent / "schemas" / FACET_VERSION
+
+
+def facet_schema_url(name: str) -> str:
+    """``_schemaURL`` of custom facet ``name``: its shipped JSON Schema file and the ``$defs`` entry."""
+    return f"{SCHEMA_BASE}{name}.json#/$defs/{name}"
 _ROW_KINDS = {"dataset"}
 
 
@@ -69,7 +81,7 @@ class LineageDataset:
 
     Attributes:
         uri: catalog URI (the dataset name), e.g. ``dataset://demo/math/train``.
-        version: catalog version (the ``version`` facet).
+        version: catalog version (the ``version`` facet); None: not in the catalog yet (a START input).
         kind: catalog kind (``dataset``, ``stack``, ``source``, ...).
         path: file, if any.
         sha256: checksum of that file, if recorded.
@@ -79,7 +91,7 @@ class LineageDataset:
     """
 
     uri: str
-    version: str
+    version: str | None
     kind: str
     path: str | None = None
     sha256: str | None = None
@@ -99,6 +111,20 @@ def dataset_from_artifact(art: dict) -> LineageDataset:
     return LineageDataset(uri=art["uri"], version=art["version"], kind=art["kind"], path=path,
                           sha256=art.get("sha256"), code_version=art.get("code_version"),
                           rows=int(rows) if rows is not None else None, size=size)
+
+
+def known_inputs(catalog, uris: Sequence[str]) -> list[LineageDataset]:
+    """The datasets a run names before it starts, each at its latest catalog version.
+
+    A URI the catalog does not know yet (a first preparation's sources) is kept with
+    ``version`` None and its scheme as kind: START still says what the run reads.
+    """
+    out = []
+    for uri in dict.fromkeys(uris):
+        art = catalog.latest(uri)
+        out.append(dataset_from_artifact(art) if art is not None
+                   else LineageDataset(uri=uri, version=None, kind=uri.split(":", 1)[0]))
+    return out
 
 
 def run_datasets(catalog, run_id: str) -> tuple[list[LineageDataset], list[LineageDataset]]:
@@ -140,7 +166,7 @@ class BrainstacksDatasetFacet(DatasetFacet):
 
     @staticmethod
     def _get_schema() -> str:
-        return _FACET_SCHEMA + "BrainstacksDatasetFacet"
+        return facet_schema_url("BrainstacksDatasetFacet")
 
 
 @attr.define
@@ -153,7 +179,7 @@ class BrainstacksRunFacet(RunFacet):
 
     @staticmethod
     def _get_schema() -> str:
-        return _FACET_SCHEMA + "BrainstacksRunFacet"
+        return facet_schema_url("BrainstacksRunFacet")
 
 
 def _input(d: LineageDataset, namespace: str) -> InputDataset:
@@ -169,9 +195,11 @@ def _output(d: LineageDataset, namespace: str) -> OutputDataset:
 
 
 def _facets(d: LineageDataset) -> dict:
-    return {"version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=d.version),
-            "brainstacks": BrainstacksDatasetFacet(kind=d.kind, path=d.path, sha256=d.sha256,
-                                                   codeVersion=d.code_version, producer=PRODUCER)}
+    out: dict[str, Any] = {} if d.version is None else {
+        "version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=d.version)}
+    out["brainstacks"] = BrainstacksDatasetFacet(kind=d.kind, path=d.path, sha256=d.sha256,
+                                                 codeVersion=d.code_version, producer=PRODUCER)
+    return out
 
 
 class OpenLineageEmitter:

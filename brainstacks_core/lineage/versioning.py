@@ -59,7 +59,8 @@ def config_hash(config: Any) -> str:
 # The modules that decide what a processed dataset contains. Data versions hash only these,
 # so editing training, plotting or orchestration code does not invalidate prepared data
 # (and, through the data versions, every stack trained on it).
-DATA_MODULES = ("brainstacks_core/data", "brainstacks_core/lineage/versioning.py", "data_contracts")
+DATA_MODULES = ("brainstacks_core/data", "brainstacks_core/lineage/versioning.py", "brainstacks_core/lineage/context.py",
+                "data_contracts")
 
 
 def _hash_paths(paths: list[Path]) -> str:

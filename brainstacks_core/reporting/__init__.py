@@ -1,5 +1,6 @@
 """Reporting: plots (PNG) and the markdown report of a profile.
 
-What may import it: only orchestration (``tasks``, ``flows``) and the CLI. It may
-import every other subpackage of the core.
+What may import it: ``routing`` (its plots, ``routing_plots``), ``evaluation`` and
+orchestration (``tasks``, ``flows``). It may import ``training``, ``lineage`` and
+``files`` (``tests/test_layout.py``: LAYERS).
 """

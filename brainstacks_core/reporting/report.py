@@ -11,20 +11,20 @@ import json
 import logging
 
 from brainstacks_core.files import atomic_write_text, sha256_file
+from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import code_version, content_hash
-from brainstacks_core.profile import Profile
 
 log = logging.getLogger(__name__)
 RUN_LABELS = {"main": "null space", "no-null-space": "no null space"}
 
 
-def _manifest(profile: Profile, run_name: str) -> dict:
+def _manifest(ctx: StoreContext, run_name: str) -> dict:
     from brainstacks_core.training.run import current_run_dir
 
-    path = current_run_dir(profile, run_name) / "manifest.json"
+    path = current_run_dir(ctx, run_name) / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"no training manifest at {path}: run `brainstacks train --config "
-                                f"{profile.source_path}` first")
+                                f"{ctx.source_path}` first")
     return json.loads(path.read_text())
 
 
@@ -63,7 +63,7 @@ def stack_rows(manifest: dict) -> list[dict]:
             for dom in manifest["domains_order"] for r in manifest["domains"].get(dom, {}).get("rounds", [])]
 
 
-def run_summary(profile: Profile, run_name: str) -> dict:
+def run_summary(ctx: StoreContext, run_name: str) -> dict:
     """One run's rounds and forgetting matrix as markdown, its heatmap and round-loss PNGs, and its stacks.
 
     Returns:
@@ -72,23 +72,23 @@ def run_summary(profile: Profile, run_name: str) -> dict:
     from brainstacks_core.reporting import plots
 
     label = RUN_LABELS.get(run_name, run_name)
-    m = _manifest(profile, run_name)
-    png = plots.plot_forgetting({label: m}, profile.store / "reports" / f"forgetting-{run_name}.png")
-    rounds = plots.plot_round_losses(m, profile.store / "reports" / f"rounds-{run_name}.png")
-    md = "\n".join([f"# Continual training `{profile.name}` / `{run_name}`", "", "## Rounds", "", round_table(m), "",
+    m = _manifest(ctx, run_name)
+    png = plots.plot_forgetting({label: m}, ctx.store / "reports" / f"forgetting-{run_name}.png")
+    rounds = plots.plot_round_losses(m, ctx.store / "reports" / f"rounds-{run_name}.png")
+    md = "\n".join([f"# Continual training `{ctx.name}` / `{run_name}`", "", "## Rounds", "", round_table(m), "",
                     "## Forgetting matrix (held-out test loss)", "", plots.forgetting_table({label: m}), "",
                     f"Plots: {png}, {rounds}"])
     return {"markdown": md, "plot": str(png), "plots": [str(png), str(rounds)], "stacks": stack_rows(m)}
 
 
-def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
+def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
     """Write plots and ``report.md`` for the given runs; returns {markdown, plots, path}."""
     from brainstacks_core.reporting import plots
 
-    out_dir = profile.store / "reports"
-    manifests = {RUN_LABELS.get(r, r): _manifest(profile, r) for r in run_names}
+    out_dir = ctx.store / "reports"
+    manifests = {RUN_LABELS.get(r, r): _manifest(ctx, r) for r in run_names}
     png = [plots.plot_forgetting(manifests, out_dir / "forgetting.png")]
-    md = [f"# Brainstacks report: profile `{profile.name}`", ""]
+    md = [f"# Brainstacks report: profile `{ctx.name}`", ""]
     for run, (label, m) in zip(run_names, manifests.items()):
         png.append(plots.plot_round_losses(m, out_dir / f"rounds-{run}.png"))
         md += [f"## Rounds ({label})", "", round_table(m), ""]
@@ -96,7 +96,7 @@ def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: 
            "stacks active while the domain trained, its own and every earlier domain's, checked equal to the "
            "training-time validation loss; ungated = all stacks)", "",
            plots.forgetting_table(manifests), ""]
-    exp_dir = profile.store / "experiment1"
+    exp_dir = ctx.store / "experiment1"
     results = sorted(exp_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if exp_dir.exists() else []
     if results:
         result = json.loads(results[-1].read_text())
@@ -109,7 +109,7 @@ def build_report(profile: Profile, run_names: list[str], catalog=None, run_ids: 
         stacks = sorted({r["version"] for m in manifests.values() for d in m["domains"].values()
                          for r in d["rounds"] if r.get("version")})
         version = content_hash("report", stacks, text)
-        catalog.record_artifact(uri=f"report://{profile.name}", version=version, kind="report", path=str(path),
+        catalog.record_artifact(uri=f"report://{ctx.name}", version=version, kind="report", path=str(path),
                                 sha256=sha256_file(path), code_version=code_version(), config_hash=None,
                                 inputs=stacks, metadata={"plots": [str(p) for p in png]}, run_ids=run_ids)
     return {"markdown": text, "plots": [str(p) for p in png], "path": str(path)}

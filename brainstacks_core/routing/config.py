@@ -1,11 +1,14 @@
 """Typed ``router:`` profile section (paper 3.6): oracle search, the meta-router, inference gates.
 
-Pure pydantic (no torch).
+:class:`RoutingSetup` is what the routing stage of a run needs (the trained run's
+sections and ``router:``), built by ``Profile.routing_setup``. Pure pydantic (no torch).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from brainstacks_core.training.config import TrainingSetup
 
 
 class RouterConfig(BaseModel):
@@ -55,3 +58,12 @@ class RouterConfig(BaseModel):
     prefix_seeds: bool = Field(True, description="Oracle: also try every curriculum prefix (chat, chat+code, ...) as "
                                                  "the first step: a later domain's stacks were trained on top of "
                                                  "the earlier ones and may help only together with them.")
+
+
+class RoutingSetup(BaseModel):
+    """The sections the routing stage of a run reads (built by ``Profile.routing_setup``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: TrainingSetup = Field(..., description="The trained run: store, base, stacks, curriculum.")
+    router: RouterConfig = Field(..., description="Oracle, meta-router, inference gates.")

@@ -44,22 +44,24 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import content_hash
 from brainstacks_core.routing.config import RouterConfig
-from brainstacks_core.routing.pair_loss import PairLosses, answerable, loss_code_version
+from brainstacks_core.routing.pair_loss import PairLosses, answerable, combo_name, loss_code_version
 
 log = logging.getLogger(__name__)
 ProgressCb = Callable[[dict], None]
 
 
-def combo_name(combo: Sequence[str], domains: Sequence[str]) -> str:
-    """Canonical name of a combination: its domains in curriculum order joined by ``+``; ``base`` if empty."""
-    order = [d for d in domains if d in set(combo)]
-    return "+".join(order) if order else "base"
-
-
-def router_pairs(profile, catalog=None, data_versions: Mapping[str, str] | None = None) -> pd.DataFrame:
+def router_pairs(ctx: StoreContext, domains: Sequence[str], catalog=None,
+                 data_versions: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Every curriculum domain's held-out ``router`` split as oracle pairs.
+
+    Args:
+        ctx: the profile's store context (``lineage.context.StoreContext``).
+        domains: the curriculum.
+        catalog: the lineage catalog (default: the profile's).
+        data_versions: dataset version per domain (default: the latest).
 
     Returns:
         Columns ``record_id, source_domain, prompt, response, system`` (one row per pair).
@@ -70,8 +72,8 @@ def router_pairs(profile, catalog=None, data_versions: Mapping[str, str] | None 
     from brainstacks_core.data.pipeline import load_prepared
 
     frames = []
-    for d in profile.curriculum:
-        p = load_prepared(profile, d, catalog, (data_versions or {}).get(d))
+    for d in domains:
+        p = load_prepared(ctx, d, catalog, (data_versions or {}).get(d))
         if p.router_path is None or not Path(p.router_path).exists():
             raise ValueError(f"{d}: dataset {p.version} has no router split: set data.router_fraction > 0 "
                              f"and prepare again")

@@ -35,6 +35,12 @@ _LOSS_MODULES = ("routing/pair_loss.py", "training/loss.py", "training/sft_data.
                  "stacks/moe_lora.py", "stacks/frozen_bank.py")
 
 
+def combo_name(combo: Sequence[str], domains: Sequence[str]) -> str:
+    """Canonical name of a combination: its domains in curriculum order joined by ``+``; ``base`` if empty."""
+    order = [d for d in domains if d in set(combo)]
+    return "+".join(order) if order else "base"
+
+
 def loss_code_version() -> str:
     """Hash of the modules that decide a pair's loss (a change there invalidates cached oracle rows)."""
     root = Path(__file__).resolve().parents[1]
@@ -183,7 +189,5 @@ class PairLosses:
 
     def frame(self, domains: Sequence[str]) -> pd.DataFrame:
         """Every loss known so far: ``record_id, combo, loss`` (combo in curriculum order)."""
-        from brainstacks_core.routing.oracle import combo_name
-
         return pd.DataFrame([{"record_id": self.pairs.at[i, "record_id"], "combo": combo_name(c, domains),
                               "loss": x} for (i, c), x in self.losses.items()])

@@ -27,7 +27,9 @@ import pandas as pd
 import torch
 
 from brainstacks_core.files import atomic_write, atomic_write_json, atomic_write_text, sha256_file
+from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
+from brainstacks_core.routing.config import RoutingSetup
 from brainstacks_core.routing.oracle import combination_markdown, combination_table, discover, router_pairs
 from brainstacks_core.routing.pair_loss import answerable, routed_losses
 from brainstacks_core.routing.panels import panels_markdown, three_panels
@@ -35,12 +37,12 @@ from brainstacks_core.routing.panels import panels_markdown, three_panels
 log = logging.getLogger(__name__)
 
 
-def routing_dir(profile, run_name: str) -> Path:
+def routing_dir(ctx: StoreContext, run_name: str) -> Path:
     """``<store>/routing/<run>``."""
-    return profile.store / "routing" / run_name
+    return ctx.store / "routing" / run_name
 
 
-def trained_router(profile, run_name: str, model, tokenizer, catalog=None):
+def trained_router(setup: RoutingSetup, run_name: str, model, tokenizer, catalog=None):
     """The run's latest trained router (a :class:`~brainstacks_core.routing.router.TrainedRouter`), or None.
 
     Found through the catalog's ``router://<profile>/<run>`` (checksum verified on load).
@@ -49,10 +51,10 @@ def trained_router(profile, run_name: str, model, tokenizer, catalog=None):
 
     if catalog is None:
         return None
-    art = catalog.latest(router_uri(profile.name, run_name))
+    art = catalog.latest(router_uri(setup.run.context.name, run_name))
     if art is None:
         return None
-    return load_trained_router(Path(art["path"]).parent, model, tokenizer, profile.router,
+    return load_trained_router(Path(art["path"]).parent, model, tokenizer, setup.router,
                                expected_sha256=art["sha256"])
 
 
@@ -80,12 +82,13 @@ def _save_targets(result, folder: Path) -> Path:
     return path
 
 
-def _test_rows(profile, data_versions: dict, catalog, rows_per_domain: int | None) -> tuple[pd.DataFrame, list]:
+def _test_rows(ctx: StoreContext, domains: list[str], data_versions: dict, catalog,
+               rows_per_domain: int | None) -> tuple[pd.DataFrame, list]:
     """Each domain's held-out test split (the numbers the report shows) and their versions."""
     from brainstacks_core.training.run import load_domain_data
 
     frames, versions = [], []
-    for d in load_domain_data(profile, profile.curriculum, catalog, data_versions):
+    for d in load_domain_data(ctx, domains, catalog, data_versions):
         df = d.test if d.test is not None and len(d.test) else d.val
         df = df if rows_per_domain is None else df.head(rows_per_domain)
         frames.append(df.assign(source_domain=d.domain, record_id=df["record_id"].astype(str)))
@@ -113,32 +116,34 @@ def table_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict | None = None,
+def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run_ids: dict | None = None,
                   progress_cb: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
-    """Oracle discovery, router training and routed evaluation of run ``run_name`` of ``profile``.
+    """Oracle discovery, router training and routed evaluation of run ``run_name``.
+
+    ``setup`` is ``Profile.routing_setup`` (the trained run's sections and ``router:``).
 
     Returns:
         ``{"oracle": {...}, "router": {...}, "table": DataFrame, "markdown", "plots", "version"}``.
     """
-    from brainstacks_core.evaluation.run import load_run
     from brainstacks_core.routing.router_run import train_and_save_router
     from brainstacks_core.training.continual import as_trained_stacks
     from brainstacks_core.training.run import current_run_dir
+    from brainstacks_core.training.trained_run import load_run
 
-    cfg = profile.router
-    out_dir = routing_dir(profile, run_name)
-    folder = current_run_dir(profile, run_name)
+    cfg, ctx, curriculum = setup.router, setup.run.context, list(setup.run.curriculum)
+    out_dir = routing_dir(ctx, run_name)
+    folder = current_run_dir(ctx, run_name)
     pointer = json.loads((folder.parent / "current.json").read_text())
     manifest = json.loads((folder / "manifest.json").read_text())
     data_versions = {d: v[0] for d, v in pointer.get("data", {}).items()}
-    run = load_run(profile, run_name, catalog)
+    run = load_run(setup.run, run_name, catalog)
     model, tok = run["model"], run["tokenizer"]
     stacks = {d: s for d, s in run["domain_stacks"].items() if s}
-    domains = [d for d in profile.curriculum if d in stacks]
+    domains = [d for d in curriculum if d in stacks]
     stack_versions = run["stack_versions"]
 
     # 1. oracle on the router split
-    pairs = router_pairs(profile, catalog, data_versions)
+    pairs = router_pairs(ctx, curriculum, catalog, data_versions)
     pairs = pairs[pairs["source_domain"].isin(domains)].reset_index(drop=True)
     oracle = discover(model, tok, pairs, stacks, stack_versions, run["base_fingerprint"], cfg, catalog,
                       domains=domains, progress=progress,
@@ -149,9 +154,9 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     if catalog is not None:
         from brainstacks_core.data.pipeline import load_prepared
 
-        router_split_versions = [load_prepared(profile, d, catalog, data_versions.get(d)).router_uri_version
+        router_split_versions = [load_prepared(ctx, d, catalog, data_versions.get(d)).router_uri_version
                                  for d in domains]
-        catalog.record_artifact(uri=f"oracle://{profile.name}/{run_name}", version=oracle.version, kind="oracle",
+        catalog.record_artifact(uri=f"oracle://{ctx.name}/{run_name}", version=oracle.version, kind="oracle",
                                 path=str(targets_path), sha256=sha256_file(targets_path),
                                 code_version=code_version(), config_hash=config_hash(cfg),
                                 inputs=[*stack_versions.values(), run["base_fingerprint"], *router_split_versions],
@@ -166,7 +171,7 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     lineage = {"oracle_version": oracle.version, "stack_versions": dict(stack_versions),
                "base_fingerprint": run["base_fingerprint"]}
     fitted = train_and_save_router(oracle.targets, domains, model, tok, cfg, out_dir / "router", lineage,
-                                   catalog=catalog, profile_name=profile.name, run_name=run_name,
+                                   catalog=catalog, profile_name=ctx.name, run_name=run_name,
                                    loss_under=loss_under, run_ids=run_ids,
                                    device=next(model.parameters()).device,  # the worker's GPU when it has one
                                    progress_cb=(lambda info: progress_cb({"stage": "router", **info}))
@@ -174,7 +179,7 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     router = fitted["router"]
 
     # 3. routed evaluation on the test split: base, ungated, as-trained, oracle, routed
-    test, test_versions = _test_rows(profile, data_versions, catalog, profile.training.eval_rows)
+    test, test_versions = _test_rows(ctx, curriculum, data_versions, catalog, setup.run.training.eval_rows)
     test = test[test["source_domain"].isin(domains)].reset_index(drop=True)
     test = test[answerable(tok, test, cfg.max_length)].reset_index(drop=True)
     ones = torch.ones(len(test), len(domains))
@@ -233,10 +238,26 @@ def route_profile(profile, run_name: str = "main", catalog=None, run_ids: dict |
     atomic_write_json(out_dir / "routed.json", summary)
     path = atomic_write_text(out_dir / "report.md", text + "\n")
     if catalog is not None:
-        catalog.record_artifact(uri=f"routing-eval://{profile.name}/{run_name}", version=version, kind="eval",
+        catalog.record_artifact(uri=f"routing-eval://{ctx.name}/{run_name}", version=version, kind="eval",
                                 path=str(path), sha256=sha256_file(path), code_version=code_version(),
                                 config_hash=config_hash(cfg), inputs=[fitted["version"], oracle.version,
                                                                       *test_versions],
                                 metadata={k: v for k, v in summary.items() if k != "table"}, run_ids=run_ids)
     return {"markdown": text, "plots": [fitted["heatmap"], str(heat)], "summary": summary, "table": table,
             "version": version, "router": router, "oracle": oracle, "combinations": combos}
+
+
+def input_uris(setup: RoutingSetup, run_name: str) -> list[str]:
+    """Catalog URIs the routing of run ``run_name`` reads, known before it runs (OpenLineage START): the
+    base, every frozen stack of the run's current folder, and each domain's router and test split."""
+    ctx = setup.run.context
+    uris = [f"base://{ctx.name}"]
+    from brainstacks_core.training.run import current_run_dir
+
+    try:
+        manifest = json.loads((current_run_dir(ctx, run_name) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    uris += [f"stack://{ctx.name}/{run_name}/{d}/r{r['round']}" for d in manifest.get("domains_order", [])
+             for r in manifest["domains"].get(d, {}).get("rounds", []) if r.get("status") == "frozen"]
+    return uris + [f"dataset://{ctx.name}/{d}/{s}" for d in setup.run.curriculum for s in ("router", "test")]

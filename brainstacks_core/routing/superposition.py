@@ -37,7 +37,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from brainstacks_core.routing.config import RouterConfig
+from brainstacks_core.routing.config import RouterConfig, RoutingSetup
 from brainstacks_core.routing.router import floor_and_gate
 from brainstacks_core.routing.stack_store import StackStore
 from brainstacks_core.stacks.inject import row_weights
@@ -158,7 +158,7 @@ class RoutedModel:
         return plan, [tok.decode(row[n:], skip_special_tokens=True).strip() for row in out]
 
 
-def load_routed_run(profile, run_name: str = "main", catalog=None) -> RoutedModel:
+def load_routed_run(setup: RoutingSetup, run_name: str = "main", catalog=None) -> RoutedModel:
     """The trained run ``run_name`` of ``profile`` for routed inference: base, router, stack store.
 
     The base is loaded with empty stack layers; the run's router comes from the
@@ -173,25 +173,26 @@ def load_routed_run(profile, run_name: str = "main", catalog=None) -> RoutedMode
     from brainstacks_core.routing.run import stale_router_reason, trained_router
     from brainstacks_core.training.run import current_run_dir, ensure_base, load_model
 
-    folder = current_run_dir(profile, run_name)
+    ctx = setup.run.context
+    folder = current_run_dir(ctx, run_name)
     manifest = json.loads((folder / "manifest.json").read_text())
-    info = ensure_base(profile)
+    info = ensure_base(setup.run)
     if manifest.get("base_fingerprint") not in (None, info.fingerprint):
         raise ValueError(f"{folder}: trained on base {manifest['base_fingerprint']}, the profile's base is "
                          f"{info.fingerprint}")
-    model, tok = load_model(profile, info)
+    model, tok = load_model(setup.run, info)
     model.eval()
-    router = trained_router(profile, run_name, model, tok, catalog)
+    router = trained_router(setup, run_name, model, tok, catalog)
     if router is None:
-        raise ValueError(f"run {run_name!r} of profile {profile.name!r} has no trained router: run "
-                         f"`brainstacks train-router --config {profile.source_path} --run {run_name}`")
-    mb = profile.router.store_budget_mb
+        raise ValueError(f"run {run_name!r} of profile {ctx.name!r} has no trained router: run "
+                         f"`brainstacks train-router --config {ctx.source_path} --run {run_name}`")
+    mb = setup.router.store_budget_mb
     store = StackStore.from_manifest(model, manifest, None if mb is None else int(mb * 1e6), info.fingerprint)
     stale = stale_router_reason(router, {e.stack_id: e.version for e in store.entries.values()},
-                                f"brainstacks train-router --config {profile.source_path} --run {run_name}")
+                                f"brainstacks train-router --config {ctx.source_path} --run {run_name}")
     if stale:
         raise ValueError(stale)
     missing = [d for d in router.domains if not store.domain_stacks().get(d)]
     if missing:
         log.warning("router domains without frozen stacks in run %s: %s (routed to nothing)", run_name, missing)
-    return RoutedModel(model, tok, router, store, profile.router)
+    return RoutedModel(model, tok, router, store, setup.router)

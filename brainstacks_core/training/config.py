@@ -1,4 +1,8 @@
-"""Typed ``training:`` and ``experiment1:`` profile sections.
+"""Typed ``training:`` and ``experiment1:`` profile sections, and :class:`TrainingSetup`.
+
+``TrainingSetup`` is what a whole training run needs from a profile (the store
+context, the base, MoE, training and orchestration sections, the curriculum);
+``Profile.training_setup`` builds it, so nothing in ``training`` imports the profile.
 
 Pure pydantic (no torch, no trl), so a profile validates in milliseconds.
 
@@ -17,7 +21,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from brainstacks_core.stacks.config import NullSpaceConfig
+from brainstacks_core.base.config import BaseConfig
+from brainstacks_core.lineage.context import StoreContext
+from brainstacks_core.orchestration import OrchestrationConfig
+from brainstacks_core.stacks.config import MoELoRAConfig, NullSpaceConfig
 
 
 class SFTSettings(BaseModel):
@@ -70,3 +77,17 @@ class Experiment1Config(BaseModel):
     enabled: bool = Field(True, description="Run Experiment 1 in the pipeline.")
     domain: str = Field("chat", description="The domain both arms train on (a data domain).")
     lora_rank: int = Field(64, ge=1, description="Rank of the single LoRA (64 matches 4 experts x r16).")
+
+
+class TrainingSetup(BaseModel):
+    """The sections a whole training run reads (built by ``Profile.training_setup``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    context: StoreContext = Field(..., description="Profile name, store, catalog, seed, repository root.")
+    base: BaseConfig = Field(..., description="The base model stacks are trained on.")
+    moe: MoELoRAConfig = Field(..., description="The MoE-LoRA stack shape.")
+    training: TrainingConfig = Field(..., description="Continual training.")
+    orchestration: OrchestrationConfig = Field(..., description="Run locks (on_busy, lock timeout).")
+    curriculum: tuple[str, ...] = Field(..., min_length=1, description="Domains in training order.")
+    experiment1: Experiment1Config | None = Field(None, description="Experiment 1; None: skipped.")

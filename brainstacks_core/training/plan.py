@@ -14,37 +14,37 @@ from pathlib import Path
 
 from brainstacks_core.data.pipeline import load_prepared
 from brainstacks_core.lineage.catalog import Catalog
-from brainstacks_core.profile import Profile
 from brainstacks_core.training.boosting import DomainData
+from brainstacks_core.training.config import TrainingSetup
 from brainstacks_core.training.continual import run_config_hash
 from brainstacks_core.training.reuse import find_reusable
 from brainstacks_core.training.run import base_identity, domain_keys, run_dir
 
 
-def _versions(profile: Profile, catalog: Catalog | None) -> list[DomainData]:
+def _versions(setup: TrainingSetup, catalog: Catalog | None) -> list[DomainData]:
     out = []
-    for d in profile.curriculum:
-        p = load_prepared(profile, d, catalog)
+    for d in setup.curriculum:
+        p = load_prepared(setup.context, d, catalog)
         out.append(DomainData(d, None, None, p.train_uri_version, p.val_uri_version))
     return out
 
 
-def plan_run(profile: Profile, run_name: str = "main", catalog: Catalog | None = None,
+def plan_run(setup: TrainingSetup, run_name: str = "main", catalog: Catalog | None = None,
              null_space: bool | None = None) -> list[dict]:
     """One row per curriculum domain: ``{"domain", "action", "reason", "data_version"}``."""
-    cfg = profile.training if null_space is None else profile.training.model_copy(update={"null_space": null_space})
-    data = _versions(profile, catalog)
-    fp = base_identity(profile)
-    pointer = profile.store / "training" / run_name / "current.json"
+    cfg = setup.training if null_space is None else setup.training.model_copy(update={"null_space": null_space})
+    data = _versions(setup, catalog)
+    fp = base_identity(setup.context, setup.base)
+    pointer = setup.context.store / "training" / run_name / "current.json"
     prev = json.loads(pointer.read_text()) if pointer.exists() else None
     if fp is None:
         return [{"domain": d.domain, "action": "train", "reason": "the base is not built yet",
                  "data_version": d.train_version} for d in data]
-    cfg_hash = run_config_hash(cfg, profile.moe)
+    cfg_hash = run_config_hash(cfg, setup.moe)
     keys = domain_keys(fp, cfg_hash, data)
-    folder = run_dir(profile, run_name, keys[data[-1].domain][:12])
+    folder = run_dir(setup.context, run_name, keys[data[-1].domain][:12])
     own = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
-    src, prefix = find_reusable(folder.parent, folder, profile.curriculum, keys)
+    src, prefix = find_reusable(folder.parent, folder, list(setup.curriculum), keys)
     rows, changed = [], None
     for d in data:
         e = own.get("domains", {}).get(d.domain, {})

@@ -1,10 +1,12 @@
 """Profile-level training entry points: base model, domain data, continual run.
 
-Glue between a profile (``configs/*.yaml``) and the core: which base to build or
-load (``base:``), the MoE-LoRA and training sections, the prepared data of each
-domain (read by version from the catalog) and where a run writes
-(``<store>/training/<run_name>/``). Prefect tasks call these functions and
-nothing else. Locks: ``run_lock``; reuse of unchanged domains: ``reuse``; what a
+Glue between a profile's sections and the core: which base to build or load
+(``base:``), the MoE-LoRA and training sections, the prepared data of each domain
+(read by version from the catalog) and where a run writes
+(``<store>/training/<run_name>/``). Whole-run functions take a
+:class:`~brainstacks_core.training.config.TrainingSetup` (``Profile.training_setup``),
+the others only what they read (the store context, a section). Prefect tasks call
+these functions and nothing else. Locks: ``run_lock``; reuse of unchanged domains: ``reuse``; what a
 run would retrain: ``plan``; repairing a folder: ``repair``.
 
 ``base:`` section::
@@ -22,15 +24,17 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from brainstacks_core.base.config import TinyBaseConfig
+from brainstacks_core.base.config import BaseConfig, TinyBaseConfig
 from brainstacks_core.base.loading import load_base
-from brainstacks_core.base.tiny_base import BaseModelInfo, build_tiny_base, corpus_hash
+from brainstacks_core.base.tiny_base import BASE_MANIFEST, BaseModelInfo, build_tiny_base, corpus_hash
 from brainstacks_core.data.pipeline import load_prepared
+from brainstacks_core.files import sha256_tree
 from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
-from brainstacks_core.profile import Profile
 from brainstacks_core.stacks.inject import inject_stacks
 from brainstacks_core.training.boosting import DomainData
+from brainstacks_core.training.config import TrainingSetup
 from brainstacks_core.training.continual import RunContext, run_config_hash, run_continual
 from brainstacks_core.training.repair import RunInconsistentError
 from brainstacks_core.training.reuse import seed_run
@@ -39,7 +43,7 @@ from brainstacks_core.training.run_lock import run_lock
 log = logging.getLogger(__name__)
 
 
-def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | None = None,
+def load_domain_data(ctx: StoreContext, domains: list[str], catalog: Catalog | None = None,
                      versions: dict[str, str] | None = None) -> list[DomainData]:
     """Each domain's prepared train/val/test data (``versions[domain]`` if given, else the latest).
 
@@ -47,7 +51,7 @@ def load_domain_data(profile: Profile, domains: list[str], catalog: Catalog | No
     """
     out = []
     for d in domains:
-        p = load_prepared(profile, d, catalog, (versions or {}).get(d))
+        p = load_prepared(ctx, d, catalog, (versions or {}).get(d))
         test = pd.read_parquet(p.test_path) if p.test_path is not None and p.test_path.exists() else None
         out.append(DomainData(d, pd.read_parquet(p.train_path), pd.read_parquet(p.val_path),
                               p.train_uri_version, p.val_uri_version, test,
@@ -67,27 +71,27 @@ def pretrain_corpus(cfg: TinyBaseConfig) -> list[str]:
     return [f"{r['prompt']}\n{r['response']}" for g in c.generators for r in generate(g, c.rows_per_generator, c.seed)]
 
 
-def tiny_base_dir(profile: Profile) -> tuple[Path, list[str]]:
+def tiny_base_dir(ctx: StoreContext, cfg: TinyBaseConfig) -> tuple[Path, list[str]]:
     """Folder of the profile's tiny base (keyed by its config and corpus) and the corpus."""
-    texts = pretrain_corpus(profile.base.tiny)
-    return profile.store / "base" / f"tiny-{content_hash(profile.base.tiny, corpus_hash(texts))}", texts
+    texts = pretrain_corpus(cfg)
+    return ctx.store / "base" / f"tiny-{content_hash(cfg, corpus_hash(texts))}", texts
 
 
-def base_identity(profile: Profile) -> str | None:
+def base_identity(ctx: StoreContext, base: BaseConfig) -> str | None:
     """The base fingerprint without building anything (None: the tiny base is not built yet)."""
-    if profile.base.kind == "hub":
-        hub = profile.base.hub
+    if base.kind == "hub":
+        hub = base.hub
         return content_hash("hub", hub.repo_id, hub.revision)
     import json
 
-    folder, _ = tiny_base_dir(profile)
+    folder, _ = tiny_base_dir(ctx, base.tiny)
     try:
         return json.loads((folder / "brainstacks_base.json").read_text())["fingerprint"]
     except (OSError, ValueError, KeyError):
         return None
 
 
-def ensure_base(profile: Profile, data: list[DomainData] | None = None, catalog: Catalog | None = None,
+def ensure_base(setup: TrainingSetup, data: list[DomainData] | None = None, catalog: Catalog | None = None,
                 run_ids: dict | None = None) -> BaseModelInfo:
     """Build (tiny) or resolve (hub) the base model and register it in the catalog.
 
@@ -95,36 +99,58 @@ def ensure_base(profile: Profile, data: list[DomainData] | None = None, catalog:
     never on the fine-tuning data, under a lock on ``<store>/base`` so concurrent
     runs build it once. ``data`` is accepted for older callers and ignored.
     """
-    kind = profile.base.kind
+    ctx, base = setup.context, setup.base
+    kind = base.kind
     if kind == "hub":
-        hub = profile.base.hub
+        hub = base.hub
         hub.require_revision()
         info = BaseModelInfo(path=hub.repo_id, fingerprint=content_hash("hub", hub.repo_id, hub.revision),
                              config={"repo_id": hub.repo_id}, source="hub", revision=hub.revision)
         inputs: list[str] = []
     elif kind == "tiny":
-        folder, texts = tiny_base_dir(profile)
-        orch = profile.orchestration
-        with run_lock(folder.parent, "wait", orch.lock_timeout_seconds, what=f"base of {profile.name}"):
-            info = build_tiny_base(texts, profile.base.tiny, folder)
+        folder, texts = tiny_base_dir(ctx, base.tiny)
+        orch = setup.orchestration
+        with run_lock(folder.parent, "wait", orch.lock_timeout_seconds, what=f"base of {ctx.name}"):
+            info = build_tiny_base(texts, base.tiny, folder)
         corpus = content_hash("base-corpus", corpus_hash(texts))
         inputs = [corpus]
         if catalog is not None:
-            catalog.record_artifact(uri=f"generated://{profile.name}/base-corpus", version=corpus, kind="generated",
+            catalog.record_artifact(uri=f"generated://{ctx.name}/base-corpus", version=corpus, kind="generated",
                                     path=None, sha256=None, code_version=code_version(),
-                                    config_hash=config_hash(profile.base.tiny.corpus),
+                                    config_hash=config_hash(base.tiny.corpus),
                                     metadata={"texts": len(texts)}, run_ids=run_ids)
     else:
-        raise ValueError(f"{profile.source_path}: base.kind must be 'tiny' or 'hub', got {kind!r}")
+        raise ValueError(f"{ctx.source_path}: base.kind must be 'tiny' or 'hub', got {kind!r}")
     if catalog is not None:
-        catalog.record_artifact(uri=f"base://{profile.name}", version=info.fingerprint, kind="base",
-                                path=str(info.path), sha256=None, code_version=code_version(),
-                                config_hash=config_hash(profile.base), inputs=inputs,
+        catalog.record_artifact(uri=f"base://{ctx.name}", version=info.fingerprint, kind="base",
+                                path=str(info.path), sha256=base_sha256(info), code_version=code_version(),
+                                config_hash=config_hash(base), inputs=inputs,
                                 metadata={"source": info.source, "revision": info.revision}, run_ids=run_ids)
     return info
 
 
-def load_training_base(profile: Profile, info: BaseModelInfo):
+def base_sha256(info: BaseModelInfo) -> str | None:
+    """Content sha256 of the base's files (:func:`~brainstacks_core.files.sha256_tree`).
+
+    Tiny base: its folder, without ``brainstacks_base.json`` (that holds a build
+    timestamp; the weights, config and tokenizer are what the stacks depend on). Hub
+    base: the pinned snapshot when it is in the local hub cache, else None (logged:
+    nothing is downloaded to hash it).
+    """
+    if info.source != "hub":
+        return sha256_tree(info.path, exclude=(BASE_MANIFEST,))
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(str(info.path), revision=info.revision, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - not cached (LocalEntryNotFoundError) or no hub client
+        log.info("base %s@%s is not in the local hub cache (%s): no sha256 recorded (nothing is downloaded "
+                 "just to hash it)", info.path, info.revision, type(exc).__name__)
+        return None
+    return sha256_tree(folder)
+
+
+def load_training_base(base: BaseConfig, info: BaseModelInfo):
     """The base as every training path loads it: a hub base at its pinned revision with the
     hub section's 4-bit setting, a local base with ``base.load_in_4bit``; on CUDA when present.
 
@@ -133,16 +159,16 @@ def load_training_base(profile: Profile, info: BaseModelInfo):
     """
     device_map = "auto" if torch.cuda.is_available() else "cpu"
     if info.source == "hub":
-        model, tok, _ = load_base(profile.base.hub, device_map=device_map)
+        model, tok, _ = load_base(base.hub, device_map=device_map)
     else:
-        model, tok, _ = load_base(info.path, load_in_4bit=profile.base.load_in_4bit, device_map=device_map)
+        model, tok, _ = load_base(info.path, load_in_4bit=base.load_in_4bit, device_map=device_map)
     return model, tok
 
 
-def load_model(profile: Profile, info: BaseModelInfo):
+def load_model(setup: TrainingSetup, info: BaseModelInfo):
     """Load the base (:func:`load_training_base`) and inject stack layers."""
-    model, tok = load_training_base(profile, info)
-    inject_stacks(model, profile.moe)
+    model, tok = load_training_base(setup.base, info)
+    inject_stacks(model, setup.moe)
     return model, tok
 
 
@@ -165,28 +191,28 @@ def run_key(base_fingerprint: str, data: list[DomainData], cfg_hash: str = "") -
     return domain_keys(base_fingerprint, cfg_hash, data)[data[-1].domain][:12]
 
 
-def run_dir(profile: Profile, run_name: str, key: str) -> Path:
+def run_dir(ctx: StoreContext, run_name: str, key: str) -> Path:
     """``<store>/training/<run_name>/<key>``: new data or a new base start a new folder (a fresh run)."""
-    return profile.store / "training" / run_name / key
+    return ctx.store / "training" / run_name / key
 
 
-def current_run_dir(profile: Profile, run_name: str) -> Path:
+def current_run_dir(ctx: StoreContext, run_name: str) -> Path:
     """The folder of the run's latest inputs (written by :func:`train_profile`)."""
     import json
 
-    pointer = profile.store / "training" / run_name / "current.json"
+    pointer = ctx.store / "training" / run_name / "current.json"
     if not pointer.exists():
-        raise FileNotFoundError(f"run {run_name!r} of profile {profile.name!r} has not trained yet ({pointer} "
-                                f"is missing): run `brainstacks train --config {profile.source_path}`")
+        raise FileNotFoundError(f"run {run_name!r} of profile {ctx.name!r} has not trained yet ({pointer} "
+                                f"is missing): run `brainstacks train --config {ctx.source_path}`")
     return Path(json.loads(pointer.read_text())["dir"])
 
 
-def resolve_data_versions(profile: Profile, catalog: Catalog | None = None) -> dict[str, str]:
+def resolve_data_versions(setup: TrainingSetup, catalog: Catalog | None = None) -> dict[str, str]:
     """The latest dataset version of every curriculum domain (pin them once per run)."""
-    return {d.domain: d.train_version for d in load_domain_data(profile, profile.curriculum, catalog)}
+    return {d.domain: d.train_version for d in load_domain_data(setup.context, list(setup.curriculum), catalog)}
 
 
-def train_profile(profile: Profile, run_name: str = "main", null_space: bool | None = None,
+def train_profile(setup: TrainingSetup, run_name: str = "main", null_space: bool | None = None,
                   until_domain: str | None = None, catalog: Catalog | None = None,
                   run_ids: dict | None = None, data_versions: dict[str, str] | None = None,
                   progress: Callable[[dict], None] | None = None, on_busy: str | None = None) -> dict:
@@ -200,7 +226,7 @@ def train_profile(profile: Profile, run_name: str = "main", null_space: bool | N
     retrains k and the domains after it only.
 
     Args:
-        profile: the profile.
+        setup: the run's sections (``Profile.training_setup``).
         run_name: run folder under ``<store>/training``.
         null_space: overrides ``training.null_space`` (the ablation sets False).
         until_domain: stop after this domain (the ``train_domain`` flow).
@@ -216,44 +242,45 @@ def train_profile(profile: Profile, run_name: str = "main", null_space: bool | N
         RunInconsistentError: a stack file differs from the manifest; the message
             names the ``brainstacks repair`` command.
     """
-    cfg = profile.training
+    ctx, cfg = setup.context, setup.training
     if null_space is not None:
         cfg = cfg.model_copy(update={"null_space": null_space})
-    order = profile.curriculum
+    order = list(setup.curriculum)
     if until_domain is not None:
         if until_domain not in order:
             raise ValueError(f"domain {until_domain!r} is not in the curriculum {order}")
         order = order[:order.index(until_domain) + 1]
     from brainstacks_core.files import atomic_write_json
 
-    orch = profile.orchestration
+    orch = setup.orchestration
     busy = on_busy or orch.on_busy
-    every = load_domain_data(profile, profile.curriculum, catalog, data_versions)
+    every = load_domain_data(ctx, list(setup.curriculum), catalog, data_versions)
     data = [d for d in every if d.domain in order]
-    with run_lock(profile.store / "training" / run_name, busy, orch.lock_timeout_seconds,
-                  what=f"run {profile.name}/{run_name}"):
-        info = ensure_base(profile, every, catalog, run_ids)
-        cfg_hash = run_config_hash(cfg, profile.moe)
+    with run_lock(ctx.store / "training" / run_name, busy, orch.lock_timeout_seconds,
+                  what=f"run {ctx.name}/{run_name}"):
+        info = ensure_base(setup, every, catalog, run_ids)
+        cfg_hash = run_config_hash(cfg, setup.moe)
         keys = domain_keys(info.fingerprint, cfg_hash, every)
         key = keys[every[-1].domain][:12]
-        folder = run_dir(profile, run_name, key)
-        seed_run(folder, profile.curriculum, keys, info.fingerprint, cfg_hash, profile.name, run_name)
+        folder = run_dir(ctx, run_name, key)
+        seed_run(folder, list(setup.curriculum), keys, info.fingerprint, cfg_hash, ctx.name, run_name)
         atomic_write_json(folder.parent / "current.json", {
             "key": key, "dir": str(folder), "base": info.fingerprint, "config_hash": cfg_hash, "chain": keys,
             "data": {d.domain: [d.train_version, d.val_version] for d in every}})
-        model, tok = load_model(profile, info)
-        torch.manual_seed(profile.seed)
-        ctx = RunContext(profile.name, run_name, folder, info.fingerprint, base_version=info.fingerprint,
+        model, tok = load_model(setup, info)
+        torch.manual_seed(ctx.seed)
+        run = RunContext(ctx.name, run_name, folder, info.fingerprint, base_version=info.fingerprint,
                          catalog=catalog, run_ids=run_ids, domain_keys=keys, progress=progress, on_busy=busy,
                          lock_timeout_s=orch.lock_timeout_seconds)
         try:
-            return run_continual(model, tok, data, cfg, profile.moe, ctx)
+            return run_continual(model, tok, data, cfg, setup.moe, run)
         except RunInconsistentError as exc:
             raise RunInconsistentError(exc.run_dir, exc.domain, exc.round, exc.problem, repair_hint=(
-                f"brainstacks repair --config {profile.source_path} --run {run_name}")) from None
+                f"brainstacks repair --config {ctx.source_path} --run {run_name}")) from None
 
 
-def run_experiment1_for_profile(profile: Profile, catalog: Catalog | None = None, run_ids: dict | None = None) -> dict:
+def run_experiment1_for_profile(setup: TrainingSetup, catalog: Catalog | None = None,
+                                run_ids: dict | None = None) -> dict:
     """Experiment 1 on the profile's ``experiment1.domain``: cached by its inputs' versions.
 
     Writes ``<store>/experiment1/<version>.json`` and registers it (kind "eval").
@@ -263,32 +290,41 @@ def run_experiment1_for_profile(profile: Profile, catalog: Catalog | None = None
     from brainstacks_core.files import atomic_write_json, sha256_file
     from brainstacks_core.training.experiment1 import run_experiment1
 
-    if profile.experiment1 is None:
-        raise ValueError(f"{profile.source_path}: the profile has no `experiment1:` section")
-    domain, rank = profile.experiment1.domain, profile.experiment1.lora_rank
-    (data,) = load_domain_data(profile, [domain], catalog)
-    info = ensure_base(profile, None, catalog, run_ids)
-    cfg, moe = profile.training, profile.moe
+    ctx = setup.context
+    if setup.experiment1 is None:
+        raise ValueError(f"{ctx.source_path}: the profile has no `experiment1:` section")
+    domain, rank = setup.experiment1.domain, setup.experiment1.lora_rank
+    (data,) = load_domain_data(ctx, [domain], catalog)
+    info = ensure_base(setup, None, catalog, run_ids)
+    cfg, moe = setup.training, setup.moe
     version = content_hash("experiment1", data.train_version, data.val_version, info.fingerprint,
-                           profile.base.four_bit, cfg.sft, moe,
+                           setup.base.four_bit, cfg.sft, moe,
                            rank, cfg.eval_rows, code_version())
-    path = profile.store / "experiment1" / f"{version}.json"
+    path = ctx.store / "experiment1" / f"{version}.json"
     if path.exists():
         return json.loads(path.read_text())
-    first, tok = load_training_base(profile, info)  # as training loads it (pinned revision, 4-bit, device)
+    first, tok = load_training_base(setup.base, info)  # as training loads it (pinned revision, 4-bit, device)
     pending = [first]
 
     def build():  # the first arm gets the model loaded with the tokenizer, the second a fresh load
-        return pending.pop() if pending else load_training_base(profile, info)[0]
+        return pending.pop() if pending else load_training_base(setup.base, info)[0]
 
     val = data.val if cfg.eval_rows is None else data.val.head(cfg.eval_rows)
     result = run_experiment1(build, tok, data.train, val, cfg.sft, moe, lora_rank=rank)
     out = {"domain": domain, "version": version, **result.to_dict()}
     atomic_write_json(path, out)
     if catalog is not None:
-        catalog.record_artifact(uri=f"eval://{profile.name}/experiment1", version=version, kind="eval",
+        catalog.record_artifact(uri=f"eval://{ctx.name}/experiment1", version=version, kind="eval",
                                 path=str(path), sha256=sha256_file(path), code_version=code_version(),
                                 config_hash=config_hash({"sft": cfg.sft, "moe": moe, "rank": rank}),
                                 inputs=[data.train_version, data.val_version, info.fingerprint],
                                 metadata={"domain": domain}, run_ids=run_ids)
     return out
+
+
+def input_uris(setup: TrainingSetup) -> list[str]:
+    """Catalog URIs a training run reads, known before it runs (OpenLineage START): the base and every
+    curriculum domain's train, val and test split."""
+    name = setup.context.name
+    splits = ("train", "val", "test")
+    return [f"base://{name}"] + [f"dataset://{name}/{d}/{s}" for d in setup.curriculum for s in splits]
