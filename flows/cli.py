@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                "resume"),
     "watch": ("flows.watch:cli_watch", "check the profile's sources (stat, sha256, tracked hub branch) and "
                                        "prepare only the changed domains"),
+    "catalog": ("flows.maintenance:cli_catalog", "catalog upkeep: prune cached evaluation scores of models no "
+                                                 "current run uses (catalog prune [--dry-run])"),
     "config": ("flows.config:cli_config", "validate a profile (config check PATH) or print its JSON Schema "
                                           "(config schema)"),
 }
@@ -102,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help=COMMANDS["watch"][1], description=COMMANDS["watch"][1])
     _add_common(p)
     p.add_argument("--dry-run", action="store_true", help="only report what changed")
+    p = sub.add_parser("catalog", help=COMMANDS["catalog"][1], description=COMMANDS["catalog"][1],
+                       epilog="Example: brainstacks catalog prune --config configs/demo.yaml --dry-run")
+    csub = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    c = csub.add_parser("prune", help="delete the eval_scores rows of effective models that depend on a base, "
+                                      "stack or router version no current run uses; prints counts",
+                        description="Keeps every cached request result whose model is made only of versions the "
+                                    "profile's current runs use (their base, the frozen stacks of the folder each "
+                                    "run's current.json names, each run's latest router); deletes the rest.")
+    _add_common(c)
+    c.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    c.add_argument("--drop-unattributed", action="store_true",
+                   help="also delete rows written before model identities were recorded")
     p = sub.add_parser("config", help=COMMANDS["config"][1], description=COMMANDS["config"][1],
                        epilog="Example: brainstacks config check configs/demo.yaml")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -1,4 +1,5 @@
-"""``brainstacks plan`` (what a run would retrain, and why) and ``brainstacks repair`` (fix a run folder)."""
+"""``brainstacks plan`` (what a run would retrain, and why), ``brainstacks repair`` (fix a run folder) and
+``brainstacks catalog prune`` (drop cached evaluation scores of models no current run uses)."""
 
 from __future__ import annotations
 
@@ -54,4 +55,19 @@ def cli_repair(args: argparse.Namespace) -> int:
     print(f"resuming run {args.run} ...")
     continual_training(config_path=args.config, run_name=args.run, artifact_root=args.artifact_root)
     print("resumed: the run is consistent and complete")
+    return 0
+
+
+def cli_catalog(args: argparse.Namespace) -> int:
+    """``brainstacks catalog prune --config PATH [--dry-run] [--drop-unattributed]``: counts, then deletes."""
+    from brainstacks_core.evaluation.retention import format_prune, prune_eval_cache
+
+    profile = load_profile(args.config, args.artifact_root)
+    if not profile.catalog_path.exists():
+        print(f"{profile.catalog_path}: no catalog yet; nothing to prune")
+        return 0
+    out = prune_eval_cache(profile.context, profile.base, Catalog(profile.catalog_path), dry_run=args.dry_run,
+                           drop_unattributed=args.drop_unattributed)
+    print(f"# catalog {profile.catalog_path}")
+    print(format_prune(out))
     return 0

@@ -235,6 +235,51 @@ def test_routed_equals_row_weights_and_batched_equals_alone(base, files, referen
     assert answers == alone and len(set(alone)) > 1
 
 
+@torch.no_grad()
+def test_concurrent_routed_calls_give_the_serial_answers(base, files, tok):
+    """Two threads routing differently (code vs math stacks) on ONE model: each gets what serial calls give."""
+    import sys
+    import threading
+
+    store = _store(base, _entries(files))
+    routed = RoutedModel(store.model, tok, ROUTER, store, CFG)
+    prompts = {"code": "def f(x): return x + 1", "math": "two plus two sum of the primes"}
+    serial = {k: routed.generate([p], max_new_tokens=8)[1][0] for k, p in prompts.items()}
+    ids = {k: _ids(tok, [p]) for k, p in prompts.items()}
+    plans = {k: routed.plan([p]) for k, p in prompts.items()}
+    serial_logits = {}
+    for k in prompts:
+        with routed.routed(plans[k]):
+            serial_logits[k] = store.model(input_ids=ids[k][0], attention_mask=ids[k][1]).logits
+    assert serial["code"] != serial["math"]  # the two routes really answer differently
+    got: dict[str, list] = {k: [] for k in prompts}
+    errors, start = [], threading.Barrier(2)
+
+    def worker(k: str) -> None:
+        try:
+            start.wait(10)
+            for _ in range(6):
+                got[k].append(routed.generate([prompts[k]], max_new_tokens=8)[1][0])
+                with routed.routed(routed.plan([prompts[k]])):
+                    logits = store.model(input_ids=ids[k][0], attention_mask=ids[k][1]).logits
+                torch.testing.assert_close(logits, serial_logits[k], rtol=1e-5, atol=1e-5)
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(f"{k}: {type(exc).__name__}: {exc}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads as often as possible: any unguarded window shows
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert got == {k: [serial[k]] * 6 for k in prompts}
+
+
 def test_plan_has_no_stacks_when_everything_is_gated():
     plan = plan_routes(["x"], torch.tensor([[0.05, 0.1, 0.11]]), ["code", "math", "law"], STACKS,
                        CFG)  # no chat domain: no floor

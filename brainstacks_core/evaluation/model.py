@@ -21,6 +21,11 @@ harness's code. It adds two things around HFLM's ``loglikelihood`` and
   are stored under (router version, domain -> stacks map, context) in the same
   table (kind ``route``),
   so a re-run does not run the router's feature forwards either.
+* **Retention.** Each stored row names its identity (the effective model, or the
+  router version for a routing decision), and ``eval_models`` records what each
+  identity is made of (base fingerprint, stack versions on; the router version), so
+  ``brainstacks catalog prune`` (:mod:`~brainstacks_core.evaluation.retention`) can drop
+  the rows of models no current run uses.
 
 Memory: the cache lives in DuckDB, not in RAM beyond one harness call's results
 (a few floats per request); nothing grows with tokens seen. On disk a score row
@@ -129,7 +134,8 @@ class BrainstacksLM(HFLM):
         routed.update(zip(todo, stack_weights(self.router, self.domain_stacks, todo)))
         if self.catalog is not None and todo:
             self.catalog.record_eval_scores(pd.DataFrame(
-                {"key": [keys[c] for c in todo], "kind": "route", "value": [json.dumps(routed[c]) for c in todo]}))
+                {"key": [keys[c] for c in todo], "kind": "route", "value": [json.dumps(routed[c]) for c in todo],
+                 "identity": self.router.version}), models={self.router.version: [self.router.version]})
         self.routes_computed += len(todo)
         self.routes_reused += len(unique) - len(todo)
         return [{s: w for s, w in routed[c].items() if w != 0.0} for c in contexts]
@@ -138,6 +144,10 @@ class BrainstacksLM(HFLM):
         """The effective model: base + (version, weight) of each stack that is on; the scoring settings."""
         on = sorted((self.stack_versions[s], w) for s, w in weights.items() if w != 0.0)
         return content_hash(self.base_fingerprint, on, self.max_length, self.add_bos_token, length=20)
+
+    def depends(self, weights: Mapping[str, float]) -> list[str]:
+        """The artifact versions the effective model of ``weights`` is made of: the base and the stacks on."""
+        return [self.base_fingerprint, *sorted(self.stack_versions[s] for s, w in weights.items() if w != 0.0)]
 
     def mode_identity(self) -> dict:
         """What a result of this mode depends on (for the per-item table and lineage)."""
@@ -150,7 +160,8 @@ class BrainstacksLM(HFLM):
     def _run(self, kind: str, requests: list, key_args, compute, encode, decode, disable_tqdm: bool) -> list:
         contexts = [r.args[0] for r in requests]
         weights = self.weights_for(contexts)
-        keys = [content_hash(kind, self.identity(w), key_args(r), length=32) for r, w in zip(requests, weights)]
+        idents = [self.identity(w) for w in weights]
+        keys = [content_hash(kind, i, key_args(r), length=32) for r, i in zip(requests, idents)]
         stored = self.catalog.eval_scores(keys) if self.catalog is not None else {}
         out: list = [decode(stored[k]) if k in stored else None for k in keys]
         todo = [i for i, k in enumerate(keys) if k not in stored]
@@ -177,9 +188,10 @@ class BrainstacksLM(HFLM):
                     results += compute([requests[i] for i in group], disable_tqdm or not self.request_bars)
         for i, res in zip([i for b in batches for i in b], results):
             out[i] = res
-            new_rows.append({"key": keys[i], "kind": kind, "value": encode(res)})
+            new_rows.append({"key": keys[i], "kind": kind, "value": encode(res), "identity": idents[i]})
         if self.catalog is not None and new_rows:
-            self.catalog.record_eval_scores(pd.DataFrame(new_rows).drop_duplicates("key"))
+            models = {idents[i]: self.depends(weights[i]) for i in todo}
+            self.catalog.record_eval_scores(pd.DataFrame(new_rows).drop_duplicates("key"), models=models)
         self.computed += len(todo)
         self.reused += len(requests) - len(todo)
         log.info("%s %s: %d requests, %d computed, %d from cache, %d routing groups%s", self.mode, kind,

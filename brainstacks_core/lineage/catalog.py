@@ -8,7 +8,10 @@ Tables:
     metrics    named values per version (losses, forgetting matrix entries)
     events     every time a version is recorded or re-used (``created``/``used``), or read by a run
                without being recorded (``read``)
-    eval_scores  one harness request's result per key (model identity + request), never computed twice
+    eval_scores  one harness request's result per key (model identity + request), never computed twice;
+                 its ``identity`` column names the effective model (or router) it was computed on
+    eval_models  per identity, the artifact versions it depends on (base, stacks or router): what
+                 ``prune_eval_scores`` checks against the versions current runs still use
     eval_items   per-item benchmark results of an eval version (task, mode, doc, choice scores, metrics)
     oracle_losses  one routing-oracle loss per (prompt, combination) key
     (the three cache tables' methods are in :mod:`brainstacks_core.lineage.cache_tables`)
@@ -52,6 +55,9 @@ CREATE TABLE IF NOT EXISTS metrics (version VARCHAR NOT NULL, name VARCHAR NOT N
 CREATE TABLE IF NOT EXISTS events (version VARCHAR NOT NULL, event VARCHAR NOT NULL, event_at TIMESTAMP NOT NULL,
     flow_run_id VARCHAR, task_run_id VARCHAR);
 CREATE TABLE IF NOT EXISTS eval_scores (key VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, value VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL);
+ALTER TABLE eval_scores ADD COLUMN IF NOT EXISTS identity VARCHAR;
+CREATE TABLE IF NOT EXISTS eval_models (identity VARCHAR PRIMARY KEY, depends VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS eval_items (eval_version VARCHAR NOT NULL, task VARCHAR NOT NULL, task_version VARCHAR,
     mode VARCHAR NOT NULL, identity VARCHAR NOT NULL, doc_id INTEGER NOT NULL, doc_hash VARCHAR, target VARCHAR,

@@ -24,6 +24,13 @@ For ``B`` prompts and ``D`` domains:
 
 Memory per call: the ``[B, S]`` fp32 weights (16 x 10 x 4 = 640 B) and generation's
 KV cache (Gemma-3-12B, bf16: 384 KiB per token and prompt).
+
+Threads: the stack weights live in the model's layers, so a call sets them, runs its
+forwards and restores them while holding the model's lock (:func:`model_lock`, one
+per model, shared by every :class:`RoutedModel` over it). Concurrent ``plan`` /
+``routed`` / ``generate`` calls from several threads therefore give the answers serial
+calls give; they run one after the other on the model (a server wanting parallel
+forwards holds one model per worker).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
@@ -44,6 +53,17 @@ from brainstacks_core.stacks.inject import row_weights
 from brainstacks_core.training.sft_data import to_messages
 
 log = logging.getLogger(__name__)
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The one re-entrant lock of ``model``: held while its stack weights are set and its forwards run."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -98,19 +118,30 @@ class RoutedModel:
             raise ValueError("the stack store must attach stacks to this model")
         self.model, self.tokenizer, self.router, self.store, self.cfg = model, tokenizer, router, store, cfg
         self.domain_stacks = {d: list(s) for d, s in (domain_stacks or store.domain_stacks()).items()}
+        self.lock = model_lock(model)
 
     def plan(self, prompts: Sequence[str]) -> RoutePlan:
-        """Route ``prompts`` (one router call for the batch); loads nothing."""
+        """Route ``prompts`` (one router call for the batch); loads nothing.
+
+        The router's base-only feature forward sets the model's row weights too, so it
+        runs under the model's lock.
+        """
         prompts = [str(p) for p in prompts]
-        return plan_routes(prompts, self.router.domain_weights(prompts), self.router.domains,
-                           self.domain_stacks, self.cfg)
+        with self.lock:
+            weights = self.router.domain_weights(prompts)
+        return plan_routes(prompts, weights, self.router.domains, self.domain_stacks, self.cfg)
 
     @contextlib.contextmanager
     def routed(self, plan: RoutePlan) -> Iterator[RoutePlan]:
-        """Attach the plan's stacks (only those) and run the ``with`` block under its per-row weights."""
-        self.store.ensure(plan.stack_ids)
-        with row_weights(self.model, plan.stack_ids, plan.stack_weights):
-            yield plan
+        """Attach the plan's stacks (only those) and run the ``with`` block under its per-row weights.
+
+        The block holds the model's lock: another thread's ``routed`` / ``generate`` waits until it
+        ends, so its forwards never run under this plan's weights (nor this block under theirs).
+        """
+        with self.lock:
+            self.store.ensure(plan.stack_ids)
+            with row_weights(self.model, plan.stack_ids, plan.stack_weights):
+                yield plan
 
     def _encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Chat-template prompts with the generation prompt, left-padded: ``input_ids`` / ``attention_mask`` ``[B, T]``."""
@@ -143,17 +174,18 @@ class RoutedModel:
         plan = plan or self.plan(prompts)
         if streamer is not None and len(plan.prompts) != 1:
             raise ValueError("streaming needs exactly one prompt")
-        enc = self._encode(plan.prompts)
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.routed(plan):
-                out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=pad, streamer=streamer)
-        finally:
-            self.model.train(was_training)
+        with self.lock:  # the tokenizer's padding side and the model's mode are shared too
+            enc = self._encode(plan.prompts)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with self.routed(plan):
+                    out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=pad, streamer=streamer)
+            finally:
+                self.model.train(was_training)
         n = enc["input_ids"].shape[1]
         return plan, [tok.decode(row[n:], skip_special_tokens=True).strip() for row in out]
 
