@@ -15,20 +15,19 @@ import sys
 import zipfile
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
 import yaml
 
-gguf = pytest.importorskip("gguf")
-
-from brainstacks_core.base.config import HubBaseConfig, LocalBaseConfig  # noqa: E402
-from brainstacks_core.base.local import (  # noqa: E402
+from brainstacks_core.base.config import HubBaseConfig, LocalBaseConfig
+from brainstacks_core.base.local import (
     CONVERTED_MANIFEST, DIGESTS_FILE, DigestCache, LocalBaseError, ensure_local_base, local_fingerprint,
 )
-from brainstacks_core.lineage.catalog import Catalog  # noqa: E402
-from brainstacks_core.profile import ProfileError, load_profile  # noqa: E402
-from brainstacks_core.training.run import base_identity, ensure_base, load_training_base  # noqa: E402
+from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.profile import ProfileError, load_profile
+from brainstacks_core.training.run import base_identity, ensure_base, load_training_base
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
