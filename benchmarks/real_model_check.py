@@ -49,7 +49,7 @@ def stage(name: str, argv: list[str], env: dict[str, str], log: list[dict]) -> s
     """Run one CLI stage, echo its output's tail, record its wall time; exit on failure."""
     print(f"\n=== {name}: {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
     log.append({"stage": name, "seconds": seconds, "rc": proc.returncode})
     tail = "\n".join(proc.stdout.strip().splitlines()[-40:])
