@@ -79,6 +79,18 @@ class Profile(BaseModel):
                                                        f"(curriculum: {self.curriculum})")
         return self
 
+    @model_validator(mode="after")
+    def _dtypes_agree(self) -> "Profile":
+        # Two different half dtypes: every forward would cast the whole frozen bank (and lose precision).
+        compute, frozen = self.base.compute_dtype, self.moe.frozen_dtype
+        half = ("float16", "bfloat16")
+        if compute in half and frozen in half and compute != frozen:
+            raise _KeyError(("base", self.base.kind, "compute_dtype"),
+                            f"compute_dtype {compute} does not match moe.frozen_dtype {frozen}: every forward "
+                            f"would cast the whole frozen stack bank to {compute}; set both to the same dtype "
+                            "(bfloat16 on GPUs that support it)")
+        return self
+
     @property
     def curriculum(self) -> list[str]:
         """Domains in training order: ``training.domains`` or the data section's order."""

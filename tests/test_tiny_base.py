@@ -227,7 +227,8 @@ def test_hub_load_offline_fails_fast_with_a_clear_message(monkeypatch):
         load_base(config)
     assert time.monotonic() - start < 10
     message = str(err.value)
-    for part in ("brainstacks-test/does-not-exist", config.revision, "HF_HUB_OFFLINE", "hf download", "local model folder"):
+    for part in ("brainstacks-test/does-not-exist", config.revision, "HF_HUB_OFFLINE", "hf download", "`base.kind: local`",
+                 "`base.local.path`"):
         assert part in message
 
 

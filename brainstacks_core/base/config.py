@@ -1,4 +1,4 @@
-"""Typed ``base:`` profile section: the tiny CPU base or a hub model at a pinned revision.
+"""Typed ``base:`` profile section: the tiny CPU base, a hub model at a pinned revision or a local checkpoint.
 
 Pure pydantic (no torch/transformers), so ``brainstacks config check`` stays fast.
 
@@ -7,11 +7,16 @@ Example (``configs/demo.yaml``)::
     base:
       kind: tiny
       tiny: {hidden_size: 64, num_hidden_layers: 2, pretrain_steps: 150}
+
+    base:            # configs/smollm2-cpu.yaml: a GGUF file (dequantized once into the store)
+      kind: local
+      local: {path: models/smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -106,25 +111,72 @@ class HubBaseConfig(BaseModel):
         return cls.model_validate(data)
 
 
+class LocalBaseConfig(BaseModel):
+    """A checkpoint on this machine: a folder of safetensors + tokenizer, or a GGUF file in a folder.
+
+    Identified by content (sha256 of its files), never by its path: moving the
+    folder keeps the fingerprint, changing one byte changes it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Field(..., description="The model folder (config.json, *.safetensors, tokenizer files) or the "
+                                        "folder holding `gguf_file`; a relative path resolves against the "
+                                        "repository root (the parent of configs/).")
+    gguf_file: str | None = Field(None, description="A GGUF file name inside `path` (e.g. "
+                                                    "SmolLM2-135M-Instruct.Q4_1.gguf): dequantized once into "
+                                                    "<store>/base/<fingerprint>/ as safetensors; null = `path` "
+                                                    "is a safetensors folder.")
+    load_in_4bit: bool = Field(False, description="Quantize linear layers to NF4 on load (bitsandbytes; slow on "
+                                                  "CPU).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = float32 on CPU, bfloat16 on CUDA.")
+
+    @field_validator("gguf_file")
+    @classmethod
+    def _file_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v.endswith(".gguf") or Path(v).name != v):
+            raise ValueError(f"must be a .gguf file name inside `path` (no folders), got {v!r}")
+        return v
+
+    def resolve(self, repo_root: Path) -> Path:
+        """``path`` made absolute against the repository root."""
+        return self.path if self.path.is_absolute() else (Path(repo_root) / self.path).resolve()
+
+
 class BaseConfig(BaseModel):
     """The ``base:`` section: which base model every stack of the profile is trained on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["tiny", "hub"] = Field("tiny", description="tiny: built and pretrained here on its own corpus; "
-                                                             "hub: a pinned hub model (GPU workers).")
+    kind: Literal["tiny", "hub", "local"] = Field(
+        "tiny", description="tiny: built and pretrained here on its own corpus; hub: a pinned hub model (GPU "
+                            "workers); local: a checkpoint folder or GGUF file on this machine (`local:`).")
     load_in_4bit: bool = Field(False, description="Quantize the tiny base to NF4 (bitsandbytes; slow on CPU). "
-                                                  "Hub bases set this in `hub`.")
+                                                  "Hub and local bases set this in `hub` / `local`.")
     tiny: TinyBaseConfig = Field(default_factory=TinyBaseConfig, description="Shape of the tiny base.")
     hub: HubBaseConfig | None = Field(None, description="The hub model (kind: hub).")
+    local: LocalBaseConfig | None = Field(None, description="The local checkpoint (kind: local).")
 
     @model_validator(mode="after")
     def _hub_given(self) -> "BaseConfig":
         if self.kind == "hub" and self.hub is None:
             raise ValueError("kind 'hub' needs a `hub:` section with repo_id and revision")
+        if self.kind == "local" and self.local is None:
+            raise ValueError("kind 'local' needs a `local:` section with path (and gguf_file for a GGUF file)")
         return self
 
     @property
     def four_bit(self) -> bool:
         """Whether the base is loaded in 4-bit NF4."""
-        return self.hub.load_in_4bit if self.kind == "hub" and self.hub else self.load_in_4bit
+        if self.kind == "hub" and self.hub:
+            return self.hub.load_in_4bit
+        if self.kind == "local" and self.local:
+            return self.local.load_in_4bit
+        return self.load_in_4bit
+
+    @property
+    def compute_dtype(self) -> str:
+        """The compute dtype the base is loaded in (``auto`` for the tiny base)."""
+        section = self.hub if self.kind == "hub" else self.local if self.kind == "local" else None
+        return section.compute_dtype if section is not None else "auto"

@@ -1,6 +1,10 @@
 """Loading a base model: a local folder (the tiny base, a pre-downloaded snapshot) or a
 hub repo at a pinned revision, optionally quantized to 4-bit NF4, every parameter frozen.
 
+One GPU per process: on CUDA a base is placed whole on the process's current device
+(:func:`default_device_map`), never split over GPUs; run one worker per GPU.
+Local checkpoints (``base.kind: local``, GGUF included) are fingerprinted in ``local``.
+
 References: Dettmers et al. 2023 (QLoRA, NF4).
 """
 
@@ -41,6 +45,59 @@ def _compute_dtype(name: str, device_map: Any) -> torch.dtype:
     return torch.float32 if on_cpu else torch.bfloat16
 
 
+def default_device_map() -> Any:
+    """Where a base is loaded: the whole model on this process's current CUDA device, else the CPU.
+
+    ``{"": k}`` rather than ``"auto"``: "auto" would split a model that does not fit
+    over every visible GPU (and offload to the CPU), so two workers on one machine
+    would share GPUs; one GPU per process (``CUDA_VISIBLE_DEVICES``) is the rule.
+    """
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+
+
+def _from_pretrained_kwargs(quantize: bool, compute_dtype: str, device_map: Any) -> dict[str, Any]:
+    """dtype, device map and (for NF4) the bitsandbytes config passed to ``from_pretrained``."""
+    dtype = _compute_dtype(compute_dtype, device_map)
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
+    if quantize:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    return kwargs
+
+
+def _frozen(model, quantize: bool):
+    if quantize:
+        keep_4bit_weights_packed_for_training(model)
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def load_checkpoint(folder: Path, load_in_4bit: bool, compute_dtype: str = "auto", device_map: Any = "cpu"
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load a safetensors model folder and its tokenizer, every parameter frozen (no fingerprint check).
+
+    Args:
+        folder: config.json, ``*.safetensors`` and tokenizer files.
+        load_in_4bit: Quantize linear layers to NF4 on load.
+        compute_dtype: ``auto`` (float32 on CPU, bfloat16 on CUDA) or a torch dtype name.
+        device_map: Passed to ``from_pretrained``.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = _from_pretrained_kwargs(load_in_4bit, compute_dtype, device_map)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **kwargs)
+    logger.info("loaded local base %s (4-bit=%s, dtype %s)", folder, load_in_4bit, kwargs["dtype"])
+    return _frozen(model, load_in_4bit), tokenizer
+
+
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the hub endpoint accepts a TCP connection (assumed yes behind a proxy)."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
@@ -77,7 +134,8 @@ def _load_from_hub(hub: HubBaseConfig, kwargs: dict[str, Any]) -> tuple[PreTrain
             f"cannot load base model {hub.repo_id!r} at revision {hub.revision}: {reason}"
             f"{f' ({err})' if err else ''}. Pre-download it on a machine with network access "
             f"(`hf download {hub.repo_id} --revision {hub.revision}`, then copy the HF cache "
-            "or set HF_HOME to it), or point the profile's base section at a local model folder."
+            "or set HF_HOME to it), or load a local copy instead: `base.kind: local` with `base.local.path` "
+            "set to the model folder (or `base.local.gguf_file` to a GGUF file in it)."
         )
 
     try:
@@ -138,16 +196,11 @@ def load_base(
         BaseModelUnavailableError: The hub model cannot be fetched.
         ValueError: A local base no longer matches its recorded fingerprint.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hub = path_or_hub_config if isinstance(path_or_hub_config, HubBaseConfig) else None
     quantize = (hub.load_in_4bit if hub else False) if load_in_4bit is None else load_in_4bit
-    dtype = _compute_dtype(hub.compute_dtype if hub else "auto", device_map)
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
-    if quantize:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-        )
+    kwargs = _from_pretrained_kwargs(quantize, hub.compute_dtype if hub else "auto", device_map)
     if hub is not None:
         if hub.attn_implementation:
             kwargs["attn_implementation"] = hub.attn_implementation
@@ -176,9 +229,6 @@ def load_base(
         else:
             config = json.loads((root / "config.json").read_text(encoding="utf-8"))
             info = BaseModelInfo(str(root), fingerprint, config, "local", None)
-    if quantize:
-        keep_4bit_weights_packed_for_training(model)
-    model.requires_grad_(False)
-    model.eval()
+    _frozen(model, quantize)
     logger.info("loaded base %s (%s, 4-bit=%s, fingerprint %s)", info.path, info.source, quantize, info.fingerprint)
     return model, tokenizer, info

@@ -13,6 +13,7 @@ run would retrain: ``plan``; repairing a folder: ``repair``.
 
     base: {kind: tiny, tiny: {hidden_size: 64, ...}}                       # built locally (CPU profiles)
     base: {kind: hub, hub: {repo_id: ..., revision: <40-hex sha>, load_in_4bit: true}}
+    base: {kind: local, local: {path: models/smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}}
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 
 from brainstacks_core.base.config import BaseConfig, TinyBaseConfig
-from brainstacks_core.base.loading import load_base
+from brainstacks_core.base.loading import default_device_map, load_base
 from brainstacks_core.base.tiny_base import BASE_MANIFEST, BaseModelInfo, build_tiny_base, corpus_hash
 from brainstacks_core.data.pipeline import load_prepared
 from brainstacks_core.files import sha256_tree
@@ -84,6 +85,15 @@ def base_identity(ctx: StoreContext, base: BaseConfig) -> str | None:
         return content_hash("hub", hub.repo_id, hub.revision)
     import json
 
+    if base.kind == "local":
+        from brainstacks_core.base.local import DIGESTS_FILE, DigestCache, LocalBaseError, local_fingerprint
+
+        try:
+            cache = DigestCache(ctx.store / "base" / DIGESTS_FILE)
+            return local_fingerprint(base.local, ctx.repo_root, cache)[0]
+        except (LocalBaseError, OSError):
+            return None
+
     folder, _ = tiny_base_dir(ctx, base.tiny)
     try:
         return json.loads((folder / "brainstacks_base.json").read_text())["fingerprint"]
@@ -93,7 +103,7 @@ def base_identity(ctx: StoreContext, base: BaseConfig) -> str | None:
 
 def ensure_base(setup: TrainingSetup, data: list[DomainData] | None = None, catalog: Catalog | None = None,
                 run_ids: dict | None = None) -> BaseModelInfo:
-    """Build (tiny) or resolve (hub) the base model and register it in the catalog.
+    """Build (tiny), resolve (hub) or fingerprint and convert (local) the base model; register it in the catalog.
 
     The tiny base is pretrained on its own pinned corpus (:func:`pretrain_corpus`),
     never on the fine-tuning data, under a lock on ``<store>/base`` so concurrent
@@ -107,25 +117,36 @@ def ensure_base(setup: TrainingSetup, data: list[DomainData] | None = None, cata
         info = BaseModelInfo(path=hub.repo_id, fingerprint=content_hash("hub", hub.repo_id, hub.revision),
                              config={"repo_id": hub.repo_id}, source="hub", revision=hub.revision)
         inputs: list[str] = []
+        sha = None
+    elif kind == "local":
+        from brainstacks_core.base.local import ensure_local_base
+
+        store_base = ctx.store / "base"
+        with run_lock(store_base, "wait", setup.orchestration.lock_timeout_seconds, what=f"base of {ctx.name}"):
+            info, sha = ensure_local_base(base.local, ctx.repo_root, store_base)
+        inputs = []
     elif kind == "tiny":
         folder, texts = tiny_base_dir(ctx, base.tiny)
         orch = setup.orchestration
         with run_lock(folder.parent, "wait", orch.lock_timeout_seconds, what=f"base of {ctx.name}"):
             info = build_tiny_base(texts, base.tiny, folder)
         corpus = content_hash("base-corpus", corpus_hash(texts))
-        inputs = [corpus]
+        inputs, sha = [corpus], None
         if catalog is not None:
             catalog.record_artifact(uri=f"generated://{ctx.name}/base-corpus", version=corpus, kind="generated",
                                     path=None, sha256=None, code_version=code_version(),
                                     config_hash=config_hash(base.tiny.corpus),
                                     metadata={"texts": len(texts)}, run_ids=run_ids)
     else:
-        raise ValueError(f"{ctx.source_path}: base.kind must be 'tiny' or 'hub', got {kind!r}")
+        raise ValueError(f"{ctx.source_path}: base.kind must be 'tiny', 'hub' or 'local', got {kind!r}")
     if catalog is not None:
+        meta = {"source": info.source, "revision": info.revision}
+        if kind == "local":
+            meta.update(gguf_file=info.config["gguf_file"], checkpoint=info.config["path"], files=info.config["files"])
         catalog.record_artifact(uri=f"base://{ctx.name}", version=info.fingerprint, kind="base",
-                                path=str(info.path), sha256=base_sha256(info), code_version=code_version(),
-                                config_hash=config_hash(base), inputs=inputs,
-                                metadata={"source": info.source, "revision": info.revision}, run_ids=run_ids)
+                                path=str(info.path), sha256=sha if sha is not None else base_sha256(info),
+                                code_version=code_version(), config_hash=config_hash(base), inputs=inputs,
+                                metadata=meta, run_ids=run_ids)
     return info
 
 
@@ -157,9 +178,13 @@ def load_training_base(base: BaseConfig, info: BaseModelInfo):
     Returns:
         ``(model, tokenizer)``, every base parameter frozen, no stack layers.
     """
-    device_map = "auto" if torch.cuda.is_available() else "cpu"
+    device_map = default_device_map()  # one GPU per process: the whole base on the current device
     if info.source == "hub":
         model, tok, _ = load_base(base.hub, device_map=device_map)
+    elif base.kind == "local":
+        from brainstacks_core.base.local import load_local_base
+
+        model, tok = load_local_base(info.path, base.local, device_map=device_map)
     else:
         model, tok, _ = load_base(info.path, load_in_4bit=base.load_in_4bit, device_map=device_map)
     return model, tok
