@@ -108,21 +108,37 @@ def build_stacked(tok, tmp: Path, experts: int, rank: int):
     return model.eval(), moe, stacks, files
 
 
-def pairs_frame(n: int) -> pd.DataFrame:
+def pairs_frame(n: int, length: int = 1) -> pd.DataFrame:
+    """``n`` (prompt, response) pairs of domain words; ``length`` multiplies their word counts."""
     rnd = random.Random(1)
     rows = []
     for i in range(n):
         d = DOMAINS[i % len(DOMAINS)]
         rows.append({"record_id": f"r{i}", "source_domain": d,
-                     "prompt": " ".join(rnd.choices(WORDS[d], k=rnd.randint(6, 20))),
-                     "response": " ".join(rnd.choices(WORDS[d], k=rnd.randint(6, 16)))})
+                     "prompt": " ".join(rnd.choices(WORDS[d], k=length * rnd.randint(6, 20))),
+                     "response": " ".join(rnd.choices(WORDS[d], k=length * rnd.randint(6, 16)))})
     return pd.DataFrame(rows)
 
 
-def bench_oracle(tok, model, stacks, label: str) -> None:
-    """The real oracle search three ways; only how requests are batched into forwards differs."""
+ORACLE_ARMS = ("per-row weights, mixed combinations", "one combination per forward",
+               "one (pair, combination) per forward")
+
+
+def oracle_arms(tok, model, stacks, pairs: pd.DataFrame, cfg, arms=ORACLE_ARMS, sync=lambda: None) -> dict:
+    """The real oracle search under each arm of :data:`ORACLE_ARMS`; only how requests are batched differs.
+
+    Args:
+        tok, model: the tokenizer and the model with every stack of ``stacks`` attached.
+        stacks: ``{domain: [stack_id, ...]}``.
+        pairs: :func:`pairs_frame` rows.
+        cfg: a ``RouterConfig`` (``max_length``, ``oracle_batch_size``; ``exhaustive_sample=0``).
+        arms: which arms to run (the first is the reference).
+        sync: called before each clock read (``torch.cuda.synchronize`` on a GPU).
+
+    Returns:
+        ``{arm: (seconds, OracleResult)}``.
+    """
     import brainstacks_core.routing.oracle as oracle
-    from brainstacks_core.routing.config import RouterConfig
     from brainstacks_core.routing.pair_loss import PairLosses
 
     class OneCombinationPerForward(PairLosses):
@@ -135,23 +151,33 @@ def bench_oracle(tok, model, stacks, label: str) -> None:
             for reqs in groups.values():
                 super().ensure(reqs)
 
-    pairs = pairs_frame(10)
     versions = {s: f"v-{s}" for ids in stacks.values() for s in ids}
-    cfg = RouterConfig(max_length=48, oracle_batch_size=16, exhaustive_sample=0)
-    arms = {"per-row weights, mixed combinations": (cfg, PairLosses),
-            "one combination per forward": (cfg, OneCombinationPerForward),
-            "one (pair, combination) per forward": (cfg.model_copy(update={"oracle_batch_size": 1}), PairLosses)}
+    setup = {ORACLE_ARMS[0]: (cfg, PairLosses), ORACLE_ARMS[1]: (cfg, OneCombinationPerForward),
+             ORACLE_ARMS[2]: (cfg.model_copy(update={"oracle_batch_size": 1}), PairLosses)}
     out = {}
     try:
-        for name, (c, cls) in arms.items():
+        for name in arms:
+            c, cls = setup[name]
             oracle.PairLosses = cls
+            sync()
             t0 = time.perf_counter()
-            res = oracle.discover(model, tok, pairs, stacks, versions, "fp", c, None, domains=DOMAINS,
+            res = oracle.discover(model, tok, pairs, stacks, versions, "fp", c, None, domains=list(stacks),
                                   progress=False)
+            sync()
             out[name] = (time.perf_counter() - t0, res)
     finally:
         oracle.PairLosses = PairLosses
-    t_row, ref = out["per-row weights, mixed combinations"]
+    return out
+
+
+def bench_oracle(tok, model, stacks, label: str) -> None:
+    """The real oracle search three ways (:func:`oracle_arms`), printed."""
+    from brainstacks_core.routing.config import RouterConfig
+
+    pairs = pairs_frame(10)
+    cfg = RouterConfig(max_length=48, oracle_batch_size=16, exhaustive_sample=0)
+    out = oracle_arms(tok, model, stacks, pairs, cfg)
+    t_row, ref = out[ORACLE_ARMS[0]]
     print(f"(a) oracle, {label}: {len(pairs)} pairs, {ref.computed} (pair, combination) losses, "
           f"{ref.losses['combo'].nunique()} combinations, batch {cfg.oracle_batch_size}")
     for name, (t, res) in out.items():

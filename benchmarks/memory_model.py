@@ -134,7 +134,7 @@ class Run:
     feature_batch: int = 16  # router.feature_batch_size
     feature_seq: int = 256
     router_prompts: int = 1500  # router split: 0.1 x 3000 rows x 5 domains
-    act_bytes: int = 2  # bf16 activations / logits
+    act_bytes: int = 2  # bf16 compute: activations, logits, embeddings and norms (fp32 on the CPU: 4)
 
 
 def _stack_params(s: Shapes, run: Run) -> int:
@@ -179,7 +179,7 @@ def breakdown(s: Shapes, run: Run) -> dict[str, float]:
     last_basis = sum(basis_rows[-len(projs):]) * s.layers * 4
     file_bytes = stack * run.frozen_bytes + last_basis + noise  # the last stack's file: forward tensors + basis
     return {
-        "base": linear * (0.5 + 4 / 64) + s.vocab * s.hidden * 2 * (1 if s.tied else 2) + norms * 2
+        "base": linear * (0.5 + 4 / 64) + (s.vocab * s.hidden * (1 if s.tied else 2) + norms) * act
         + s.extra_bf16_params * 2,
         "frozen": run.stacks * stack * run.frozen_bytes,
         "active": active,
