@@ -85,12 +85,19 @@ def training_figures(store: Path) -> None:
                                                                  for v in vals]))
 
 
-def routing_figures(store: Path) -> None:
-    paths = sorted(store.glob("routing/**/routed.json"), key=lambda p: p.stat().st_mtime)
+def newest(store: Path, pattern: str) -> tuple[list[Path], dict | None]:
+    """The files matching ``pattern`` under ``store``, oldest first, and the newest one's JSON."""
+    paths = sorted(store.glob(pattern), key=lambda p: p.stat().st_mtime)
     if not paths:
-        print("no routed.json found")
+        print(f"no {pattern} found")
+        return paths, None
+    return paths, json.loads(paths[-1].read_text())
+
+
+def routing_figures(store: Path) -> None:
+    paths, doc = newest(store, "routing/**/routed.json")
+    if doc is None:
         return
-    doc = json.loads(paths[-1].read_text())
     print(f"\nrouted losses on the test split ({paths[-1]}): gain recovered over base "
           f"{doc['gain_recovered_test']:.3f}")
     rows = doc["table"]
@@ -102,11 +109,9 @@ def routing_figures(store: Path) -> None:
 
 
 def eval_figures(store: Path) -> None:
-    paths = sorted(store.glob("eval/main/*/results.json"), key=lambda p: p.stat().st_mtime)
-    if not paths:
-        print("no results.json found")
+    paths, doc = newest(store, "eval/main/*/results.json")
+    if doc is None:
         return
-    doc = json.loads(paths[-1].read_text())
     modes = doc["modes"]
     print(f"\nbenchmarks ({paths[-1]}); scores in %, ± standard error; published = SmolLM2-135M-Instruct")
     print("| task | n | metric | " + " | ".join(modes) + " | published |")

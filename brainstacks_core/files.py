@@ -70,6 +70,27 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def replace_dir(tmp: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Swap a fully written folder ``tmp`` into place at ``dst``.
+
+    The old folder (if any) is renamed aside first and removed after the swap, so a reader
+    sees either the old or the new folder, never a half-written one. ``tmp`` must be on the
+    same file system as ``dst`` (create it with ``tempfile.mkdtemp(dir=dst.parent)``).
+
+    Returns:
+        ``dst`` as a :class:`Path`.
+    """
+    import shutil
+
+    tmp, dst = Path(tmp), Path(dst)
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()

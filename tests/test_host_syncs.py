@@ -8,37 +8,24 @@ sync on (``torch.cuda.set_sync_debug_mode`` reports the same calls on a GPU work
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from brainstacks_core.stacks.config import MoELoRAConfig
 from brainstacks_core.stacks.moe_lora import MoELoRADelta, load_balance_loss
 
-_SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive",
-            "unique_dim", "masked_scatter"}
-
-
-class SyncCounter(TorchDispatchMode):
-    """Counts aten ops that force a device->host sync on CUDA (bool-mask indexing decomposes to nonzero)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in _SYNCING or (name in {"index", "index_put", "index_put_"} and any(
-                isinstance(t, torch.Tensor) and t.dtype == torch.bool
-                for a in args if isinstance(a, (list, tuple)) for t in a)):
-            self.calls.append(name)
-        return func(*args, **(kwargs or {}))
+# The one counter, shared with the GPU check (benchmarks/gpu_probes.py), so both count the same ops.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gpu_probes import CpuSyncCounter as SyncCounter  # noqa: E402
 
 
 def test_counter_sees_boolean_indexing_and_item():
     x, keep = torch.randn(6, 3), torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool)
     with SyncCounter() as c:
         x[keep].sum().item()
-    assert c.calls, "the counter must see what it is there to catch"
+    assert c.sites, "the counter must see what it is there to catch"
 
 
 def test_masked_training_forward_and_backward_do_not_sync():
@@ -51,7 +38,7 @@ def test_masked_training_forward_and_backward_do_not_sync():
         out = m(x)
         loss = out.pow(2).mean() + 0.01 * m.last_aux_loss
         loss.backward()
-    assert c.calls == [], f"host syncs in the MoE-LoRA forward/backward: {c.calls}"
+    assert c.sites == [], f"host syncs in the MoE-LoRA forward/backward: {c.sites}"
     assert m.router.weight.grad.abs().sum() > 0
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from brainstacks_core.base.config import LocalBaseConfig
 from brainstacks_core.base.tiny_base import BaseModelInfo
-from brainstacks_core.files import atomic_write_json, sha256_bytes, sha256_file
+from brainstacks_core.files import atomic_write_json, replace_dir, sha256_bytes, sha256_file
 from brainstacks_core.lineage.versioning import canonical_json, code_version, content_hash
 
 if TYPE_CHECKING:
@@ -184,11 +184,7 @@ def convert_gguf(gguf: Path, out_dir: Path, manifest: dict[str, Any]) -> dict[st
         tokenizer.save_pretrained(tmp)
         files = folder_digests(tmp, DigestCache())
         atomic_write_json(tmp / CONVERTED_MANIFEST, {**manifest, "files": files})
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return files

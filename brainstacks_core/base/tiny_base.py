@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from brainstacks_core.base.config import SPECIAL_TOKENS, TinyBaseConfig
-from brainstacks_core.files import atomic_write_json, sha256_file
+from brainstacks_core.files import atomic_write_json, replace_dir, sha256_file
 from brainstacks_core.lineage.versioning import code_version, content_hash
 
 if TYPE_CHECKING:  # transformers is slow to import; load it only where needed
@@ -277,11 +277,7 @@ def build_tiny_base(texts: Iterable[str], config: TinyBaseConfig, out_dir: str |
             "pretrain_loss_last": losses[-1] if losses else None,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         })
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("built tiny base in %s (fingerprint %s)", out, fingerprint)
