@@ -87,13 +87,6 @@ def test_only_runs_a_subset_and_rejects_unknown_sections():
     assert list(json.loads(proc.stdout)["sections"]) == ["memory"]
 
 
-def test_cpu_sync_counter_counts_what_the_host_sync_test_counts():
-    from gpu_probes import SYNCING_OPS
-    from test_host_syncs import _SYNCING
-
-    assert SYNCING_OPS == _SYNCING
-
-
 def test_memory_model_training_logits_are_trl_fused_head_not_full_vocabulary():
     from memory_model import GEMMA, TINYLLAMA, Run, breakdown, peaks
 
