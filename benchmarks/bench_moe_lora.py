@@ -1,12 +1,14 @@
 """CPU benchmark: MoE-LoRA stacks vs the PEFT single-LoRA baseline, and batched vs looped frozen stacks.
 
-Run: ``.venv/bin/python benchmarks/bench_moe_lora.py [--quick] [--repeats N] [--out results.json]``
+Run: ``.venv/bin/python benchmarks/bench_moe_lora.py [--quick | --shapes smollm2] [--repeats N] [--out results.json]``
 
 Cases (A / B, median over interleaved repeats in one process, after warm-up):
 
 * ``train_step``: forward + backward + AdamW step of one active MoE-LoRA stack
   (E experts x rank r, top-k, all seven projections, load-balance loss x 0.01)
   / PEFT LoRA of rank E*r (rsLoRA, same projections).
+* ``forward_active``: inference forward with one trained active stack (the single-domain routed
+  path) / PEFT LoRA of rank E*r (target 1.2; the issue measured 1.60 at SmolLM2 shapes).
 * ``forward_8_frozen``: inference forward (eval, no_grad) with S frozen stacks
   / one PEFT LoRA of the same total rank S*E*r.
 * ``frozen_loop_vs_batched``: the same S-stack forward with ``frozen_mode="loop"``
@@ -43,7 +45,8 @@ class BenchConfig:
         hidden: Llama hidden size.
         intermediate: MLP width.
         layers: decoder layers.
-        heads: attention heads (KV heads equal).
+        heads: attention heads.
+        kv_heads: key/value heads (None: equal to heads).
         vocab: vocabulary size.
         seq: tokens per sequence.
         batch: sequences per step.
@@ -60,6 +63,7 @@ class BenchConfig:
     intermediate: int = 1376
     layers: int = 4
     heads: int = 8
+    kv_heads: int | None = None
     vocab: int = 4096
     seq: int = 256
     batch: int = 4
@@ -73,7 +77,11 @@ class BenchConfig:
 
 
 QUICK = dict(hidden=128, intermediate=344, layers=2, heads=4, vocab=512, seq=64, batch=2, repeats=3, warmup=1)
-TARGETS = {"train_step": 1.25, "forward_8_frozen": 1.3, "frozen_loop_vs_batched": None}
+# SmolLM2-135M's decoder (30 layers, 210 wrapped projections) at the batch the issue measured (2 x 128).
+SMOLLM2 = dict(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152, seq=128, batch=2,
+               repeats=6, warmup=1)
+SHAPES = {"default": {}, "quick": QUICK, "smollm2": SMOLLM2}
+TARGETS = {"train_step": 1.1, "forward_active": 1.2, "forward_8_frozen": 1.3, "frozen_loop_vs_batched": None}
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -82,7 +90,7 @@ def build_base(cfg: BenchConfig) -> torch.nn.Module:
 
     torch.manual_seed(0)
     lcfg = LlamaConfig(vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
-                       num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                       num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads or cfg.heads,
                        max_position_embeddings=max(cfg.seq, 128))
     return LlamaForCausalLM(lcfg).float()
 
@@ -220,6 +228,14 @@ def build_case(case: str, cfg: BenchConfig) -> tuple[Callable[[], None], Callabl
     if case == "train_step":
         return (make_train_step(moe_trainable(base, cfg), ids, cfg.aux_coef),
                 make_train_step(peft_model(base, cfg.experts * cfg.rank, train=True), ids, None))
+    if case == "forward_active":  # one trained active stack, inference: the routed single-domain path
+        moe = moe_trainable(base, cfg).eval()
+        from brainstacks_core.stacks.inject import stacked_layers
+
+        with torch.no_grad():
+            for layer in stacked_layers(moe).values():
+                layer.active.lora_B.normal_(std=0.02)
+        return make_forward(moe, ids), make_forward(peft_model(base, cfg.experts * cfg.rank, False), ids)
     if case == "forward_8_frozen":
         total_rank = cfg.frozen_stacks * cfg.experts * cfg.rank
         return make_forward(moe_frozen(base, cfg), ids), make_forward(peft_model(base, total_rank, False), ids)
@@ -234,6 +250,7 @@ def build_case(case: str, cfg: BenchConfig) -> tuple[Callable[[], None], Callabl
 
 ARMS = {
     "train_step": ("MoE-LoRA {experts}x r{rank} top-{top_k} train", "PEFT LoRA r{lora_rank} train"),
+    "forward_active": ("MoE-LoRA {experts}x r{rank} active fwd", "PEFT LoRA r{lora_rank} fwd"),
     "forward_8_frozen": ("{frozen_stacks} frozen stacks fwd", "PEFT LoRA r{total_rank} fwd"),
     "frozen_loop_vs_batched": ("{frozen_stacks} stacks loop fwd", "{frozen_stacks} stacks batched fwd"),
 }
@@ -255,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny config (2 layers, hidden 128, seq 64) for a smoke run")
+    parser.add_argument("--shapes", choices=list(SHAPES), default="default",
+                        help="model shapes: default (hidden 512, 4 layers), quick, or smollm2 (SmolLM2-135M: 30 "
+                             "layers, 210 projections, batch 2 x 128)")
     parser.add_argument("--repeats", type=int, help="timed repeats per arm (default 10, quick 3)")
     parser.add_argument("--warmup", type=int, help="untimed runs per arm first (default 2, quick 1)")
     parser.add_argument("--cases", nargs="+", choices=list(TARGETS), default=list(TARGETS))
@@ -263,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write results as JSON here")
     args = parser.parse_args(argv)
 
-    cfg = BenchConfig(**(QUICK if args.quick else {}))
+    cfg = BenchConfig(**(QUICK if args.quick else SHAPES[args.shapes]))
     if args.repeats is not None:
         cfg.repeats = args.repeats
     if args.warmup is not None:

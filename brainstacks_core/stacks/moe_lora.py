@@ -140,31 +140,40 @@ class MoELoRADelta(nn.Module):
         nn.init.normal_(self.router.weight, std=self.config.router_init_std)
         nn.init.zeros_(self.noise_linear.weight)
 
-    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, in] -> [N, E]``; Shazeer noise only in training mode."""
-        logits = self.router(x)
-        if self.training and self.config.noisy_router:
-            logits = logits + F.softplus(self.noise_linear(x)) * torch.randn_like(logits)
-        return logits
-
-    def forward(self, x: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, basis: torch.Tensor | None = None,
+                out_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         """Compute the delta for flattened tokens.
+
+        The router, the noise projection (training only) and every expert's A read ``x`` in
+        one matmul with their weights stacked (``[E + E + E*r, in]``), and every scalar factor
+        (rsLoRA scale, the stack's weight) is applied to the ``[N, E]`` gates, not to the
+        ``[N, out]`` result: per wrapped projection that is one read of ``x`` and no
+        full-width elementwise pass beyond PEFT's own.
 
         Args:
             x: ``[N, in]`` inputs.
             basis: ``[K, out]`` orthonormal null-space rows V, or None.
+            out_scale: extra factor on the delta, a float or ``[N, 1]`` per row (the
+                stack's weight in routed inference).
 
         Returns:
             ``[N, out]`` delta (already scaled). ``self.last_aux_loss`` is set to
             the load-balance loss of this call (with gradient in training).
         """
         cfg = self.config
-        n = x.shape[0]
-        logits = self.router_logits(x)  # (N, E)
+        n, e = x.shape[0], cfg.num_experts
+        noisy = self.training and cfg.noisy_router
+        parts = [self.router.weight, self.noise_linear.weight] if noisy else [self.router.weight]
+        w = torch.cat(parts + [self.lora_A.reshape(-1, self.in_features)])  # (E [+ E] + E*r, in)
+        z = F.linear(x, w)  # (N, E [+ E] + E*r)
+        logits = z[:, :e]
+        if noisy:
+            logits = logits + F.softplus(z[:, e:2 * e]) * torch.randn_like(logits)
+        h = z[:, len(parts) * e:]  # (N, E*r)
         gates, top_idx = top_k_gates(logits, cfg.top_k)  # (N, E)
         self.last_aux_loss = (load_balance_loss(logits, top_idx, cfg.num_experts, self.token_mask)
                               if self.training else None)
-        h = F.linear(x, self.lora_A.reshape(-1, self.in_features))  # (N, E*r)
-        h = (h.view(n, cfg.num_experts, cfg.rank) * gates.unsqueeze(-1)).view(n, -1)  # gates in rank space
+        gates = gates * (out_scale * cfg.scale)  # every scalar factor on the small gates
+        h = (h.view(n, e, cfg.rank) * gates.unsqueeze(-1)).view(n, -1)  # gates in rank space
         b = project_out(self.lora_B.reshape(-1, self.out_features), basis)  # (E*r, out)
-        return (h @ b) * cfg.scale  # (N, out)
+        return h @ b  # (N, out)

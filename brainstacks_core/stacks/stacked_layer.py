@@ -322,12 +322,13 @@ class StackedMoELoRALayer(nn.Module):
             self._rows_view(flat.shape[0])
         delta = self._frozen_delta(flat) if runs else None
         if active_on:
-            d = self.active(flat.to(self.active.lora_A.dtype), self.active_basis)
-            if self._rows is not None:
+            if self._rows is not None:  # per-row stack weight, one per token: [N, 1]
                 wa = self._rows[1]
-                d = (d.view(wa.shape[0], -1, self.out_features) * wa.to(d.dtype).view(-1, 1, 1)).view_as(d)
+                scale = wa.to(self.active.lora_A.dtype).view(-1, 1, 1).expand(-1, flat.shape[0] // wa.shape[0], 1)
+                scale = scale.reshape(-1, 1)
             else:
-                d = d * self._weights[self.active_id]
+                scale = self._weights[self.active_id]
+            d = self.active(flat.to(self.active.lora_A.dtype), self.active_basis, out_scale=scale)
             delta = d if delta is None else delta + d.to(delta.dtype)
         if delta is None:
             return y
