@@ -125,11 +125,10 @@ def eval_figures(store: Path) -> None:
                 cells.append("skipped")
                 continue
             n = entry["n"]
-            scores = entry["scores"]
-            key = next((k for k in scores if k.split(",")[0] == metric and "stderr" not in k), None)
-            err = next((k for k in scores if k.split(",")[0] == f"{metric}_stderr"), None)
-            val = scores.get(key) if key else None
-            se = scores.get(err) if err else None
+            scores = entry["scores"]  # {"acc,none": {"value": v, "stderr": se}, ...}
+            key = next((k for k in scores if k.split(",")[0] == metric), None)
+            val = scores[key].get("value") if key else None
+            se = scores[key].get("stderr") if key else None
             cells.append("-" if not isinstance(val, (int, float)) else
                          f"{100 * val:.1f}" + (f" ± {100 * se:.1f}" if isinstance(se, (int, float)) else ""))
         print(f"| {task} | {n} | {metric} | " + " | ".join(cells) + f" | {pub if pub is not None else '-'} ({where}) |")
