@@ -16,7 +16,7 @@ widths (hidden 3840, inter 15360, 16/8 heads, head_dim 256, vocab 262144). One J
                 the host: measured / memory model (benchmarks/memory_model.py).
 ``sft``         StackSFTTrainer at B=4, T=512, gradient checkpointing, bf16: s/step, tokens/s, peak
                 memory / model, host syncs per step (by origin: brainstacks, trl, transformers, ...).
-``moe_vs_peft`` step time of one MoE-LoRA stack / PEFT LoRA r64 (bench_moe_lora's steps; target <= 1.25).
+``moe_vs_peft`` step time of one MoE-LoRA stack / PEFT LoRA r64 (bench_moe_lora's steps; target <= 1.1, issue 21).
 ``null_space``  compute_bases over two earlier domains: seconds, peak / model.
 ``oracle``      oracle rows/s, per-row weights vs one combination per forward (bench_routing; target >= 3x).
 ``hflm``        lm-eval HFLM items/s in base, ungated and routed mode (target routed >= 0.8x base).

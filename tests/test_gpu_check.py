@@ -70,7 +70,7 @@ def test_dry_run_prints_every_section_with_finite_figures():
     s = report["sections"]
     assert s["oracle"]["per_row_speedup"]["target"] == ">= 3"
     assert s["hflm"]["routed_over_base"]["target"] == ">= 0.8"
-    assert s["moe_vs_peft"]["moe_over_peft"]["target"] == "<= 1.25"
+    assert s["moe_vs_peft"]["moe_over_peft"]["target"] == "<= 1.1"
     # measured against the memory model: the exact parts agree on the CPU too
     assert s["memory"]["frozen_stacks"]["ratio"] == pytest.approx(1.0)
     assert s["memory"]["base"]["ratio"] == pytest.approx(1.0, rel=0.02)
