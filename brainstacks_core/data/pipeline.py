@@ -5,8 +5,10 @@ never recomputed:
 
 1. :func:`ingest_domain` reads and normalises a domain's sources, strips chat
    tokens, validates (``NormalisedRecords``, ``StrippedRecords``).
-2. :func:`assign_domains` runs keyword decontamination over every domain at once
-   (rows move between domains of the run, are dropped, or are flagged).
+2. :func:`assign_domains` runs keyword decontamination over every domain at once,
+   with the domain classifier learnt from the single-domain sources (fitted once per
+   data version, ``classifier_artifact``): rows move between domains of the run, are
+   dropped, or are flagged.
 3. :func:`finalize_domain` removes benchmark 13-gram overlaps, de-duplicates by
    ``record_id``, caps, splits by hash into train / val / test / router, validates
    (``SplitRecords``) and writes ``datasets/<domain>/<version>/<split>.parquet``.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainstacks_core.data import classifier_artifact
 from brainstacks_core.data import steps as steps
 from brainstacks_core.data.config import DataConfig
 from brainstacks_core.data.prepared import (
@@ -97,26 +100,32 @@ def ingest_domain(ctx: StoreContext, cfg: DataConfig, domain: str) -> dict:
 
 def assign_domains(ctx: StoreContext, cfg: DataConfig, ingested: dict[str, dict]) -> dict:
     """Stage 2 over every domain of the run; returns its meta (cached under ``staging/assign``)."""
+    clf_version = classifier_artifact.classifier_version(cfg, ingested) if cfg.classifier.enabled else None
     key = content_hash("assign", sorted((d, m["key"]) for d, m in ingested.items()), cfg.lexicons,
                        cfg.margin, cfg.min_score, cfg.single_domain_min_score, sorted(steps.mixed_sources(cfg)),
-                       cfg.domains, data_code_version())
+                       cfg.domains, clf_version, data_code_version())
     folder = ctx.store / "staging" / "assign" / key
     if (folder / "meta.json").is_file():
         return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    frames = [pd.read_parquet(Path(m["folder"]) / "records.parquet") for m in ingested.values()]
-    kept, moves, dropped, flagged = steps.keyword_step(pd.concat(frames, ignore_index=True), cfg)
+    records = pd.concat([pd.read_parquet(Path(m["folder"]) / "records.parquet") for m in ingested.values()],
+                        ignore_index=True)
+    model, clf = classifier_artifact.load_or_fit(ctx, cfg, ingested, records) if clf_version else (None, None)
+    kept, moves, dropped, flagged = steps.keyword_step(records, cfg, model, clf_version or "")
     _write_parquet(kept, folder / "records.parquet")
     _write_parquet(moves, folder / "moves.parquet")
     _write_parquet(dropped, folder / "dropped.parquet")
     _write_parquet(flagged, folder / "flagged.parquet")
-    meta = {"key": key, "folder": str(folder), "moves": len(moves), "dropped": len(dropped), "flagged": len(flagged)}
+    meta = {"key": key, "folder": str(folder), "moves": len(moves), "dropped": len(dropped), "flagged": len(flagged),
+            "classifier": clf}
     atomic_write_json(folder / "meta.json", meta)
     return meta
 
 
 def _example_moves(log_rows: pd.DataFrame, k: int = 5) -> list[dict]:
-    cols = ["action", "from_domain", "to_domain", "source_uri", "source_row_key", "top_keywords"]
-    return [dict(zip(cols, map(str, r))) for r in log_rows[cols].head(k).itertuples(index=False)]
+    cols = ["action", "from_domain", "to_domain", "source_uri", "source_row_key", "top_keywords", "probability",
+            "evidence"]
+    rows = log_rows.reindex(columns=cols)
+    return [dict(zip(cols, map(str, r))) for r in rows.head(k).itertuples(index=False)]
 
 
 def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: dict[str, dict], assigned: dict,
@@ -152,6 +161,10 @@ def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: d
               "dropped_keyword": len(kw_drop), **result.drop_counts,
               "flagged": int((flagged["from_domain"] == domain).sum()),
               **{s: len(result.splits[s]) for s in SPLITS}}
+    if "evidence" in moves.columns:  # moves the classifier decided alone (the rest: keywords, or both)
+        by_clf = moves["evidence"] == "classifier"
+        counts["moved_in_by_classifier"] = int((by_clf & (moves["to_domain"] == domain)).sum())
+        counts["moved_out_by_classifier"] = int((by_clf & (moves["from_domain"] == domain)).sum())
     check_conservation(counts, domain)
     reasons = top_reasons(quarantine)
     if counts["train"] == 0:
@@ -176,11 +189,15 @@ def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: d
     q_path = _write_parquet(quarantine, ctx.store / "quarantine" / domain / f"{version}.parquet")
     report = {"top_reasons": reasons, "moves": _example_moves(my_log[my_log["action"] != "flag"]),
               "flagged": _example_moves(my_log[my_log["action"] == "flag"])}
+    clf = assigned.get("classifier")
+    if clf:
+        report["classifier"] = {"version": clf["version"], **clf["info"]}
     manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts, "report": report,
                 "code_version": data_code_version(), "config_hash": config_hash(dcfg),
                 **{f"{s}_path": str(p) for s, p in paths.items()}, "quarantine_path": str(q_path),
                 "dropped_path": str(dropped_path), "moves_path": str(moves_path),
-                "sources": inputs, "eval_sets": evals, "sha256": {s: sha256_file(p) for s, p in paths.items()}}
+                "sources": inputs, "eval_sets": evals, "classifier": clf,
+                "sha256": {s: sha256_file(p) for s, p in paths.items()}}
     manifest_path = atomic_write_json(folder / "manifest.json", manifest)
     atomic_write_json(index_file, {"manifest": str(manifest_path), "version": version})
     log.info("%s: version %s %s", domain, version, counts)
@@ -206,17 +223,27 @@ def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], c
         another (or no) latest version before (a version-changed event is due).
     """
     cat = catalog or Catalog(ctx.catalog_path)
-    out = {}
+    out, seen = {}, set()
     with cat.batch():
         for domain, p in prepared.items():
             m = json.loads((p.train_path.parent / "manifest.json").read_text(encoding="utf-8"))
             before = cat.latest(f"dataset://{ctx.name}/{domain}/train")
-            inputs = []
-            for s in m["sources"] + m["eval_sets"]:
+            clf = m.get("classifier")
+            for s in m["sources"] + m["eval_sets"] + (clf["sources"] if clf else []):
+                if s["version"] in seen:
+                    continue
+                seen.add(s["version"])
                 cat.record_artifact(uri=s["uri"], version=s["version"], kind=s["kind"], path=s.get("path"),
                                     sha256=s.get("sha256"), code_version=m["code_version"], config_hash=None,
                                     run_ids=run_ids)
-                inputs.append(s["version"])
+            inputs = [s["version"] for s in m["sources"] + m["eval_sets"]]
+            if clf and clf["version"] not in seen:  # its upstream: the sources it learnt from; downstream: every dataset it decided moves for
+                cat.record_artifact(uri=clf["uri"], version=clf["version"], kind=clf["kind"], path=clf["path"],
+                                    sha256=clf["sha256"], code_version=m["code_version"], config_hash=None,
+                                    inputs=clf["inputs"], metadata=clf["info"], run_ids=run_ids)
+                seen.add(clf["version"])
+            if clf:
+                inputs.append(clf["version"])
             for split in SPLITS:
                 path, version = p.split_path(split), p.uri_version(split)
                 if path is None:
