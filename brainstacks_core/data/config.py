@@ -115,6 +115,7 @@ class ClassifierConfig(BaseModel):
         threshold: A fixed threshold instead of the calibrated one (the calibrated one is
             still computed and recorded).
         folds: Cross-fitting folds for the rows of mixed sources.
+        clean_rounds: Rounds of label cleaning of the mixed rows (out-of-fold foreign rows left out, refit).
         C: Inverse regularisation strength of the logistic regression.
         max_iter: Iterations of the logistic regression solver.
     """
@@ -143,6 +144,9 @@ class ClassifierConfig(BaseModel):
                                     "the calibrated one (null: calibrated; both are recorded).")
     folds: int = Field(2, ge=2, le=10, description="Cross-fitting folds: a mixed-source row is scored by a model "
                                                    "that never trained on it.")
+    clean_rounds: int = Field(1, ge=0, le=3, description="Rounds of label cleaning: rows of mixed sources that "
+                              "their out-of-fold model assigns to another domain stop training their own "
+                              "domain, then the models are fitted again (0: none).")
     C: float = Field(4.0, gt=0.0, description="Inverse L2 regularisation strength of the logistic regression.")
     max_iter: int = Field(300, ge=10, description="Iterations of the logistic-regression solver (lbfgs).")
 

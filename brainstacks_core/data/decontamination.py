@@ -80,12 +80,14 @@ class ClassifierEvidence:
         threshold: Probability a foreign domain needs (calibrated on held-out labelled rows).
         score: Rows (``prompt``, ``response``, ``record_id``, ``source_uri``) -> ``[N, C]`` probabilities.
         version: The classifier's artifact version (written into each reason).
+        sure: Probability at which the classifier moves a row without one keyword of the target.
     """
 
     classes: list[str]
     threshold: float
     score: Callable[[pd.DataFrame], np.ndarray]
     version: str = ""
+    sure: float = 0.9
 
 
 class KeywordMatcher:
@@ -227,8 +229,10 @@ def combine(x: Decision, p: np.ndarray, clf: ClassifierEvidence, matcher: Keywor
     t_score = int(scores[ti]) if ti is not None else 0
     o_score = int(scores[oi]) if oi is not None else 0
     why = (f"{note(target)}; keywords {target}: {kw or '-'}; own {domain}: {own_kw or '-'}")
-    if not mixed or o_score >= t_score + margin:
-        reason = "single-domain source" if not mixed else f"{o_score} own keywords beat {t_score} by >= {margin}"
+    unsupported = t_score == 0 and p[top] < clf.sure
+    if not mixed or o_score >= t_score + margin or unsupported:
+        reason = ("single-domain source" if not mixed else f"{o_score} own keywords beat {t_score} by >= {margin}"
+                  if not unsupported else f"no {target} keyword and p < {clf.sure:.2f}")
         return Decision("flag", target, o_score, t_score, kw, own_kw, f"looks like {target}, kept ({reason}): {why}",
                         float(p[top]), own_p, "classifier")
     return Decision("move", target, o_score, t_score, kw, own_kw, why, float(p[top]), own_p, "classifier")

@@ -272,18 +272,31 @@ def fit(labelled: pd.DataFrame, settings: ClassifierConfig, seed: int) -> Domain
     coef = np.zeros((settings.folds, len(classes), x_train.shape[1]), dtype=np.float32)
     intercept = np.zeros((settings.folds, len(classes)), dtype=np.float32)
     train_idx = np.flatnonzero(train)
-    for k in range(settings.folds):
-        use = ~(noisy[train_idx] & (folds[train_idx] == k))  # a fold's noisy rows never train its own model
-        lr = LogisticRegression(C=settings.C, max_iter=settings.max_iter, class_weight="balanced")
-        with threadpool_limits(1):  # BLAS threads on a sparse lbfgs fit: 7x slower on 2 busy cores
-            lr.fit(x_train[use], y[train_idx][use])
-        coef[k], intercept[k] = lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32)
+    use = np.ones(len(train_idx), dtype=bool)
+    n_cleaned = 0
+    for rnd in range(1 + settings.clean_rounds):
+        if rnd:  # noisy rows their out-of-fold model assigns to another domain leave the training set
+            x_n = x_train[np.flatnonzero(noisy[train_idx])]
+            rows = train_idx[noisy[train_idx]]
+            logits = np.stack([x_n @ coef[k].T + intercept[k] for k in range(settings.folds)])[folds[rows],
+                                                                                                np.arange(len(rows))]
+            foreign = logits.argmax(axis=1) != y[rows]
+            use = np.ones(len(train_idx), dtype=bool)
+            use[np.flatnonzero(noisy[train_idx])[foreign]] = False
+            n_cleaned = int(foreign.sum())
+        for k in range(settings.folds):
+            sel = use & ~(noisy[train_idx] & (folds[train_idx] == k))  # a fold's noisy rows never train its model
+            lr = LogisticRegression(C=settings.C, max_iter=settings.max_iter, class_weight="balanced")
+            with threadpool_limits(1):  # BLAS threads on a sparse lbfgs fit: 7x slower on 2 busy cores
+                lr.fit(x_train[sel], y[train_idx][sel])
+            coef[k], intercept[k] = lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32)
     vocab = {t: int(i) for t, i in vec.vocabulary_.items()}
     model = DomainClassifier(classes=classes, vocabulary=vocab, idf=vec.idf_.astype(np.float32), coef=coef,
                              intercept=intercept, settings=settings,
                              info={"train_rows": {c: int(n) for c, n in sorted(per_class_train.items())},
                                    "calibration_rows": {c: int(n) for c, n in sorted(per_class_cal.items())},
-                                   "noisy_classes": sorted(set(labels[noisy])), "features": len(vocab)})
+                                   "noisy_classes": sorted(set(labels[noisy])), "features": len(vocab),
+                                   "noisy_rows_left_out": n_cleaned})
     cal_idx = np.flatnonzero(cal)
     if len(cal_idx):
         p = model.predict_proba(texts[cal_idx].tolist(), folds[cal_idx])
