@@ -57,7 +57,7 @@ def test_catalog_lineage_of_demo(demo):
     profile, result = demo
     cat = Catalog(profile.catalog_path)
     up = cat.upstream("dataset://demo/math/train")
-    assert {a["kind"] for a in up} == {"source", "eval_set"}
+    assert {a["kind"] for a in up} == {"source", "eval_set", "decontam-classifier"}  # the classifier: its moves
     assert load_prepared(profile.context, "math").version == result["math"].version
     rid = pd.read_parquet(result["math"].train_path)["record_id"].iloc[0]
     holders = cat.artifacts_containing(rid)

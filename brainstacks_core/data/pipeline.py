@@ -100,7 +100,8 @@ def ingest_domain(ctx: StoreContext, cfg: DataConfig, domain: str) -> dict:
 
 def assign_domains(ctx: StoreContext, cfg: DataConfig, ingested: dict[str, dict]) -> dict:
     """Stage 2 over every domain of the run; returns its meta (cached under ``staging/assign``)."""
-    clf_version = classifier_artifact.classifier_version(cfg, ingested) if cfg.classifier.enabled else None
+    learn = cfg.classifier.enabled and len(cfg.domains) > 1  # one domain: nothing to tell apart
+    clf_version = classifier_artifact.classifier_version(cfg, ingested) if learn else None
     key = content_hash("assign", sorted((d, m["key"]) for d, m in ingested.items()), cfg.lexicons,
                        cfg.margin, cfg.min_score, cfg.single_domain_min_score, sorted(steps.mixed_sources(cfg)),
                        cfg.domains, clf_version, data_code_version())
