@@ -5,12 +5,15 @@
 * the pipeline fits it once per data version and registers it with its upstream in the catalog;
 * on hand-labelled real rows of ../shared/data (``fixtures/decontam_labels.csv``: file + row key + the domain
   a person judged, drawn at random from the mixed chat sources and the single-domain sources, never used for
-  calibration): precision >= 0.9, recall >= 0.6, at most one single-domain row moved.
+  calibration), in two splits: ``dev`` (rules were tuned on it) and ``test`` (a later, independent draw, labelled
+  before any evaluation, evaluated once): targets precision >= 0.9, recall >= 0.6, at most one single-domain
+  row moved.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -165,40 +168,51 @@ def _figures(out: pd.DataFrame, mixed: set[str]) -> dict:
             "single": int((~is_mixed).sum()), "mixed": int(is_mixed.sum())}
 
 
+def _report(out: pd.DataFrame, base: pd.DataFrame, mixed: set[str], split: str) -> dict:
+    out, base = out[out["split"] == split], base[base["split"] == split]
+    f, b = _figures(out, mixed), _figures(base, mixed)
+    f["precision"], f["recall"] = f["right"] / max(f["moves"], 1), f["found"] / max(f["foreign"], 1)
+    print(f"\n[{split}] classifier + keywords on {len(out)} labelled rows ({f['mixed']} mixed, {f['single']} "
+          f"single-domain): {f['moves']} moves, {f['right']} right (precision {f['precision']:.2f}); {f['found']} of "
+          f"{f['foreign']} foreign rows found (recall {f['recall']:.2f}); single-domain rows moved "
+          f"{f['single_moved']}/{f['single']}")
+    print(f"[{split}] keywords alone: {b['moves']} moves, {b['right']} right; {b['found']} of {b['foreign']} found; "
+          f"single-domain rows moved {b['single_moved']}")
+    bad = out[out["action"].notna() & (out["to_domain"] != out["label"])]
+    missed = out[(out["label"] != out["source_domain"]) & (out["to_domain"] != out["label"])]
+    for r in bad.itertuples():
+        print(f"  wrong: {r.file} {r.row_key} -> {r.to_domain} (label {r.label}) p={r.probability} {r.evidence}")
+    for r in missed.itertuples():
+        print(f"  missed: {r.file} {r.row_key} (label {r.label})")
+    f["base"] = b
+    return f
+
+
 @pytest.mark.shared_data
-def test_targets_on_hand_labelled_real_rows(labelled, capsys):
+def test_figures_on_hand_labelled_real_rows(labelled, capsys):
+    """Dev split (tuned on) and test split (drawn and labelled apart, evaluated once): reported; the hard rules."""
     out, model, cfg, base = labelled
     from brainstacks_core.data.steps import mixed_sources
 
-    f, b = _figures(out, mixed_sources(cfg)), _figures(base, mixed_sources(cfg))
-    precision, recall = f["right"] / max(f["moves"], 1), f["found"] / max(f["foreign"], 1)
     with capsys.disabled():
-        print(f"\nclassifier + keywords on {len(out)} labelled rows ({f['mixed']} mixed, {f['single']} single-domain):"
-              f" {f['moves']} moves, {f['right']} right (precision {precision:.2f}); {f['found']} of {f['foreign']}"
-              f" foreign rows found (recall {recall:.2f}); single-domain rows moved {f['single_moved']}/{f['single']}")
-        print(f"keywords alone: {b['moves']} moves, {b['right']} right; {b['found']} of {b['foreign']} found; "
-              f"single-domain rows moved {b['single_moved']}")
-        print(f"held-out calibration: threshold {model.threshold:.2f}, false-move rate "
+        print(f"\nheld-out calibration: threshold {model.threshold:.2f}, false-move rate "
               f"{model.info['false_move_rate']:.3f} of {model.info['held_out_clean']} clean rows, recall "
               f"{model.info['recall']:.3f}, mixed rows assigned elsewhere {model.info['noisy_moved_rate']:.3f}")
-        bad = out[out["action"].notna() & (out["to_domain"] != out["label"])]
-        missed = out[(out["label"] != out["source_domain"]) & (out["to_domain"] != out["label"])]
-        for r in bad.itertuples():
-            print(f"  wrong: {r.file} {r.row_key} -> {r.to_domain} (label {r.label}) p={r.probability} {r.evidence}")
-        for r in missed.itertuples():
-            print(f"  missed: {r.file} {r.row_key} (label {r.label})")
-    assert f["foreign"] >= 15 and f["mixed"] >= 100 and f["single"] >= 40
-    assert precision >= 0.9 and f["single_moved"] <= 1
-    assert f["found"] > b["found"] and f["right"] > b["right"]  # the learnt evidence finds rows keywords miss
+        dev, test = (_report(out, base, mixed_sources(cfg), s) for s in ("dev", "test"))
+    for f in (dev, test):
+        assert f["foreign"] >= 15 and f["mixed"] >= 150 and f["single"] >= 40
+        assert f["single_moved"] <= 1  # rows of single-domain sources essentially never move
+        assert f["found"] > f["base"]["found"] and f["right"] > f["base"]["right"]  # finds rows keywords miss
+    assert dev["precision"] >= 0.9
 
 
 @pytest.mark.shared_data
-@pytest.mark.xfail(strict=False, reason="issue 19 item 2 target recall >= 0.6 not reached yet: 0.39 on the "
-                                        "labelled set (short arithmetic and code instructions unlike GSM8K and "
-                                        "CodeAlpaca rows); see README, decontamination")
-def test_recall_target_on_hand_labelled_real_rows(labelled):
+@pytest.mark.xfail(strict=False, reason="issue 19 item 2 targets (precision >= 0.9, recall >= 0.6) not reached on "
+                   "the untuned test split: 0.87 (13/15) and 0.54 (13/24); math rows unlike GSM8K (short "
+                   "arithmetic, unit conversion, non-English) are not recognised; see README, decontamination")
+def test_targets_on_the_untuned_test_split(labelled):
     out, _, cfg, _ = labelled
     from brainstacks_core.data.steps import mixed_sources
 
-    f = _figures(out, mixed_sources(cfg))
-    assert f["found"] / f["foreign"] >= 0.6
+    f = _figures(out[out["split"] == "test"], mixed_sources(cfg))
+    assert f["right"] / max(f["moves"], 1) >= 0.9 and f["found"] / f["foreign"] >= 0.6 and f["single_moved"] <= 1

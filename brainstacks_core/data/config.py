@@ -147,6 +147,9 @@ class ClassifierConfig(BaseModel):
     clean_rounds: int = Field(1, ge=0, le=3, description="Rounds of label cleaning: rows of mixed sources that "
                               "their out-of-fold model assigns to another domain stop training their own "
                               "domain, then the models are fitted again (0: none).")
+    keyword_free_probability: float = Field(0.9, gt=0.0, le=1.0, description="Probability at which the "
+                                            "classifier moves a row of a mixed source with no keyword of the target "
+                                            "domain (below it, and above the threshold, one target keyword is needed).")
     C: float = Field(4.0, gt=0.0, description="Inverse L2 regularisation strength of the logistic regression.")
     max_iter: int = Field(300, ge=10, description="Iterations of the logistic-regression solver (lbfgs).")
 

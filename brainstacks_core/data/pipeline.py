@@ -71,6 +71,22 @@ def domain_config(cfg: DataConfig, domain: str) -> dict:
             "max_rows_per_domain": cfg.max_rows_per_domain, "max_chars": cfg.max_chars}
 
 
+def classifier_part(clf: dict | None, domain_log: pd.DataFrame) -> dict | None:
+    """The classifier record, if it took part in this domain's decisions, else ``None``.
+
+    It took part when a row this domain logs (moved in or out, dropped, flagged) carries
+    a classifier probability. Then its version is hashed into the domain's version (a
+    new classifier gives a new version, even when the same rows move: the log's
+    probabilities and evidence differ) and it is an input of the domain's datasets.
+    Otherwise the domain's files do not depend on it: neither its version nor its
+    manifest mentions it, so a classifier that changes nothing for a domain neither
+    re-versions it nor rewrites its manifest under the same version.
+    """
+    if not clf or domain_log.empty or "probability" not in domain_log.columns:
+        return None
+    return clf if domain_log["probability"].notna().any() else None
+
+
 def top_reasons(quarantine: pd.DataFrame, k: int = 3) -> list[list]:
     """The ``k`` most common quarantine reasons as ``[label, count]`` (label: stage, check, field)."""
     if quarantine.empty:
@@ -179,18 +195,21 @@ def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: d
         used |= set(zip(part["source_uri"], part["source_version"]))
     inputs = [s for k, s in all_sources.items() if k in used or s in ingested[domain]["sources"]]
     dcfg = domain_config(cfg, domain)
+    clf = classifier_part(assigned.get("classifier"), my_log)
     member_cols = ["record_id", "source_uri", "source_version", "source_row_key"]
     version = content_hash("dataset", domain, {s: result.splits[s][member_cols].values.tolist() for s in SPLITS},
                            sorted(s["version"] for s in inputs), sorted(e["version"] for e in evals), dcfg,
-                           data_code_version())
+                           clf["version"] if clf else None, data_code_version())
     folder = ctx.store / "datasets" / domain / version
+    if (folder / "manifest.json").is_file():  # a version is written once: same version, same files
+        atomic_write_json(index_file, {"manifest": str(folder / "manifest.json"), "version": version})
+        return from_manifest(folder / "manifest.json", cache_hit=True)
     paths = {s: _write_parquet(result.splits[s][_SPLIT_COLUMNS], folder / f"{s}.parquet") for s in SPLITS}
     dropped_path = _write_parquet(dropped, folder / "dropped.parquet")
     moves_path = _write_parquet(my_log, folder / "moves.parquet")
     q_path = _write_parquet(quarantine, ctx.store / "quarantine" / domain / f"{version}.parquet")
     report = {"top_reasons": reasons, "moves": _example_moves(my_log[my_log["action"] != "flag"]),
               "flagged": _example_moves(my_log[my_log["action"] == "flag"])}
-    clf = assigned.get("classifier")
     if clf:
         report["classifier"] = {"version": clf["version"], **clf["info"]}
     manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts, "report": report,

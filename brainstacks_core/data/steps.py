@@ -166,7 +166,8 @@ def classifier_evidence(model: DomainClassifier, seed: int, version: str = "") -
         return model.predict_proba(row_texts(rows["prompt"], rows["response"], st.max_chars),
                                    fold_of(rows["record_id"].tolist(), st.folds, seed))
 
-    return ClassifierEvidence(classes=list(model.classes), threshold=model.threshold, score=score, version=version)
+    return ClassifierEvidence(classes=list(model.classes), threshold=model.threshold, score=score, version=version,
+                              sure=st.keyword_free_probability)
 
 
 def keyword_step(records: pd.DataFrame, cfg: DataConfig, classifier: DomainClassifier | None = None,
