@@ -235,8 +235,12 @@ def from_manifest(path: Path, cache_hit: bool) -> PreparedDataset:
 
 
 def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], catalog: Catalog | None = None,
-                      run_ids: dict | None = None) -> dict[str, PreparedDataset]:
+                      run_ids: dict | None = None, classifier: dict | None = None) -> dict[str, PreparedDataset]:
     """Record every domain's sources, eval sets, split artifacts and row membership, in one transaction.
+
+    ``classifier`` (the assign stage's ``classifier`` record) is registered even when no
+    dataset names it as an input (it decided nothing for any of them); the datasets it
+    decided for name it in their manifests.
 
     Returns:
         The datasets with ``new_version`` set: True when the domain's train URI had
@@ -244,11 +248,12 @@ def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], c
     """
     cat = catalog or Catalog(ctx.catalog_path)
     out, seen = {}, set()
+    last = list(prepared)[-1] if prepared else None
     with cat.batch():
         for domain, p in prepared.items():
             m = json.loads((p.train_path.parent / "manifest.json").read_text(encoding="utf-8"))
             before = cat.latest(f"dataset://{ctx.name}/{domain}/train")
-            clf = m.get("classifier")
+            clf = m.get("classifier") or (classifier if domain == last else None)
             for s in m["sources"] + m["eval_sets"] + (clf["sources"] if clf else []):
                 if s["version"] in seen:
                     continue
@@ -257,12 +262,13 @@ def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], c
                                     sha256=s.get("sha256"), code_version=m["code_version"], config_hash=None,
                                     run_ids=run_ids)
             inputs = [s["version"] for s in m["sources"] + m["eval_sets"]]
+            named = m.get("classifier") is not None
             if clf and clf["version"] not in seen:  # its upstream: the sources it learnt from; downstream: every dataset it decided moves for
                 cat.record_artifact(uri=clf["uri"], version=clf["version"], kind=clf["kind"], path=clf["path"],
                                     sha256=clf["sha256"], code_version=m["code_version"], config_hash=None,
                                     inputs=clf["inputs"], metadata=clf["info"], run_ids=run_ids)
                 seen.add(clf["version"])
-            if clf:
+            if named:
                 inputs.append(clf["version"])
             for split in SPLITS:
                 path, version = p.split_path(split), p.uri_version(split)
@@ -306,7 +312,7 @@ def prepare_all(ctx: StoreContext, cfg: DataConfig, domains: list[str] | None = 
     ingested = {d: ingest_domain(ctx, cfg, d) for d in cfg.domains}
     assigned = assign_domains(ctx, cfg, ingested)
     prepared = {d: finalize_domain(ctx, cfg, d, ingested, assigned) for d in wanted}
-    return register_prepared(ctx, prepared, catalog, run_ids)
+    return register_prepared(ctx, prepared, catalog, run_ids, assigned.get("classifier"))
 
 
 def prepare_domain(ctx: StoreContext, cfg: DataConfig, domain: str, catalog: Catalog | None = None,
