@@ -68,7 +68,8 @@ def finalize_task(profile: Profile, domain: str, ingested: dict[str, dict], assi
     prepared = finalize_domain(profile.context, profile.data, domain, ingested, assigned)
     get_run_logger().info("%s: version %s (%s) %s", domain, prepared.version,
                           "cache hit" if prepared.cache_hit else "written", prepared.counts)
-    return {"manifest": str(prepared.train_path.parent / "manifest.json"), "cache_hit": prepared.cache_hit}
+    return {"manifest": str(prepared.train_path.parent / "manifest.json"), "cache_hit": prepared.cache_hit,
+            "classifier": assigned.get("classifier")}
 
 
 @task(name="register-datasets", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_permanent,
@@ -76,5 +77,6 @@ def finalize_task(profile: Profile, domain: str, ingested: dict[str, dict], assi
 def register_task(profile: Profile, finalized: dict[str, dict]) -> dict[str, dict]:
     """Record every finished domain in the catalog in one transaction (after all succeeded)."""
     prepared = {d: from_manifest(Path(f["manifest"]), cache_hit=f["cache_hit"]) for d, f in finalized.items()}
-    done = register_prepared(profile.context, prepared, Catalog(profile.catalog_path), run_ids())
+    clf = next((f["classifier"] for f in finalized.values() if f.get("classifier")), None)
+    done = register_prepared(profile.context, prepared, Catalog(profile.catalog_path), run_ids(), clf)
     return {d: _summary(p) for d, p in done.items()}

@@ -57,7 +57,11 @@ def test_catalog_lineage_of_demo(demo):
     profile, result = demo
     cat = Catalog(profile.catalog_path)
     up = cat.upstream("dataset://demo/math/train")
-    assert {a["kind"] for a in up} == {"source", "eval_set"}
+    assert {a["kind"] for a in up} - {"decontam-classifier"} == {"source", "eval_set"}
+    for d, p in result.items():  # the classifier is an input exactly of the datasets whose moves/flags it scored
+        scored = pd.read_parquet(p.moves_path)["probability"].notna().any()
+        kinds = {a["kind"] for a in cat.upstream(f"dataset://demo/{d}/train")}
+        assert ("decontam-classifier" in kinds) == scored, d
     assert load_prepared(profile.context, "math").version == result["math"].version
     rid = pd.read_parquet(result["math"].train_path)["record_id"].iloc[0]
     holders = cat.artifacts_containing(rid)

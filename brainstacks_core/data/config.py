@@ -98,6 +98,62 @@ class EvalSetConfig(BaseModel):
     rows: int = Field(100, ge=1, description="Rows to generate when format is generated.")
 
 
+class ClassifierConfig(BaseModel):
+    """The decontamination classifier learnt from the labelled (single-domain) sources.
+
+    Attributes:
+        enabled: Learn and use it (false: keyword evidence alone, the rule before).
+        max_features: Vocabulary size of the TF-IDF (most frequent word n-grams).
+        ngram_max: Longest word n-gram.
+        min_df: Rows a term must occur in to enter the vocabulary.
+        max_chars: Characters of the prompt, and of the response, the classifier reads.
+        train_rows_per_domain: Training rows per domain (hash order; the rest unused).
+        calibration_fraction: Share of the labelled rows (by hash) held out for calibration.
+        calibration_rows_per_domain: Cap on held-out rows per domain.
+        max_false_move_rate: Calibration target: the threshold is the lowest probability at
+            which at most this share of held-out single-domain rows goes to another domain.
+        threshold: A fixed threshold instead of the calibrated one (the calibrated one is
+            still computed and recorded).
+        folds: Cross-fitting folds for the rows of mixed sources.
+        clean_rounds: Rounds of label cleaning of the mixed rows (out-of-fold foreign rows left out, refit).
+        C: Inverse regularisation strength of the logistic regression.
+        max_iter: Iterations of the logistic regression solver.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Learn a TF-IDF + logistic-regression domain classifier from the "
+                                            "rows of single-domain sources and let it move rows of mixed sources "
+                                            "(false: keyword evidence alone).")
+    max_features: int = Field(20_000, ge=100, description="TF-IDF vocabulary size (most frequent word 1..ngram_max "
+                                                          "-grams; digits folded to 0, punctuation kept).")
+    ngram_max: int = Field(1, ge=1, le=3, description="Longest word n-gram of the TF-IDF (2: +1.5 points of "
+                           "held-out recall on the shared data for ~3x the fit time).")
+    min_df: int = Field(2, ge=1, description="Rows a term must occur in to enter the vocabulary.")
+    max_chars: int = Field(500, ge=50, description="Characters of the prompt, and of the response, the "
+                                                    "classifier reads (bounds its cost on long rows).")
+    train_rows_per_domain: int = Field(1000, ge=10, description="Training rows per domain (hash order; a cap keeps "
+                                       "classes balanced and the fit cheap).")
+    calibration_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Share of the labelled rows (by hash) "
+                                        "held out, never trained on, to calibrate the threshold.")
+    calibration_rows_per_domain: int = Field(300, ge=10, description="Cap on held-out calibration rows per domain.")
+    max_false_move_rate: float = Field(0.01, ge=0.0, lt=1.0, description="Calibration target: the threshold is "
+                                       "the lowest probability at which at most this share of held-out "
+                                       "single-domain rows would be assigned to another domain.")
+    threshold: float | None = Field(None, gt=0.0, lt=1.0, description="A fixed probability threshold instead of "
+                                    "the calibrated one (null: calibrated; both are recorded).")
+    folds: int = Field(2, ge=2, le=10, description="Cross-fitting folds: a mixed-source row is scored by a model "
+                                                   "that never trained on it.")
+    clean_rounds: int = Field(1, ge=0, le=3, description="Rounds of label cleaning: rows of mixed sources that "
+                              "their out-of-fold model assigns to another domain stop training their own "
+                              "domain, then the models are fitted again (0: none).")
+    keyword_free_probability: float = Field(0.9, gt=0.0, le=1.0, description="Probability at which the "
+                                            "classifier moves a row of a mixed source with no keyword of the target "
+                                            "domain (below it, and above the threshold, one target keyword is needed).")
+    C: float = Field(4.0, gt=0.0, description="Inverse L2 regularisation strength of the logistic regression.")
+    max_iter: int = Field(300, ge=10, description="Iterations of the logistic-regression solver (lbfgs).")
+
+
 class DataConfig(BaseModel):
     """Everything the data step needs; the hash of it is part of each version.
 
@@ -113,6 +169,7 @@ class DataConfig(BaseModel):
         min_score: Distinct foreign keywords before a row of a ``mixed`` source moves.
         single_domain_min_score: Distinct foreign keywords before a row of a
             single-domain source moves (below it, a foreign-looking row is reported).
+        classifier: The decontamination classifier (``ClassifierConfig``).
         eval_sets: Benchmarks for 13-gram decontamination.
         ngram: n of the benchmark n-gram overlap check.
         template_min_items: An n-gram found in this many items of one benchmark,
@@ -143,6 +200,9 @@ class DataConfig(BaseModel):
     single_domain_min_score: int = Field(default=8, ge=1, description="Distinct foreign keywords before a row of "
                                          "a single-domain source (mixed: false) moves; below it, a row that looks "
                                          "foreign (>= min_score) is only reported (flagged) and kept.")
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig, description="The decontamination "
+                                         "classifier learnt from the single-domain sources (TF-IDF + logistic "
+                                         "regression), its calibration and settings.")
     eval_sets: list[EvalSetConfig] = Field(default_factory=list, description="Benchmarks for n-gram "
                                                                              "decontamination.")
     ngram: int = Field(default=13, ge=3, description="n of the benchmark n-gram overlap check.")

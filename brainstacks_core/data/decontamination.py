@@ -19,6 +19,16 @@ The decision also weighs what the source says about itself (``SourceConfig.mixed
 A foreign domain outside the run means the row is dropped instead of moved. Every
 decision keeps its evidence: the distinct keywords of both domains.
 
+**Learnt evidence** (``ClassifierEvidence``, from ``domain_classifier``): a classifier
+trained on the labelled sources gives each row of a mixed source a probability per
+domain. Such a row also moves when another run domain is the most probable one with
+probability >= the calibrated ``threshold``, unless its own keywords beat that
+domain's by ``margin`` (then it is only flagged). A keyword move of a single-domain
+row needs the classifier to agree (probability >= ``threshold``), else it is only
+flagged; the classifier alone never moves a single-domain row (it flags it). Each
+decision records the classifier's probability of the target and of the own domain,
+and which evidence decided (``keywords``, ``classifier`` or ``both``).
+
 Scoring is one pass per row: the text is tokenised once (lower-cased and as
 written), single-word entries are a set intersection, phrases a substring test on
 the joined tokens. Memory: the compiled lexicon (a few hundred strings); nothing
@@ -28,7 +38,8 @@ grows with the rows.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -36,7 +47,7 @@ import pandas as pd
 _TOKEN = re.compile(r"[a-z0-9_#+]+")
 _TOKEN_CASED = re.compile(r"[A-Za-z0-9_#+]+")
 LOG_COLUMNS = ["record_id", "source_uri", "source_row_key", "from_domain", "to_domain", "own_score", "target_score",
-               "top_keywords", "own_keywords", "reason"]
+               "top_keywords", "own_keywords", "probability", "own_probability", "evidence", "reason"]
 
 
 def tokenize(text: str) -> list[str]:
@@ -55,6 +66,28 @@ class Decision:
     top_keywords: str
     own_keywords: str
     reason: str
+    probability: float | None = None
+    own_probability: float | None = None
+    evidence: str = "keywords"
+
+
+@dataclass(frozen=True)
+class ClassifierEvidence:
+    """A learnt domain classifier as decontamination sees it.
+
+    Attributes:
+        classes: Domains, in the order of the probability columns.
+        threshold: Probability a foreign domain needs (calibrated on held-out labelled rows).
+        score: Rows (``prompt``, ``response``, ``record_id``, ``source_uri``) -> ``[N, C]`` probabilities.
+        version: The classifier's artifact version (written into each reason).
+        sure: Probability at which the classifier moves a row without one keyword of the target.
+    """
+
+    classes: list[str]
+    threshold: float
+    score: Callable[[pd.DataFrame], np.ndarray]
+    version: str = ""
+    sure: float = 0.9
 
 
 class KeywordMatcher:
@@ -150,9 +183,64 @@ def decide(matcher: KeywordMatcher, text: str, domain: str, run_domains: set[str
     return Decision("drop", target, own, best, kw, own_kw, why + f"; {target} is not part of this run")
 
 
+def combine(x: Decision, p: np.ndarray, clf: ClassifierEvidence, matcher: KeywordMatcher, text: str, domain: str,
+            run_domains: set[str], margin: int, mixed: bool) -> Decision:
+    """Join a keyword decision with the classifier's probabilities ``p`` ``[C]`` for the same row.
+
+    Args:
+        x: The keyword decision.
+        p: The row's probability per domain (``clf.classes`` order).
+        clf: The classifier (classes, threshold).
+        matcher: The compiled lexicons (keywords of the classifier's target are recorded too).
+        text: The row's text.
+        domain: The row's own domain.
+        run_domains: Domains of this run.
+        margin: Keywords by which the own domain must beat a target to veto a classifier move.
+        mixed: Whether the row's source is mixed.
+    """
+    idx = {c: i for i, c in enumerate(clf.classes)}
+    own_p = float(p[idx[domain]]) if domain in idx else None
+
+    def prob(target: str | None) -> float | None:
+        return float(p[idx[target]]) if target in idx else None
+
+    def note(target: str | None) -> str:
+        q = prob(target)
+        return (f"classifier {clf.version + ' ' if clf.version else ''}p({target})={q:.2f} "
+                f"(threshold {clf.threshold:.2f}, own {domain} {own_p if own_p is not None else 0:.2f})"
+                if q is not None else "classifier: no such class")
+
+    if x.action in ("move", "drop"):
+        q = prob(x.target)
+        agrees = q is not None and q >= clf.threshold
+        if x.action == "move" and not mixed and not agrees:
+            return replace(x, action="flag", probability=q, own_probability=own_p, evidence="keywords",
+                           reason=f"looks like {x.target}, kept: {x.reason}; {note(x.target)} disagrees")
+        return replace(x, probability=q, own_probability=own_p, evidence="both" if agrees else "keywords",
+                       reason=f"{x.reason}; {note(x.target)}")
+    top = int(np.argmax(p))
+    target = clf.classes[top]
+    if target == domain or p[top] < clf.threshold or target not in run_domains:
+        return replace(x, probability=prob(x.target), own_probability=own_p) if x.action == "flag" else x
+    scores, found = matcher.score(text)
+    ti, oi = matcher._index.get(target), matcher._index.get(domain)
+    kw = ", ".join(sorted(found.get(ti, []))) if ti is not None else ""
+    own_kw = ", ".join(sorted(found.get(oi, []))) if oi is not None else ""
+    t_score = int(scores[ti]) if ti is not None else 0
+    o_score = int(scores[oi]) if oi is not None else 0
+    why = (f"{note(target)}; keywords {target}: {kw or '-'}; own {domain}: {own_kw or '-'}")
+    unsupported = t_score == 0 and p[top] < clf.sure
+    if not mixed or o_score >= t_score + margin or unsupported:
+        reason = ("single-domain source" if not mixed else f"{o_score} own keywords beat {t_score} by >= {margin}"
+                  if not unsupported else f"no {target} keyword and p < {clf.sure:.2f}")
+        return Decision("flag", target, o_score, t_score, kw, own_kw, f"looks like {target}, kept ({reason}): {why}",
+                        float(p[top]), own_p, "classifier")
+    return Decision("move", target, o_score, t_score, kw, own_kw, why, float(p[top]), own_p, "classifier")
+
+
 def decontaminate(records: pd.DataFrame, lexicons: dict[str, list[str]], run_domains: list[str],
                   margin: int, min_score: int, mixed_sources: set[str] | None = None,
-                  single_domain_min_score: int | None = None
+                  single_domain_min_score: int | None = None, classifier: ClassifierEvidence | None = None,
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Reassign, drop or report cross-domain rows of every domain in one pass.
 
@@ -165,6 +253,8 @@ def decontaminate(records: pd.DataFrame, lexicons: dict[str, list[str]], run_dom
         mixed_sources: ``source_uri`` of the sources declared ``mixed``; ``None``
             treats every source as mixed (the rule before source priors).
         single_domain_min_score: Evidence to move a row of a single-domain source.
+        classifier: Learnt evidence (``combine``); it scores the rows of mixed
+            sources and the single-domain rows the keywords act on, nothing else.
 
     Returns:
         ``(kept, moves, dropped, flagged)``: kept rows with ``domain`` updated and
@@ -172,19 +262,30 @@ def decontaminate(records: pd.DataFrame, lexicons: dict[str, list[str]], run_dom
         reported), each with both domains' keywords and the reason.
     """
     empty = pd.DataFrame(columns=LOG_COLUMNS)
-    if records.empty or not lexicons:
+    if records.empty or (not lexicons and classifier is None):
         return records.assign(origin_domain=records["domain"]), empty, empty.copy(), empty.copy()
-    matcher = KeywordMatcher(lexicons)
+    matcher = KeywordMatcher(lexicons or {})
     run = set(run_domains)
     texts = (records["prompt"] + "\n" + records["response"]).tolist()
     mixed = ([True] * len(records) if mixed_sources is None
              else records["source_uri"].isin(mixed_sources).tolist())
     decisions = [decide(matcher, t, d, run, margin, min_score, m, single_domain_min_score)
+                 if lexicons else Decision("keep", None, 0, 0, "", "", "")
                  for t, d, m in zip(texts, records["domain"].tolist(), mixed)]
+    if classifier is not None:
+        ask = np.flatnonzero([m or x.action != "keep" for m, x in zip(mixed, decisions)])
+        if len(ask):
+            proba = classifier.score(records.iloc[ask])
+            domains = records["domain"].tolist()
+            for j, i in enumerate(ask):
+                decisions[i] = combine(decisions[i], proba[j], classifier, matcher, texts[i], domains[i], run,
+                                       margin, mixed[i])
     actions = np.array([x.action for x in decisions])
     log = pd.DataFrame([{"record_id": r, "source_uri": u, "source_row_key": k, "from_domain": d, "to_domain": x.target,
                          "own_score": x.own_score, "target_score": x.target_score, "top_keywords": x.top_keywords,
-                         "own_keywords": x.own_keywords, "reason": x.reason, "action": x.action}
+                         "own_keywords": x.own_keywords, "probability": x.probability,
+                         "own_probability": x.own_probability, "evidence": x.evidence, "reason": x.reason,
+                         "action": x.action}
                         for r, u, k, d, x in zip(records["record_id"], records["source_uri"],
                                                  records["source_row_key"], records["domain"], decisions)
                         if x.action != "keep"], columns=LOG_COLUMNS + ["action"])

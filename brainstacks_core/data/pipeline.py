@@ -5,8 +5,10 @@ never recomputed:
 
 1. :func:`ingest_domain` reads and normalises a domain's sources, strips chat
    tokens, validates (``NormalisedRecords``, ``StrippedRecords``).
-2. :func:`assign_domains` runs keyword decontamination over every domain at once
-   (rows move between domains of the run, are dropped, or are flagged).
+2. :func:`assign_domains` runs keyword decontamination over every domain at once,
+   with the domain classifier learnt from the single-domain sources (fitted once per
+   data version, ``classifier_artifact``): rows move between domains of the run, are
+   dropped, or are flagged.
 3. :func:`finalize_domain` removes benchmark 13-gram overlaps, de-duplicates by
    ``record_id``, caps, splits by hash into train / val / test / router, validates
    (``SplitRecords``) and writes ``datasets/<domain>/<version>/<split>.parquet``.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainstacks_core.data import classifier_artifact
 from brainstacks_core.data import steps as steps
 from brainstacks_core.data.config import DataConfig
 from brainstacks_core.data.prepared import (
@@ -68,6 +71,22 @@ def domain_config(cfg: DataConfig, domain: str) -> dict:
             "max_rows_per_domain": cfg.max_rows_per_domain, "max_chars": cfg.max_chars}
 
 
+def classifier_part(clf: dict | None, domain_log: pd.DataFrame) -> dict | None:
+    """The classifier record, if it took part in this domain's decisions, else ``None``.
+
+    It took part when a row this domain logs (moved in or out, dropped, flagged) carries
+    a classifier probability. Then its version is hashed into the domain's version (a
+    new classifier gives a new version, even when the same rows move: the log's
+    probabilities and evidence differ) and it is an input of the domain's datasets.
+    Otherwise the domain's files do not depend on it: neither its version nor its
+    manifest mentions it, so a classifier that changes nothing for a domain neither
+    re-versions it nor rewrites its manifest under the same version.
+    """
+    if not clf or domain_log.empty or "probability" not in domain_log.columns:
+        return None
+    return clf if domain_log["probability"].notna().any() else None
+
+
 def top_reasons(quarantine: pd.DataFrame, k: int = 3) -> list[list]:
     """The ``k`` most common quarantine reasons as ``[label, count]`` (label: stage, check, field)."""
     if quarantine.empty:
@@ -97,26 +116,33 @@ def ingest_domain(ctx: StoreContext, cfg: DataConfig, domain: str) -> dict:
 
 def assign_domains(ctx: StoreContext, cfg: DataConfig, ingested: dict[str, dict]) -> dict:
     """Stage 2 over every domain of the run; returns its meta (cached under ``staging/assign``)."""
+    learn = cfg.classifier.enabled and len(cfg.domains) > 1  # one domain: nothing to tell apart
+    clf_version = classifier_artifact.classifier_version(cfg, ingested) if learn else None
     key = content_hash("assign", sorted((d, m["key"]) for d, m in ingested.items()), cfg.lexicons,
                        cfg.margin, cfg.min_score, cfg.single_domain_min_score, sorted(steps.mixed_sources(cfg)),
-                       cfg.domains, data_code_version())
+                       cfg.domains, clf_version, data_code_version())
     folder = ctx.store / "staging" / "assign" / key
     if (folder / "meta.json").is_file():
         return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    frames = [pd.read_parquet(Path(m["folder"]) / "records.parquet") for m in ingested.values()]
-    kept, moves, dropped, flagged = steps.keyword_step(pd.concat(frames, ignore_index=True), cfg)
+    records = pd.concat([pd.read_parquet(Path(m["folder"]) / "records.parquet") for m in ingested.values()],
+                        ignore_index=True)
+    model, clf = classifier_artifact.load_or_fit(ctx, cfg, ingested, records) if clf_version else (None, None)
+    kept, moves, dropped, flagged = steps.keyword_step(records, cfg, model, clf_version or "")
     _write_parquet(kept, folder / "records.parquet")
     _write_parquet(moves, folder / "moves.parquet")
     _write_parquet(dropped, folder / "dropped.parquet")
     _write_parquet(flagged, folder / "flagged.parquet")
-    meta = {"key": key, "folder": str(folder), "moves": len(moves), "dropped": len(dropped), "flagged": len(flagged)}
+    meta = {"key": key, "folder": str(folder), "moves": len(moves), "dropped": len(dropped), "flagged": len(flagged),
+            "classifier": clf}
     atomic_write_json(folder / "meta.json", meta)
     return meta
 
 
 def _example_moves(log_rows: pd.DataFrame, k: int = 5) -> list[dict]:
-    cols = ["action", "from_domain", "to_domain", "source_uri", "source_row_key", "top_keywords"]
-    return [dict(zip(cols, map(str, r))) for r in log_rows[cols].head(k).itertuples(index=False)]
+    cols = ["action", "from_domain", "to_domain", "source_uri", "source_row_key", "top_keywords", "probability",
+            "evidence"]
+    rows = log_rows.reindex(columns=cols)
+    return [dict(zip(cols, map(str, r))) for r in rows.head(k).itertuples(index=False)]
 
 
 def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: dict[str, dict], assigned: dict,
@@ -152,6 +178,10 @@ def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: d
               "dropped_keyword": len(kw_drop), **result.drop_counts,
               "flagged": int((flagged["from_domain"] == domain).sum()),
               **{s: len(result.splits[s]) for s in SPLITS}}
+    if "evidence" in moves.columns:  # moves the classifier decided alone (the rest: keywords, or both)
+        by_clf = moves["evidence"] == "classifier"
+        counts["moved_in_by_classifier"] = int((by_clf & (moves["to_domain"] == domain)).sum())
+        counts["moved_out_by_classifier"] = int((by_clf & (moves["from_domain"] == domain)).sum())
     check_conservation(counts, domain)
     reasons = top_reasons(quarantine)
     if counts["train"] == 0:
@@ -165,22 +195,29 @@ def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: d
         used |= set(zip(part["source_uri"], part["source_version"]))
     inputs = [s for k, s in all_sources.items() if k in used or s in ingested[domain]["sources"]]
     dcfg = domain_config(cfg, domain)
+    clf = classifier_part(assigned.get("classifier"), my_log)
     member_cols = ["record_id", "source_uri", "source_version", "source_row_key"]
     version = content_hash("dataset", domain, {s: result.splits[s][member_cols].values.tolist() for s in SPLITS},
                            sorted(s["version"] for s in inputs), sorted(e["version"] for e in evals), dcfg,
-                           data_code_version())
+                           clf["version"] if clf else None, data_code_version())
     folder = ctx.store / "datasets" / domain / version
+    if (folder / "manifest.json").is_file():  # a version is written once: same version, same files
+        atomic_write_json(index_file, {"manifest": str(folder / "manifest.json"), "version": version})
+        return from_manifest(folder / "manifest.json", cache_hit=True)
     paths = {s: _write_parquet(result.splits[s][_SPLIT_COLUMNS], folder / f"{s}.parquet") for s in SPLITS}
     dropped_path = _write_parquet(dropped, folder / "dropped.parquet")
     moves_path = _write_parquet(my_log, folder / "moves.parquet")
     q_path = _write_parquet(quarantine, ctx.store / "quarantine" / domain / f"{version}.parquet")
     report = {"top_reasons": reasons, "moves": _example_moves(my_log[my_log["action"] != "flag"]),
               "flagged": _example_moves(my_log[my_log["action"] == "flag"])}
+    if clf:
+        report["classifier"] = {"version": clf["version"], **clf["info"]}
     manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts, "report": report,
                 "code_version": data_code_version(), "config_hash": config_hash(dcfg),
                 **{f"{s}_path": str(p) for s, p in paths.items()}, "quarantine_path": str(q_path),
                 "dropped_path": str(dropped_path), "moves_path": str(moves_path),
-                "sources": inputs, "eval_sets": evals, "sha256": {s: sha256_file(p) for s, p in paths.items()}}
+                "sources": inputs, "eval_sets": evals, "classifier": clf,
+                "sha256": {s: sha256_file(p) for s, p in paths.items()}}
     manifest_path = atomic_write_json(folder / "manifest.json", manifest)
     atomic_write_json(index_file, {"manifest": str(manifest_path), "version": version})
     log.info("%s: version %s %s", domain, version, counts)
@@ -198,25 +235,41 @@ def from_manifest(path: Path, cache_hit: bool) -> PreparedDataset:
 
 
 def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], catalog: Catalog | None = None,
-                      run_ids: dict | None = None) -> dict[str, PreparedDataset]:
+                      run_ids: dict | None = None, classifier: dict | None = None) -> dict[str, PreparedDataset]:
     """Record every domain's sources, eval sets, split artifacts and row membership, in one transaction.
+
+    ``classifier`` (the assign stage's ``classifier`` record) is registered even when no
+    dataset names it as an input (it decided nothing for any of them); the datasets it
+    decided for name it in their manifests.
 
     Returns:
         The datasets with ``new_version`` set: True when the domain's train URI had
         another (or no) latest version before (a version-changed event is due).
     """
     cat = catalog or Catalog(ctx.catalog_path)
-    out = {}
+    out, seen = {}, set()
+    last = list(prepared)[-1] if prepared else None
     with cat.batch():
         for domain, p in prepared.items():
             m = json.loads((p.train_path.parent / "manifest.json").read_text(encoding="utf-8"))
             before = cat.latest(f"dataset://{ctx.name}/{domain}/train")
-            inputs = []
-            for s in m["sources"] + m["eval_sets"]:
+            clf = m.get("classifier") or (classifier if domain == last else None)
+            for s in m["sources"] + m["eval_sets"] + (clf["sources"] if clf else []):
+                if s["version"] in seen:
+                    continue
+                seen.add(s["version"])
                 cat.record_artifact(uri=s["uri"], version=s["version"], kind=s["kind"], path=s.get("path"),
                                     sha256=s.get("sha256"), code_version=m["code_version"], config_hash=None,
                                     run_ids=run_ids)
-                inputs.append(s["version"])
+            inputs = [s["version"] for s in m["sources"] + m["eval_sets"]]
+            named = m.get("classifier") is not None
+            if clf and clf["version"] not in seen:  # its upstream: the sources it learnt from; downstream: every dataset it decided moves for
+                cat.record_artifact(uri=clf["uri"], version=clf["version"], kind=clf["kind"], path=clf["path"],
+                                    sha256=clf["sha256"], code_version=m["code_version"], config_hash=None,
+                                    inputs=clf["inputs"], metadata=clf["info"], run_ids=run_ids)
+                seen.add(clf["version"])
+            if named:
+                inputs.append(clf["version"])
             for split in SPLITS:
                 path, version = p.split_path(split), p.uri_version(split)
                 if path is None:
@@ -259,7 +312,7 @@ def prepare_all(ctx: StoreContext, cfg: DataConfig, domains: list[str] | None = 
     ingested = {d: ingest_domain(ctx, cfg, d) for d in cfg.domains}
     assigned = assign_domains(ctx, cfg, ingested)
     prepared = {d: finalize_domain(ctx, cfg, d, ingested, assigned) for d in wanted}
-    return register_prepared(ctx, prepared, catalog, run_ids)
+    return register_prepared(ctx, prepared, catalog, run_ids, assigned.get("classifier"))
 
 
 def prepare_domain(ctx: StoreContext, cfg: DataConfig, domain: str, catalog: Catalog | None = None,

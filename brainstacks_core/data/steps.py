@@ -16,7 +16,9 @@ import pandas as pd
 
 from brainstacks_core.data.benchmark_decontamination import NgramIndex, build_index, eval_texts, remove_contaminated
 from brainstacks_core.data.config import DataConfig, SourceConfig
-from brainstacks_core.data.decontamination import decontaminate
+from brainstacks_core.data.decontamination import ClassifierEvidence, decontaminate
+from brainstacks_core.data.domain_classifier import DomainClassifier, fold_of, labelled_rows, row_texts
+from brainstacks_core.data.domain_classifier import fit as fit_domain_classifier
 from brainstacks_core.data.sources import (
     QUARANTINE_COLUMNS,
     normalise_source,
@@ -151,11 +153,33 @@ def mixed_sources(cfg: DataConfig) -> set[str]:
     return {source_uri(s, cfg) for specs in cfg.sources.values() for s in specs if s.mixed}
 
 
-def keyword_step(records: pd.DataFrame, cfg: DataConfig
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Keyword decontamination across every domain of the run: ``(kept, moves, dropped, flagged)``."""
+def fit_classifier(records: pd.DataFrame, cfg: DataConfig) -> DomainClassifier:
+    """The decontamination classifier fitted on the labelled rows of ``records`` (every domain, before moves)."""
+    return fit_domain_classifier(labelled_rows(records, mixed_sources(cfg), cfg.domains), cfg.classifier, cfg.seed)
+
+
+def classifier_evidence(model: DomainClassifier, seed: int, version: str = "") -> ClassifierEvidence:
+    """``model`` as decontamination evidence: rows scored by their cross-fitting fold's model."""
+    st = model.settings
+
+    def score(rows: pd.DataFrame):
+        return model.predict_proba(row_texts(rows["prompt"], rows["response"], st.max_chars),
+                                   fold_of(rows["record_id"].tolist(), st.folds, seed))
+
+    return ClassifierEvidence(classes=list(model.classes), threshold=model.threshold, score=score, version=version,
+                              sure=st.keyword_free_probability)
+
+
+def keyword_step(records: pd.DataFrame, cfg: DataConfig, classifier: DomainClassifier | None = None,
+                 classifier_version: str = "") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Keyword (and, given ``classifier``, learnt) decontamination across every domain of the run.
+
+    Returns:
+        ``(kept, moves, dropped, flagged)``.
+    """
+    evidence = classifier_evidence(classifier, cfg.seed, classifier_version) if classifier is not None else None
     return decontaminate(records, cfg.lexicons, cfg.domains, cfg.margin, cfg.min_score, mixed_sources(cfg),
-                         cfg.single_domain_min_score)
+                         cfg.single_domain_min_score, evidence)
 
 
 def eval_identities(cfg: DataConfig, store: Path) -> list[dict]:
