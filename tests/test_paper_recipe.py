@@ -40,8 +40,8 @@ def tiny():
 
 def _still_cfg(keep_rule: str) -> TrainingConfig:
     """A round that cannot improve (learning rate 0): the two keep rules disagree on it."""
-    return TrainingConfig(max_rounds=2, eval_rows=24, null_space=False, keep_rule=keep_rule,
-                          sft=SFTSettings(max_steps=2, eval_steps=2, learning_rate=0.0, batch_size=8,
+    return TrainingConfig(max_rounds=2, eval_rows=8, null_space=False, keep_rule=keep_rule,
+                          sft=SFTSettings(max_steps=2, eval_steps=10, learning_rate=0.0, batch_size=8,
                                           warmup_steps=0, max_length=64))
 
 
@@ -65,9 +65,9 @@ def test_keep_rule_on_a_round_without_improvement(tiny, tmp_path, keep_rule):
 
 def test_per_domain_overrides_reach_the_trainer(tiny, tmp_path):
     data, tok = tiny
-    cfg = TrainingConfig(max_rounds=2, min_loss_delta=0.0, eval_rows=24, null_space=False,
+    cfg = TrainingConfig(max_rounds=2, min_loss_delta=0.0, eval_rows=8, null_space=False,
                          per_domain={"words": DomainOverride(max_steps=3, max_rounds=1, learning_rate=5e-3)},
-                         sft=SFTSettings(max_steps=2, eval_steps=1, learning_rate=1e-2, batch_size=8,
+                         sft=SFTSettings(max_steps=2, eval_steps=4, learning_rate=1e-2, batch_size=8,  # logs at 2
                                          warmup_steps=0, max_length=64, lr_scheduler="constant"))
     seen: list[dict] = []
     manifest = run_continual(_model(tok), tok, data, cfg, MOE, RunContext("t", "pd", tmp_path, "fp",
