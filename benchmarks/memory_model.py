@@ -109,7 +109,7 @@ GEMMA = Shapes("Gemma-3-12B", 3840, 15360, 48, 16, 8, 256, 262144, tied=True, ex
 
 @dataclass(frozen=True)
 class Run:
-    """The run's settings that decide memory (defaults: configs/gemma3-12b-paper.yaml, last domain)."""
+    """The run's settings that decide memory (defaults: configs/gemma3-12b-paper-local.yaml, last domain)."""
 
     stacks: int = 10
     domains: int = 5
@@ -119,7 +119,7 @@ class Run:
     frozen_on_host: bool = False  # place_frozen_stacks(model, "cpu")
     k_per_domain: int = 64
     earlier_domains: int = 4  # the last of 5 domains
-    max_rows: int = 8192  # gemma3-12b-paper basis.max_rows
+    max_rows: int = 8192  # gemma3-12b-paper-local basis.max_rows
     batch: int = 4
     seq: int = 512
     labelled_fraction: float = 1.0  # share of the B*(T-1) positions with a label (CUDA scores only those)

@@ -74,6 +74,15 @@ class Profile(BaseModel):
             if d not in known:
                 raise _KeyError(("training", "domains", i), f"domain {d!r} is not a data domain "
                                                             f"(data.domains: {self.data.domains})")
+        for d in self.training.per_domain:
+            if d not in known:
+                raise _KeyError(("training", "per_domain", d), f"domain {d!r} is not a data domain "
+                                                               f"(data.domains: {self.data.domains})")
+        for i, pair in enumerate(self.router.cross_domain_pairs):
+            for d in pair:
+                if d not in known:
+                    raise _KeyError(("router", "cross_domain_pairs", i), f"domain {d!r} is not a data domain "
+                                                                         f"(data.domains: {self.data.domains})")
         if self.experiment1 is not None and self.experiment1.domain not in self.curriculum:
             raise _KeyError(("experiment1", "domain"), f"domain {self.experiment1.domain!r} is not trained "
                                                        f"(curriculum: {self.curriculum})")

@@ -164,7 +164,7 @@ def test_evaluate_form_and_deployments():
 
     deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     evals = {n: d for n, d in deployments.items() if n.startswith("evaluate-")}
-    assert set(evals) == {"evaluate-demo", "evaluate-shared", "evaluate-tinyllama-paper", "evaluate-gemma3-12b-paper"}
+    assert set(evals) == {"evaluate-demo", "evaluate-shared", "evaluate-tinyllama-paper-local", "evaluate-gemma3-12b-paper-local"}
     for name, d in evals.items():
         assert d["entrypoint"] == "flows/evaluate.py:evaluate"
         profile = load_profile(ROOT / d["parameters"]["config_path"])

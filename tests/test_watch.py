@@ -131,14 +131,14 @@ def test_watch_flow_prepares_only_changed_domains_and_emits_one_event(harness, t
 def test_prefect_yaml_watch_deployments_use_the_profiles_interval():
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
-    for name, profile in [("watch-demo", "demo"), ("watch-shared", "shared"), ("watch-tinyllama-paper",
-                          "tinyllama-paper"), ("watch-gemma3-12b-paper", "gemma3-12b-paper")]:
+    for name, profile in [("watch-demo", "demo"), ("watch-shared", "shared"), ("watch-tinyllama-paper-local",
+                          "tinyllama-paper-local"), ("watch-gemma3-12b-paper-local", "gemma3-12b-paper-local")]:
         d = deps[name]
         assert d["entrypoint"] == "flows/watch.py:watch_sources"
         assert d["parameters"]["config_path"] == f"configs/{profile}.yaml"
         interval = load_profile(ROOT / "configs" / f"{profile}.yaml").orchestration.watch_interval_seconds
         assert [s["interval"] for s in d["schedules"]] == [interval], name
-    for profile in ("tinyllama-paper", "gemma3-12b-paper"):  # the paper runs have data to train on
+    for profile in ("tinyllama-paper-local", "gemma3-12b-paper-local"):  # the paper runs have data to train on
         assert deps[f"prepare-{profile}"]["parameters"]["config_path"] == f"configs/{profile}.yaml"
         assert deps[f"retrain-{profile}-on-data-change"]["triggers"][0]["match"] == {
             "prefect.resource.id": f"brainstacks.profile.{load_profile(ROOT / 'configs' / f'{profile}.yaml').name}"}
@@ -153,7 +153,7 @@ def test_flow_forms_offer_profiles_domains_and_describe_every_field():
     from flows.prepare_data import prepare_data
     from flows.watch import watch_sources
 
-    assert "configs/demo.yaml" in PROFILES and "configs/tinyllama-paper.yaml" in PROFILES
+    assert "configs/demo.yaml" in PROFILES and "configs/tinyllama-paper-local.yaml" in PROFILES
     assert DOMAINS[:5] == ["chat", "code", "math", "medical", "reasoning"]
     for f in (brainstacks_pipeline, prepare_data, continual_training, train_domain, watch_sources):
         props = parameter_schema(f).model_dump()["properties"]

@@ -16,12 +16,16 @@ from torch import nn
 
 
 def label_weights(source_domains: Sequence[str], domains: Sequence[str]) -> torch.Tensor:
-    """One-hot ``[N, D]`` of each row's source domain (all zeros for a domain not in ``domains``)."""
+    """One-hot ``[N, D]`` of each row's source domain (all zeros for a domain not in ``domains``).
+
+    A cross-domain row (``"a+b"``, :mod:`~brainstacks_core.routing.cross_pairs`) is two-hot.
+    """
     col = {d: j for j, d in enumerate(domains)}
     w = torch.zeros(len(source_domains), len(domains))
     for i, s in enumerate(source_domains):
-        if s in col:
-            w[i, col[s]] = 1.0
+        for part in str(s).split("+"):
+            if part in col:
+                w[i, col[part]] = 1.0
     return w
 
 

@@ -6,6 +6,8 @@ sections and ``router:``), built by ``Profile.routing_setup``. Pure pydantic (no
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from brainstacks_core.training.config import TrainingSetup
@@ -33,8 +35,9 @@ class RouterConfig(BaseModel):
     # ---- meta-router (routing/features.py, router.py, train_router.py)
     feature_layer: int | None = Field(None, description="Middle hidden-state layer mixed with the last one "
                                                         "(None: num_hidden_layers // 2).")
-    feature_mix: float = Field(0.5, ge=0, le=1, description="Router features = mix * middle layer + "
-                                                            "(1 - mix) * last layer.")
+    feature_mix: float = Field(0.45, ge=0, le=1, description="Router features = mix * middle layer + "
+                                                             "(1 - mix) * last layer (paper 3.6: 0.45 x mid + "
+                                                             "0.55 x last).")
     hidden: int = Field(512, ge=8, description="Router width: tokens are projected to this (paper: 512).")
     heads: int = Field(8, ge=1, description="Attention heads of the global and per-domain attention.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in the router's fusion MLP.")
@@ -47,7 +50,18 @@ class RouterConfig(BaseModel):
     confidence_margin: float = Field(0.3, ge=0, le=0.5, description="Clear targets push |p - 0.5| past this.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of unique prompts held out for validation.")
     decision_threshold: float = Field(0.5, gt=0, lt=1, description="Probability above which a domain counts as "
-                                                                   "on for F1.")
+                                                                   "on for F1 and the mixed set match.")
+    checkpoint_score: Literal["paper", "auroc_f1"] = Field(
+        "paper", description="Which epoch's router is kept: paper (3.6: 0.50 x single-domain top-1 accuracy + "
+                             "0.35 x mixed set exact match - 0.15 x val BCE, against the oracle's sets) or auroc_f1 "
+                             "(mean AUROC + mean F1 - val BCE: rank-based, smoother on few validation prompts).")
+    cross_domain_pairs: list[tuple[str, str]] = Field(
+        default_factory=list, description="Oracle: domain pairs whose router prompts are joined into cross-domain "
+                                          "prompts (paper 5.4, router v2: chat+reasoning, reasoning+math, "
+                                          "reasoning+code, reasoning+medical); a pair with an untrained domain is "
+                                          "skipped.")
+    cross_domain_rows: int = Field(50, ge=1, description="Cross-domain prompts built per pair (each from one "
+                                                         "router row of each domain, drawn by seed).")
     seed: int = Field(0, description="Seed of the split, the router's initialisation and its batches.")
     soft_boost: dict[str, float] = Field(default_factory=lambda: {"reasoning": 0.5},
                                          description="Oracle: domain -> target weight given when adding the domain "

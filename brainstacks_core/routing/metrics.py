@@ -8,6 +8,8 @@ What belongs here: pure tensor metrics on ``[N, D]`` predictions vs oracle targe
 * AUROC is the rank statistic (Mann-Whitney U with mid-ranks for ties); NaN for a
   domain whose validation rows are all one class, left out of the mean.
 * F1 thresholds the prediction at ``threshold`` (the router's decision threshold).
+* Set metrics (the paper's checkpoint score): single-domain top-1 and mixed-set
+  exact match against the oracle's sets (:func:`set_metrics`, :func:`paper_score`).
 * Gain recovered = ``sum(base_loss - routed_loss) / sum(base_loss - oracle_loss)``
   over the evaluated rows (a ratio of sums: rows where the oracle gains nothing do
   not divide by ~0). 1.0 = the router is as good as the oracle, 0 = as the base.
@@ -78,6 +80,47 @@ def gain_recovered(base_loss: torch.Tensor, oracle_loss: torch.Tensor, routed_lo
 
 
 def composite_score(metrics: dict, val_bce: float) -> float:
-    """Checkpoint score: ``mean AUROC + mean F1 - val BCE`` (higher is better; NaN AUROC counts 0.5)."""
+    """Checkpoint score ``auroc_f1``: ``mean AUROC + mean F1 - val BCE`` (higher is better; NaN AUROC counts 0.5)."""
     au = metrics["mean_auroc"]
     return (0.5 if math.isnan(au) else au) + metrics["mean_f1"] - val_bce
+
+
+def set_metrics(pred: torch.Tensor, oracle: torch.Tensor, threshold: float = 0.5) -> dict:
+    """The paper's two routing accuracies (3.6) against the oracle's sets of domains.
+
+    A row's oracle set is its domains with ``oracle > 0``; its predicted set those with
+    ``pred >= threshold``.
+
+    Args:
+        pred: predicted weights ``[N, D]``.
+        oracle: oracle weights ``[N, D]``.
+        threshold: the router's decision threshold.
+
+    Returns:
+        ``single_top1``: over rows whose oracle set is one domain, the share whose
+        highest prediction is that domain; ``mixed_set_match``: over rows whose oracle
+        set has two or more domains, the share whose predicted set equals it exactly
+        (NaN when there are no such rows); ``n_single``, ``n_mixed``.
+    """
+    pos = oracle > 0
+    size = pos.sum(1)
+    single, mixed = size == 1, size >= 2
+    top1 = math.nan
+    if bool(single.any()):
+        top1 = float((pred[single].argmax(1) == pos[single].float().argmax(1)).double().mean())
+    match = math.nan
+    if bool(mixed.any()):
+        match = float(((pred[mixed] >= threshold) == pos[mixed]).all(1).double().mean())
+    return {"single_top1": top1, "mixed_set_match": match, "n_single": int(single.sum()),
+            "n_mixed": int(mixed.sum())}
+
+
+def paper_score(metrics: dict, val_bce: float) -> float:
+    """Checkpoint score ``paper`` (3.6): ``0.50 single_top1 + 0.35 mixed_set_match - 0.15 val BCE``.
+
+    A term without rows (NaN: no single-domain or no mixed validation row) counts 0; it is
+    the same for every epoch of one training, so it never changes which epoch wins.
+    """
+    single, mixed = metrics["single_top1"], metrics["mixed_set_match"]
+    return (0.50 * (0.0 if math.isnan(single) else single) + 0.35 * (0.0 if math.isnan(mixed) else mixed)
+            - 0.15 * val_bce)

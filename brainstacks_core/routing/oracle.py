@@ -16,7 +16,8 @@ Per pair:
    did not take (its gain was under the threshold) but whose addition to the greedy
    set lowers the loss at all gets that weight instead of 0, so the router does not
    learn to ignore a subtle contribution; a domain the search took keeps 1;
-4. target = ``label_blend`` x oracle + (1 - ``label_blend``) x one-hot(source domain).
+4. target = ``label_blend`` x oracle + (1 - ``label_blend``) x one-hot(source domain) (two-hot for a
+   cross-domain row ``a+b``, :mod:`brainstacks_core.routing.cross_pairs`).
 
 **No chat floor in the oracle.** The floor (0.20) and the gate (0.12) are
 inference-time rules applied to the router's output; the oracle measures what each
@@ -47,6 +48,7 @@ import pandas as pd
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import content_hash
 from brainstacks_core.routing.config import RouterConfig
+from brainstacks_core.routing.cross_pairs import source_domains
 from brainstacks_core.routing.pair_loss import PairLosses, answerable, combo_name, loss_code_version
 
 log = logging.getLogger(__name__)
@@ -221,12 +223,13 @@ def discover(model, tokenizer, pairs: pd.DataFrame, domain_stacks: Mapping[str, 
     for i in range(n):
         w, oracle_loss, best = _oracle_weights(pl, i, chosen[i], domains, cfg)
         src = pairs.at[i, "source_domain"]
+        labels = source_domains(src)  # "a+b" (a cross-domain row): both are its label
         row = {"record_id": pairs.at[i, "record_id"], "source_domain": src, "prompt": pairs.at[i, "prompt"],
                "response": pairs.at[i, "response"], "base_loss": pl.get(i, frozenset()),
                "oracle_loss": oracle_loss, "combo": combo_name([d for d in domains if w[d] > 0], domains)}
         for d in domains:
             row[f"oracle_{d}"] = w[d]
-            row[f"target_{d}"] = cfg.label_blend * w[d] + (1 - cfg.label_blend) * float(d == src)
+            row[f"target_{d}"] = cfg.label_blend * w[d] + (1 - cfg.label_blend) * float(d in labels)
         rows.append(row)
     targets = pd.DataFrame(rows)
     step = max(1, n // max(1, cfg.exhaustive_sample)) if cfg.exhaustive_sample else 0

@@ -30,6 +30,7 @@ from brainstacks_core.files import atomic_write, atomic_write_json, atomic_write
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
 from brainstacks_core.routing.config import RoutingSetup
+from brainstacks_core.routing.cross_pairs import cross_domain_rows
 from brainstacks_core.routing.oracle import combination_markdown, combination_table, discover, router_pairs
 from brainstacks_core.routing.pair_loss import answerable, routed_losses
 from brainstacks_core.routing.panels import panels_markdown, three_panels
@@ -145,6 +146,9 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
     # 1. oracle on the router split
     pairs = router_pairs(ctx, curriculum, catalog, data_versions)
     pairs = pairs[pairs["source_domain"].isin(domains)].reset_index(drop=True)
+    if cfg.cross_domain_pairs:  # paper 5.4 (router v2): prompts that need two domains' stacks
+        cross = cross_domain_rows(pairs, cfg.cross_domain_pairs, cfg.cross_domain_rows, cfg.seed, domains)
+        pairs = pd.concat([pairs, cross], ignore_index=True)
     oracle = discover(model, tok, pairs, stacks, stack_versions, run["base_fingerprint"], cfg, catalog,
                       domains=domains, progress=progress,
                       progress_cb=(lambda info: progress_cb({"stage": "oracle", **info})) if progress_cb else None)

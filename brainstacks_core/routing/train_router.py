@@ -15,8 +15,11 @@ entries whose target is clear (``|target - 0.5| >= 0.25``; ``s = sign(target - 0
 ``m = confidence_margin``): it pushes clear decisions past ``0.5 +- m`` and leaves
 soft-boosted targets (0.4 / 0.6 after the blend) to BCE alone.
 
-Checkpoint: the epoch with the best ``mean AUROC + mean F1 - val BCE``
-(:func:`~brainstacks_core.routing.metrics.composite_score`) on the validation prompts.
+Checkpoint: the epoch with the best score on the validation prompts, by
+``router.checkpoint_score``: ``paper`` (3.6: ``0.50 single_top1 + 0.35 mixed_set_match
+- 0.15 val BCE``, :func:`~brainstacks_core.routing.metrics.paper_score`) or
+``auroc_f1`` (``mean AUROC + mean F1 - val BCE``,
+:func:`~brainstacks_core.routing.metrics.composite_score`). Both are in the history.
 
 Routed loss for the gain-recovered figure comes from a caller-supplied
 ``loss_under(rows, weights) -> [B]``: ``rows`` the evaluated frame rows (B of them,
@@ -40,7 +43,13 @@ from torch import nn
 from brainstacks_core.routing.baselines import label_weights, train_linear_probe
 from brainstacks_core.routing.config import RouterConfig
 from brainstacks_core.routing.features import all_features, feature_dim, mean_pool
-from brainstacks_core.routing.metrics import composite_score, gain_recovered, per_domain_metrics
+from brainstacks_core.routing.metrics import (
+    composite_score,
+    gain_recovered,
+    paper_score,
+    per_domain_metrics,
+    set_metrics,
+)
 from brainstacks_core.routing.router import MetaRouter, floor_and_gate
 
 log = logging.getLogger(__name__)
@@ -101,7 +110,8 @@ def predict(net: MetaRouter, features: torch.Tensor, mask: torch.Tensor, batch_s
 
 @dataclass
 class TrainResult:
-    """The best checkpoint and the per-epoch history (``epoch, train_loss, val_bce, mean_auroc, mean_f1, score``)."""
+    """The best checkpoint and the per-epoch history (``epoch, train_loss, val_bce, mean_auroc, mean_f1,
+    single_top1, mixed_set_match, score_paper, score_auroc_f1, score`` (the one ``checkpoint_score`` picks))."""
 
     net: MetaRouter
     best_epoch: int
@@ -161,10 +171,13 @@ def _train(features, mask, targets, oracle, train_idx, val_idx, domains, cfg, pr
         p = predict(net, features, mask, index=prompt_index[va])
         val_bce = float(nn.functional.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), targets[va]))
         m = per_domain_metrics(p, oracle[va], domains, cfg.decision_threshold)
-        score = composite_score(m, val_bce)
+        sm = set_metrics(p, oracle[va], cfg.decision_threshold)
+        scores = {"paper": paper_score(sm, val_bce), "auroc_f1": composite_score(m, val_bce)}
+        score = scores[cfg.checkpoint_score]
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_bce": val_bce,
-               "mean_auroc": m["mean_auroc"], "mean_f1": m["mean_f1"], "score": score,
-               "lr": sched.get_last_lr()[0]}
+               "mean_auroc": m["mean_auroc"], "mean_f1": m["mean_f1"], "single_top1": sm["single_top1"],
+               "mixed_set_match": sm["mixed_set_match"], "score_paper": scores["paper"],
+               "score_auroc_f1": scores["auroc_f1"], "score": score, "lr": sched.get_last_lr()[0]}
         history.append(row)
         log.info("router epoch %d: train %.4f val bce %.4f auroc %.3f f1 %.3f score %.3f", epoch,
                  row["train_loss"], val_bce, m["mean_auroc"], m["mean_f1"], score)

@@ -76,8 +76,18 @@ class NullSpaceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    k: int = Field(64, ge=1, description="Directions kept per layer (paper: 64).")
-    max_rows: int = Field(4096, ge=1, description="Token rows of deltas sampled per layer for the SVD.")
+    k: int = Field(64, ge=1, description="Directions kept per layer: per earlier domain (combine: per_domain) "
+                                         "or in total (combine: joint). Paper: 64 (3.5), 32 on TinyLlama (4.2).")
+    max_rows: int = Field(4096, ge=1, description="Rows of deltas sampled per layer for the SVD (a cap; with "
+                                                  "rows: per_sample the samples are usually fewer).")
+    rows: Literal["per_token", "per_sample"] = Field(
+        "per_token", description="What one row of the SVD's matrix is: per_token (every real token's delta, "
+                                 "sampled up to max_rows) or per_sample (the paper's [nsamples, hdim]: one row per "
+                                 "validation sample, the mean of its real tokens' deltas).")
+    combine: Literal["per_domain", "joint"] = Field(
+        "per_domain", description="per_domain: k directions per earlier domain (its own stacks on its own "
+                                  "validation rows), united and re-orthonormalised; joint (paper 3.5): one SVD "
+                                  "over every earlier domain's rows with all their frozen stacks on, k in total.")
     full_svd_below: int = Field(512, ge=1, description="Use a full SVD when min(rows, out) is at most this.")
     rel_tol: float = Field(1e-4, ge=0, description="Drop directions with singular value < rel_tol * largest.")
     oversample: int = Field(8, ge=0, description="Extra columns of the randomized SVD (torch.svd_lowrank).")

@@ -1,13 +1,23 @@
 """Null-space bases: the output directions earlier domains' frozen stacks use.
 
-Brainstacks section 3.5, done as the paper says (not as its reference code):
-for every PREVIOUS domain, its frozen stacks' output deltas are collected on its
-validation data at every injected layer, the top-K right singular vectors of
-each domain's deltas are kept (``torch.svd_lowrank``, seeded, or a full SVD when
-small), and the union over domains is re-orthonormalised (an SVD of the stacked
-rows, dependent directions dropped, at most ``out``): ``V`` ``[K_total, out]`` per
-layer, K directions per earlier domain as the paper's capacity figures assume
-(64 per domain; never a dense ``out x out`` projector). The new stack's output is
+Brainstacks section 3.5. Two settings of :class:`NullSpaceConfig` pick how:
+
+* ``combine: joint`` (the paper's procedure): the earlier domains' validation
+  samples run through the model with all their frozen stacks on, and ONE SVD of
+  those rows keeps the top-K right singular vectors (K in total).
+* ``combine: per_domain``: for every PREVIOUS domain, its own frozen stacks' deltas
+  on its own validation data, the top-K of each, and the union re-orthonormalised
+  (an SVD of the stacked rows, dependent directions dropped, at most ``out``): K
+  directions per earlier domain, as the paper's capacity figures assume.
+* ``rows: per_sample`` (the paper's ``D [nsamples, hdim]``): one row per validation
+  sample, the mean of the frozen delta over its real (non-padding) tokens; the
+  paper's "stack these deltas into [nsamples, hdim]" needs one vector per sample
+  and the mean is the reduction that keeps every token's direction (a last-token
+  row would see only one position). ``rows: per_token``: every real token's delta
+  is a row, uniformly sampled up to ``max_rows``.
+
+Either way ``V`` is ``[K_total, out]`` per layer (``torch.svd_lowrank``, seeded, or a
+full SVD when small; never a dense ``out x out`` projector). The new stack's output is
 projected with ``d - (d V^T) V`` in training and inference. Directions whose
 singular value is negligible (a layer whose frozen delta is ~0) are dropped, so
 a no-op stack reserves no capacity.
@@ -26,6 +36,7 @@ bases themselves are ``K_total x out`` fp32 per layer: 64 x 46,592 x 48 x 4 B =
 
 from __future__ import annotations
 
+import itertools
 import logging
 from contextlib import nullcontext
 from pathlib import Path
@@ -144,9 +155,26 @@ class DeltaReservoir:
         self.keys[slots] = keys[new]
 
 
+def sample_means(delta: torch.Tensor, sample: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Mean delta of each sample over its tokens.
+
+    Args:
+        delta: ``[n, out]`` deltas of the real token positions of a batch.
+        sample: ``[n]`` the batch row (sample) each position belongs to.
+        num_samples: ``B``, the batch's rows.
+
+    Returns:
+        ``[B, out]`` fp32 per-sample means (a sample without real tokens gives a zero row).
+    """
+    sums = torch.zeros(num_samples, delta.shape[1], dtype=torch.float32, device=delta.device)
+    sums.index_add_(0, sample, delta.float())
+    counts = torch.bincount(sample, minlength=num_samples).clamp_min(1).to(sums.dtype)
+    return sums / counts.unsqueeze(1)
+
+
 @torch.no_grad()
 def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
-                          max_rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
+                          max_rows: int, seed: int = 0, rows: str = "per_token") -> dict[str, torch.Tensor]:
     """Run validation batches through the model and sample the frozen stacks' deltas.
 
     Only frozen stacks with non-zero weight contribute (the active stack, if any,
@@ -155,12 +183,17 @@ def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Te
     Args:
         model: a model with injected stacked layers and frozen stacks.
         batches: ``{"input_ids": [B, T], "attention_mask": [B, T]}`` on the model's device.
-        max_rows: token rows kept per layer (uniform sample over all real positions).
+        max_rows: rows kept per layer (uniform sample over all rows offered).
         seed: seed of the sample.
+        rows: ``per_token`` (one row per real token position) or ``per_sample`` (one
+            fp32 row per batch row: :func:`sample_means` of its real tokens' deltas).
 
     Returns:
-        Layer name -> ``[N, out]`` deltas on the model's device, N <= max_rows.
+        Layer name -> ``[N, out]`` deltas on the model's device, N <= max_rows
+        (per_sample: N <= the number of samples).
     """
+    if rows not in ("per_token", "per_sample"):
+        raise ValueError(f"rows must be per_token or per_sample, got {rows!r}")
     layers = stacked_layers(model)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
@@ -173,13 +206,23 @@ def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Te
             real[dev] = real["mask"].to(dev)
         return real[dev]
 
+    def sample_on(dev: torch.device) -> torch.Tensor:
+        """The batch row of every real position ``[n_real]`` on ``dev``."""
+        key = ("sample", dev)
+        if key not in real:
+            real[key] = real["sample"].to(dev)
+        return real[key]
+
     def hook(name):
         def fn(module, inputs, _output):
             ids = module.active_frozen_ids()
             if ids:
                 x = inputs[0].reshape(-1, module.in_features)
                 x = x[mask_on(x.device)]  # [n_real, in]; a layer on another GPU gets the mask on its device
-                pools[name].add(module._frozen_delta(x, ids))
+                d = module._frozen_delta(x, ids)  # [n_real, out]
+                if rows == "per_sample":
+                    d = sample_means(d, sample_on(d.device), real["B"])  # [B, out]
+                pools[name].add(d)
         return fn
 
     handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]
@@ -188,7 +231,11 @@ def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Te
     try:
         for batch in batches:
             real.clear()
-            real["mask"] = batch["attention_mask"].reshape(-1).bool()
+            att = batch["attention_mask"]  # [B, T]
+            real["mask"] = att.reshape(-1).bool()
+            real["B"] = att.shape[0]
+            real["sample"] = torch.arange(att.shape[0], device=att.device).repeat_interleave(att.shape[1])[
+                real["mask"]]
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     finally:
         for h in handles:
@@ -199,30 +246,35 @@ def collect_frozen_deltas(model: nn.Module, batches: Iterable[dict[str, torch.Te
 
 def compute_bases(model: nn.Module, groups: Sequence[tuple[Sequence[str] | None, Iterable[dict[str, torch.Tensor]]]],
                   cfg: NullSpaceConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Null-space rows V ``[K_total, out]`` per layer: K directions per earlier domain, merged.
+    """Null-space rows V ``[K_total, out]`` per layer (``cfg.combine``, ``cfg.rows``: module docstring).
 
     Args:
         model: the model with every earlier domain's frozen stacks attached.
         groups: per earlier domain, ``(its stack ids, its validation batches)``;
-            ``None`` as ids uses every frozen stack.
-        cfg: null-space configuration (``k`` per domain, ``max_rows`` per domain and layer).
+            ``None`` as ids uses every frozen stack. With ``combine: joint`` the groups
+            become one: every group's batches, with the union of their stacks on.
+        cfg: null-space configuration (``k`` per domain or in total, ``max_rows`` per SVD and layer).
         seed: seed of the row sample and the randomized SVD.
 
     Returns:
         Layer name -> fp32 ``[K_total, out]`` orthonormal rows on the CPU.
     """
+    groups = list(groups)
+    if cfg.combine == "joint" and len(groups) > 1:
+        ids_all = None if any(ids is None for ids, _ in groups) else [s for ids, _ in groups for s in ids]
+        groups = [(ids_all, itertools.chain.from_iterable(b for _, b in groups))]
     parts: dict[str, list[torch.Tensor]] = {}
     widths = {n: layer.out_features for n, layer in stacked_layers(model).items()}
     for i, (ids, batches) in enumerate(groups):
         with only_stacks(model, ids) if ids is not None else nullcontext():
-            deltas = collect_frozen_deltas(model, batches, cfg.max_rows, seed=seed + i)
+            deltas = collect_frozen_deltas(model, batches, cfg.max_rows, seed=seed + i, rows=cfg.rows)
         for name, d in deltas.items():
             parts.setdefault(name, []).append(top_directions(d, cfg, seed=seed + i).cpu())
         del deltas
     bases = {name: merge_directions(p, widths[name]) for name, p in parts.items()}
     kept = [b.shape[0] for b in bases.values()]
-    log.info("null space: %d layers, %d domains, %s directions kept per layer (k=%d per domain)", len(bases),
-             len(groups), f"{min(kept)}-{max(kept)}" if kept else "0", cfg.k)
+    log.info("null space: %d layers, %d SVD group(s) (%s, %s rows), %s directions kept per layer (k=%d)",
+             len(bases), len(groups), cfg.combine, cfg.rows, f"{min(kept)}-{max(kept)}" if kept else "0", cfg.k)
     return bases
 
 

@@ -2,10 +2,11 @@
 
 Each round adds a fresh stack on top of every frozen stack, trains it with trl's
 SFTTrainer (+ load-balance loss) under BestStackCallback, then freezes it and
-measures the frozen stack (in its stored dtype): it is kept if the validation loss
-improved on the round's starting loss, else removed again and never written (the
-reason is recorded). Rounds continue
-while the gain is at least ``min_loss_delta``, up to ``max_rounds``.
+measures the frozen stack (in its stored dtype). Which rounds are kept is
+``training.keep_rule``: ``improving`` keeps a round only if the validation loss
+improved on the round's starting loss, else removes it again and never writes it
+(the reason is recorded); ``paper`` (Algorithm 1) keeps every round. Rounds
+continue while the gain is at least ``min_loss_delta``, up to ``max_rounds``.
 """
 
 from __future__ import annotations
@@ -119,12 +120,14 @@ def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int,
     rec = RoundRecord(domain=data.domain, round=round_index, stack_id=stack_id, status="frozen",
                       loss_before=loss_before, loss_after=loss_after, reason=callback.outcome.stop_reason,
                       history=callback.outcome.history, train_log=train_log)
-    if not loss_after < loss_before:
+    if cfg.keep_rule == "improving" and not loss_after < loss_before:
         remove_stack(model, stack_id)
         rec.status = "discarded"
         rec.reason = f"no improvement: {loss_after:.4f} >= {loss_before:.4f} ({callback.outcome.stop_reason})"
         log.warning("%s discarded: %s", stack_id, rec.reason)
     else:
+        if not loss_after < loss_before:  # keep_rule paper: frozen anyway (Algorithm 1, line 6), then stop
+            rec.reason = f"kept without improvement (keep_rule paper): {loss_after:.4f} >= {loss_before:.4f}"
         on_frozen(stack_id, rec)
         log.info("%s frozen: val loss %.4f -> %.4f", stack_id, loss_before, loss_after)
     rec.seconds = time.time() - t0

@@ -19,6 +19,8 @@ Example (``configs/demo.yaml``)::
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from brainstacks_core.base.config import BaseConfig
@@ -42,6 +44,25 @@ class SFTSettings(BaseModel):
     seed: int = Field(0, description="Trainer seed.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant, ...).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU profiles).")
+    packing: bool = Field(False, description="Pack training rows into max_length blocks (trl SFTConfig packing; "
+                                             "the paper packs, 4.1). Only the training batches are packed: every "
+                                             "decision (start, evaluations, keep) stays on the answer-only, "
+                                             "unpacked validation loss.")
+    packing_strategy: Literal["wrapped", "bfd"] = Field(
+        "wrapped", description="trl packing strategy: wrapped (rows concatenated and cut at max_length, the "
+                               "paper-era ConstantLengthDataset; any attention) or bfd (best-fit decreasing, "
+                               "padding-free: needs FlashAttention, else rows attend across boundaries).")
+
+
+class DomainOverride(BaseModel):
+    """Per-domain settings that replace the run's own (paper 3.3: rounds "configurable per domain"; 4.3: 600
+    steps for reasoning). Unset fields keep the run's values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps per round of this domain.")
+    max_rounds: int | None = Field(None, ge=1, description="Boosting rounds of this domain.")
+    learning_rate: float | None = Field(None, ge=0, description="Peak learning rate of this domain's rounds.")
 
 
 class TrainingConfig(BaseModel):
@@ -53,20 +74,38 @@ class TrainingConfig(BaseModel):
                                                               "Every name must be a data domain.")
     max_rounds: int = Field(2, ge=1, description="Boosting rounds per domain (paper: 2-3).")
     min_loss_delta: float = Field(0.002, ge=0, description="A round gaining less than this ends the domain.")
+    keep_rule: Literal["improving", "paper"] = Field(
+        "improving", description="Which rounds are frozen: improving (a round whose validation loss did not "
+                                 "drop below its starting loss is discarded, never written) or paper (Algorithm "
+                                 "1: every round is frozen, and the domain stops when its gain < min_loss_delta).")
+    per_domain: dict[str, DomainOverride] = Field(
+        default_factory=dict, description="Domain -> {max_steps, max_rounds, learning_rate} replacing the run's "
+                                          "values for that domain only (each name must be a data domain).")
     spike_threshold: float = Field(0.1, gt=0, description="BestStackCallback: a validation loss this far above "
                                                           "the best restores the best snapshot.")
     patience: int = Field(4, ge=1, description="BestStackCallback: evaluations without improvement before a stop.")
     null_space: bool = Field(True, description="Project new stacks out of earlier domains' directions (paper 3.5).")
     basis: NullSpaceConfig = Field(default_factory=NullSpaceConfig, description="Null-space basis settings: K, "
                                                                                "sample rows, SVD.")
-    null_space_val_rows: int = Field(256, ge=1, description="Validation rows per previous domain used for the "
-                                                            "null-space bases.")
+    null_space_val_rows: int = Field(256, ge=1, description="Validation samples for the null-space bases: per "
+                                                            "earlier domain (basis.combine: per_domain) or in total, "
+                                                            "split evenly over the earlier domains (joint; the "
+                                                            "paper's nsamples: 200 on TinyLlama, 400 on Gemma).")
     eval_rows: int | None = Field(256, ge=1, description="Validation rows for round decisions and the forgetting "
                                                          "matrix (None = all).")
     sft: SFTSettings = Field(default_factory=SFTSettings, description="Trainer settings of each round.")
     seed: int = Field(0, description="Seed of stack initialisation.")
     ablation: bool = Field(True, description="The pipeline also trains a run without null space "
                                              "(run `no-null-space`) for the forgetting comparison.")
+
+    def for_domain(self, domain: str) -> "TrainingConfig":
+        """This config with ``per_domain[domain]`` applied (itself when the domain has no override)."""
+        o = self.per_domain.get(domain)
+        if o is None:
+            return self
+        sft = {k: v for k, v in (("max_steps", o.max_steps), ("learning_rate", o.learning_rate)) if v is not None}
+        top = {"max_rounds": o.max_rounds} if o.max_rounds is not None else {}
+        return self.model_copy(update={**top, "sft": self.sft.model_copy(update=sft)})
 
 
 class Experiment1Config(BaseModel):

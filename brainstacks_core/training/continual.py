@@ -233,22 +233,23 @@ def _run_locked(model: nn.Module, tokenizer, data: list[DomainData], cfg: Traini
             log.info("%s: done in manifest, skipped", d.domain)
             continue
         bases, ns_version = _bases_for(model, tokenizer, data[:i], d.domain, cfg, ctx, manifest, entry)
+        dcfg = cfg.for_domain(d.domain)  # training.per_domain: this domain's steps, rounds, learning rate
         next_round = len(entry["rounds"]) + 1
-        go = not entry["rounds"] or should_continue(RoundRecord(**entry["rounds"][-1]), next_round - 1, cfg)[0]
+        go = not entry["rounds"] or should_continue(RoundRecord(**entry["rounds"][-1]), next_round - 1, dcfg)[0]
         while go:
             parents = _stack_versions(manifest)
 
             def on_frozen(stack_id: str, rec: RoundRecord, _d=d, _parents=parents, _ns=ns_version) -> None:
                 _save_and_register(model, ctx, _d, rec, _parents, _ns, cfg_hash)
 
-            _progress(ctx, stage="train", domain=d.domain, round=next_round, step=0, max_steps=cfg.sft.max_steps,
+            _progress(ctx, stage="train", domain=d.domain, round=next_round, step=0, max_steps=dcfg.sft.max_steps,
                       val_loss=None)
             hook = [ProgressCallback(ctx.progress, d.domain, next_round)] if ctx.progress else None
-            rec = train_round(model, tokenizer, d, next_round, cfg, moe, bases, on_frozen, callbacks=hook)
-            _progress(ctx, stage="round done", domain=d.domain, round=next_round, step=cfg.sft.max_steps,
-                      max_steps=cfg.sft.max_steps, val_loss=rec.loss_after, status=rec.status)
+            rec = train_round(model, tokenizer, d, next_round, dcfg, moe, bases, on_frozen, callbacks=hook)
+            _progress(ctx, stage="round done", domain=d.domain, round=next_round, step=dcfg.sft.max_steps,
+                      max_steps=dcfg.sft.max_steps, val_loss=rec.loss_after, status=rec.status)
             entry["rounds"].append(rec.to_dict())
-            go, why = should_continue(rec, next_round, cfg)
+            go, why = should_continue(rec, next_round, dcfg)
             entry["stop_reason"] = None if go else why
             _write_manifest(ctx, manifest)
             next_round += 1
@@ -276,12 +277,18 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
 
+    earlier = [p for p in previous if domain_stacks(manifest, p.domain)]
+    # per_domain: null_space_val_rows of each earlier domain; joint: the paper's nsamples in total, split evenly
+    rows_each = cfg.null_space_val_rows if cfg.basis.combine == "per_domain" else \
+        -(-cfg.null_space_val_rows // max(1, len(earlier)))
+
     def batches(p: DomainData):  # lazily: one domain's batches at a time
-        examples = tokenize_for_loss(tokenizer, p.val.head(cfg.null_space_val_rows), cfg.sft.max_length)
+        examples = tokenize_for_loss(tokenizer, p.val.head(rows_each), cfg.sft.max_length)
         return iter_batches(examples, cfg.sft.batch_size, pad, device)
 
-    # K directions per earlier domain: its own frozen stacks on its own validation rows
-    groups = [(domain_stacks(manifest, p.domain), batches(p)) for p in previous if domain_stacks(manifest, p.domain)]
+    # per_domain: K directions per earlier domain, its own frozen stacks on its own validation rows;
+    # joint: compute_bases runs one SVD over all of them with all their stacks on
+    groups = [(domain_stacks(manifest, p.domain), batches(p)) for p in earlier]
     bases = compute_bases(model, groups, cfg.basis, seed=cfg.seed)
     parents = _stack_versions(manifest)
     inputs = [p.val_version for p in previous] + sorted(parents.values())

@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def make_sft_config(s: SFTSettings, output_dir: str | Path) -> SFTConfig:
-    """An ``SFTConfig`` that runs the same on CPU and GPU (bf16 only on CUDA)."""
+    """An ``SFTConfig`` that runs the same on CPU and GPU (bf16 only on CUDA).
+
+    ``s.packing`` turns on trl's packing of the training rows into ``max_length`` blocks
+    (``packing_strategy``: ``wrapped`` or ``bfd``); the evaluation set is never packed.
+    """
     cuda = torch.cuda.is_available()
     return SFTConfig(
         output_dir=str(output_dir), max_steps=s.max_steps, learning_rate=s.learning_rate,
@@ -38,6 +42,8 @@ def make_sft_config(s: SFTSettings, output_dir: str | Path) -> SFTConfig:
         use_cpu=not cuda, bf16=cuda, gradient_checkpointing=s.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
         disable_tqdm=False, dataloader_num_workers=0, remove_unused_columns=True,
+        # packing (paper 4.1) packs the training rows only; evaluations are the answer-only loss function
+        packing=s.packing, packing_strategy=s.packing_strategy, eval_packing=False,
     )
 
 
