@@ -123,12 +123,22 @@ def medical_reward(prompts, completions, reference, **_) -> list[float]:
     return out
 
 
+REWARD_COLUMNS = {"math": "answer", "code": "tests", "medical": "reference"}
+
+
 def grpo_columns(kind: str, df: pd.DataFrame) -> pd.DataFrame:
     """The reward's dataset columns from prompt/response rows (rows a reward cannot check are dropped).
 
     math: ``answer`` (the reference's final number); code: ``tests`` (the reference's
     ``assert`` lines); medical: ``reference`` (the reference answer).
     """
+    if kind not in REWARD_COLUMNS:
+        raise ValueError(f"no reward for {kind!r}; known: math, code, medical")
+    keep = [c for c in ("prompt", "system") if c in df.columns] + [REWARD_COLUMNS[kind]]
+    return _columns(kind, df)[keep]
+
+
+def _columns(kind: str, df: pd.DataFrame) -> pd.DataFrame:
     if kind == "math":
         ans = df["response"].map(lambda r: final_answer(str(r)))
         return df.assign(answer=ans)[ans.notna()]
@@ -136,9 +146,7 @@ def grpo_columns(kind: str, df: pd.DataFrame) -> pd.DataFrame:
         tests = df["response"].map(lambda r: "\n".join(ln for ln in str(r).splitlines()
                                                        if ln.strip().startswith("assert ")))
         return df.assign(tests=tests)[tests.str.len() > 0]
-    if kind == "medical":
-        return df.assign(reference=df["response"].astype(str))
-    raise ValueError(f"no reward for {kind!r}; known: math, code, medical")
+    return df.assign(reference=df["response"].astype(str))
 
 
 def reward_function(kind: str, sandbox_timeout_s: float = 5.0) -> Callable[..., list[float]]:
