@@ -148,3 +148,18 @@ def test_a_loss_spike_at_step_k_restores_the_best_weights(setup, monkeypatch):
     assert all(torch.equal(spy.final[n], best[n]) for n in best), "weights were not restored to the best"
     assert entry["after"]["guard_loss"] == pytest.approx(best_loss, abs=1e-5)
     assert "chat-r2" in next(iter(stacked_layers(model).values())).frozen or rec.status == "discarded"
+
+
+def test_rl_table_shows_before_and_after_per_domain():
+    from brainstacks_core.reporting.rl_table import rl_table
+
+    m = {"domains_order": ["chat", "code"], "domains": {"chat": {"rl": {
+        "method": "dpo", "stack_id": "chat-r3", "status": "frozen", "metric": "preference accuracy",
+        "before": {"val_loss": 1.5, "guard_loss": 0.6931, "metric": 0.5},
+        "after": {"val_loss": 1.52, "guard_loss": 0.61, "metric": 0.75}, "stop_reason": "max_steps"}},
+        "code": {"rounds": []}}}
+    table = rl_table(m)
+    assert "| chat | dpo | chat-r3 | frozen | 1.5000 | 1.5200 | 0.6931 | 0.6100 | preference accuracy | 0.5000 | " \
+           "0.7500 | max_steps |" in table
+    assert "code" not in table.split("\n", 2)[2]
+    assert "No per-domain RL" in rl_table({"domains_order": ["code"], "domains": {"code": {}}})
