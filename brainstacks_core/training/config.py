@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from brainstacks_core.base.config import BaseConfig
 from brainstacks_core.data.config import PreferenceSourceConfig
@@ -54,8 +54,8 @@ class _RLCommon(BaseModel):
 
     steps: int = Field(8, ge=1, description="Optimizer steps of the RL stage.")
     learning_rate: float = Field(5e-4, ge=0, description="Peak learning rate of the RL stack.")
-    batch_size: int = Field(4, ge=1, description="Per-device batch size (GRPO: prompts x num_generations "
-                                                 "completions per step must divide by num_generations).")
+    batch_size: int = Field(4, ge=1, description="DPO: pairs per step; GRPO: prompts per step (each sampled "
+                                                 "num_generations times).")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     eval_steps: int = Field(1, ge=1, description="Guard evaluation every this many steps (1: BestStackCallback "
                                                  "checks every RL step).")
@@ -157,3 +157,10 @@ class TrainingSetup(BaseModel):
     orchestration: OrchestrationConfig = Field(..., description="Run locks (on_busy, lock timeout).")
     curriculum: tuple[str, ...] = Field(..., min_length=1, description="Domains in training order.")
     experiment1: Experiment1Config | None = Field(None, description="Experiment 1; None: skipped.")
+
+    @model_validator(mode="after")
+    def _rl_domains(self) -> "TrainingSetup":
+        unknown = sorted(set(self.training.rl) - set(self.curriculum))
+        if unknown:
+            raise ValueError(f"training.rl names domains outside the curriculum {list(self.curriculum)}: {unknown}")
+        return self
