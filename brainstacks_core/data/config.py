@@ -78,6 +78,38 @@ class SourceConfig(BaseModel):
         return self
 
 
+class PreferenceSourceConfig(BaseModel):
+    """A source of preference pairs (prompt, chosen, rejected) for a domain's DPO stage.
+
+    Read, checked against ``data_contracts.preferences`` (bad rows quarantined with their
+    reason), versioned and registered by ``brainstacks_core.data.preferences``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local", "generated"] = Field(..., description="local: a file; generated: deterministic demo "
+                                                                 "pairs (generators.py).")
+    format: Literal["pairs", "sharegpt_dpo", "hh_rlhf"] = Field("pairs", description=(
+        "pairs: rows with prompt, chosen, rejected (+ optional system) strings; sharegpt_dpo: LLaMA-Factory's "
+        "conversations[from/value] + chosen/rejected {from, value}; hh_rlhf: Anthropic HH chosen/rejected "
+        "transcripts ('\\n\\nHuman:' / '\\n\\nAssistant:' turns; the shared prefix is the prompt)."))
+    path: str | None = Field(None, description="local: the file (json, jsonl, jsonl.gz), relative to the "
+                                               "repository root.")
+    generator: str | None = Field(None, description="generated: the pair generator, e.g. chat_pairs.")
+    rows: int = Field(64, ge=1, description="generated: pairs to generate.")
+    max_rows: int | None = Field(None, ge=1, description="Keep only the first max_rows rows of the source.")
+    max_chars: int = Field(4000, ge=10, description="Longest prompt/chosen/rejected accepted (longer rows are "
+                                                    "quarantined).")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "PreferenceSourceConfig":
+        if self.kind == "local" and not self.path:
+            raise ValueError("local preference source needs `path`")
+        if self.kind == "generated" and not self.generator:
+            raise ValueError("generated preference source needs `generator` (e.g. chat_pairs)")
+        return self
+
+
 class EvalSetConfig(BaseModel):
     """A benchmark whose items must not appear in training rows.
 

@@ -219,6 +219,37 @@ def generate(generator: str, rows: int, seed: int) -> list[dict]:
     return [{"id": f"{generator}-{i}", **GENERATORS[generator](rng, i)} for i in range(rows)]
 
 
+def _chat_pair(rng: random.Random, i: int) -> dict:
+    """A chat instruction, its exact answer (chosen) and a plausible wrong one (rejected)."""
+    row = _chat(rng, i)
+    good = row["response"]
+    words = good.split()
+    wrong = [
+        lambda: " ".join(reversed(words)) if len(words) > 1 else good + "?",  # wrong order
+        lambda: good.lower() if good != good.lower() else good.upper(),        # wrong case
+        lambda: "I cannot help with that.",                                    # unhelpful refusal
+        lambda: " ".join(words[: max(1, len(words) // 2)]),                    # truncated
+    ][i % 4]()
+    if wrong == good:
+        wrong = "I cannot help with that."
+    return {"prompt": row["prompt"], "chosen": good, "rejected": wrong}
+
+
+PAIR_GENERATORS: dict[str, Callable[[random.Random, int], dict]] = {"chat_pairs": _chat_pair}
+
+
+def generate_pairs(generator: str, rows: int, seed: int) -> list[dict]:
+    """``rows`` preference pairs (``prompt``, ``chosen``, ``rejected``) of ``generator``, deterministic.
+
+    Raises:
+        ValueError: Unknown pair generator (the message lists the known ones).
+    """
+    if generator not in PAIR_GENERATORS:
+        raise ValueError(f"unknown preference generator {generator!r}; known: {sorted(PAIR_GENERATORS)}")
+    rng = random.Random(f"{generator}:{seed}")
+    return [{"id": f"{generator}-{i}", **PAIR_GENERATORS[generator](rng, i)} for i in range(rows)]
+
+
 def write_generated(generator: str, rows: int, seed: int, out_dir: Path) -> Path:
     """Write the generator's rows as jsonl (once; the file name is a hash of the inputs)."""
     key = content_hash(generator, rows, seed, GENERATOR_VERSION)

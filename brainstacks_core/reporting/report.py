@@ -13,6 +13,7 @@ import logging
 from brainstacks_core.files import atomic_write_text, sha256_file
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import code_version, content_hash
+from brainstacks_core.reporting.rl_table import rl_table
 
 log = logging.getLogger(__name__)
 RUN_LABELS = {"main": "null space", "no-null-space": "no null space"}
@@ -92,6 +93,7 @@ def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids:
     for run, (label, m) in zip(run_names, manifests.items()):
         png.append(plots.plot_round_losses(m, out_dir / f"rounds-{run}.png"))
         md += [f"## Rounds ({label})", "", round_table(m), ""]
+        md += [f"## Per-domain RL ({label})", "", rl_table(m), ""]
     md += ["## Forgetting matrix (held-out test loss per domain; isolated = own stacks only, as_trained = the "
            "stacks active while the domain trained, its own and every earlier domain's, checked equal to the "
            "training-time validation loss; ungated = all stacks)", "",

@@ -19,11 +19,12 @@ Example (``configs/demo.yaml``)::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from brainstacks_core.base.config import BaseConfig
+from brainstacks_core.data.config import PreferenceSourceConfig
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.orchestration import OrchestrationConfig
 from brainstacks_core.stacks.config import MoELoRAConfig, NullSpaceConfig
@@ -65,6 +66,59 @@ class DomainOverride(BaseModel):
     learning_rate: float | None = Field(None, ge=0, description="Peak learning rate of this domain's rounds.")
 
 
+class _RLCommon(BaseModel):
+    """Settings every per-domain RL method shares (paper 6.2: RL on the domain's last, active stack)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(8, ge=1, description="Optimizer steps of the RL stage.")
+    learning_rate: float = Field(5e-4, ge=0, description="Peak learning rate of the RL stack.")
+    batch_size: int = Field(4, ge=1, description="DPO: pairs per step; GRPO: prompts per step (each sampled "
+                                                 "num_generations times).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    eval_steps: int = Field(1, ge=1, description="Guard evaluation every this many steps (1: BestStackCallback "
+                                                 "checks every RL step).")
+    spike_threshold: float | None = Field(None, gt=0, description="Guard: a held-out guard loss this far above "
+                                          "the best restores the best weights and stops (None: "
+                                          "training.spike_threshold).")
+    max_train_loss: float = Field(1e4, gt=0, description="Guard: a logged training loss above this (or not "
+                                                          "finite) stops and restores the best weights (the "
+                                                          "paper's GRPO loss spiked to ~28 million).")
+    eval_rows: int = Field(16, ge=1, description="Held-out rows of the guard and the before/after table.")
+    max_length: int = Field(192, ge=8, description="Truncation length in tokens (prompt + completion).")
+    seed: int = Field(0, description="Trainer seed.")
+
+
+class DPOSettings(_RLCommon):
+    """DPO with chosen/rejected pairs (trl ``DPOTrainer``); the reference is the model after SFT."""
+
+    method: Literal["dpo"] = Field("dpo", description="Direct Preference Optimization.")
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference.")
+    loss_type: str = Field("sigmoid", description="trl DPO loss type (sigmoid, ipo, hinge, ...).")
+    preferences: list[PreferenceSourceConfig] = Field(default_factory=lambda: [
+        PreferenceSourceConfig(kind="generated", generator="chat_pairs")],
+        description="Preference sources (prompt/chosen/rejected); default: generated chat pairs.")
+
+
+class GRPOSettings(_RLCommon):
+    """GRPO with verifiable rewards on the domain's own train prompts (trl ``GRPOTrainer``)."""
+
+    method: Literal["grpo"] = Field("grpo", description="Group Relative Policy Optimization.")
+    reward: Literal["math", "code", "medical"] | None = Field(None, description="Reward: math (exact answer + "
+                                                               "format), code (the program against its asserts "
+                                                               "in a sandbox), medical (keyword rubric); None: the "
+                                                               "domain's name.")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group).")
+    max_completion_length: int = Field(32, ge=1, description="Longest sampled completion in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the group's completions.")
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the reference (trl's default 0: none).")
+    prompts: int = Field(64, ge=1, description="Train prompts of the domain used for GRPO.")
+    sandbox_timeout_s: float = Field(5.0, gt=0, description="Code reward: wall-clock limit per program run.")
+
+
+RLSettings = Annotated[Union[DPOSettings, GRPOSettings], Field(discriminator="method")]
+
+
 class TrainingConfig(BaseModel):
     """Continual training: the outer loop over domains and the inner boosting loop (paper 3.3-3.5)."""
 
@@ -97,6 +151,16 @@ class TrainingConfig(BaseModel):
     seed: int = Field(0, description="Seed of stack initialisation.")
     ablation: bool = Field(True, description="The pipeline also trains a run without null space "
                                              "(run `no-null-space`) for the forgetting comparison.")
+    rl: dict[str, RLSettings] = Field(default_factory=dict, description="Optional per-domain RL on a fresh active "
+                                      "stack after the SFT rounds, frozen after RL (paper 6.2), e.g. {chat: dpo, "
+                                      "math: grpo}; a method name or {method: ..., settings}.")
+
+    @field_validator("rl", mode="before")
+    @classmethod
+    def _rl_shorthand(cls, value):
+        if isinstance(value, dict):
+            return {d: {"method": v} if isinstance(v, str) else v for d, v in value.items()}
+        return value
 
     def for_domain(self, domain: str) -> "TrainingConfig":
         """This config with ``per_domain[domain]`` applied (itself when the domain has no override)."""
@@ -130,3 +194,10 @@ class TrainingSetup(BaseModel):
     orchestration: OrchestrationConfig = Field(..., description="Run locks (on_busy, lock timeout).")
     curriculum: tuple[str, ...] = Field(..., min_length=1, description="Domains in training order.")
     experiment1: Experiment1Config | None = Field(None, description="Experiment 1; None: skipped.")
+
+    @model_validator(mode="after")
+    def _rl_domains(self) -> "TrainingSetup":
+        unknown = sorted(set(self.training.rl) - set(self.curriculum))
+        if unknown:
+            raise ValueError(f"training.rl names domains outside the curriculum {list(self.curriculum)}: {unknown}")
+        return self

@@ -55,6 +55,7 @@ class RunContext:
             during training (the flows turn it into a Prefect progress artifact).
         on_busy: ``"wait"`` or ``"skip"`` when another process holds the run folder.
         lock_timeout_s: with ``"wait"``, give up after this many seconds.
+        store: the profile's ``StoreContext``: where RL preference data is prepared (None: under run_dir).
     """
 
     profile: str
@@ -68,6 +69,7 @@ class RunContext:
     progress: Callable[[dict], None] | None = None
     on_busy: str = "wait"
     lock_timeout_s: float | None = None
+    store: Any = None  # the profile's lineage.context.StoreContext (RL preference data); None: under run_dir
 
     @property
     def manifest_path(self) -> Path:
@@ -235,7 +237,8 @@ def _run_locked(model: nn.Module, tokenizer, data: list[DomainData], cfg: Traini
         bases, ns_version = _bases_for(model, tokenizer, data[:i], d.domain, cfg, ctx, manifest, entry)
         dcfg = cfg.for_domain(d.domain)  # training.per_domain: this domain's steps, rounds, learning rate
         next_round = len(entry["rounds"]) + 1
-        go = not entry["rounds"] or should_continue(RoundRecord(**entry["rounds"][-1]), next_round - 1, dcfg)[0]
+        go = (not entry["rounds"] or should_continue(RoundRecord(**entry["rounds"][-1]), next_round - 1, dcfg)[0]) \
+            and "rl" not in entry  # the RL stack (if any) comes after the last SFT round
         while go:
             parents = _stack_versions(manifest)
 
@@ -253,6 +256,15 @@ def _run_locked(model: nn.Module, tokenizer, data: list[DomainData], cfg: Traini
             entry["stop_reason"] = None if go else why
             _write_manifest(ctx, manifest)
             next_round += 1
+        if d.domain in cfg.rl and "rl" not in entry:  # per-domain RL (paper 6.2): a fresh active stack, frozen after
+            from brainstacks_core.training.rl_stage import rl_after_sft
+
+            def on_rl_frozen(rec: RoundRecord, extra: tuple[str, ...], _d=d, _p=_stack_versions(manifest),
+                             _ns=ns_version) -> None:
+                _save_and_register(model, ctx, _d, rec, _p, _ns, cfg_hash, extra)
+
+            entry["rl"] = rl_after_sft(model, tokenizer, d, cfg, bases, ctx, entry, on_rl_frozen)
+            _write_manifest(ctx, manifest)
         rows = forgetting_row(model, tokenizer, manifest, by_name, d.domain, cfg)
         manifest["forgetting"] = [r for r in manifest["forgetting"] if r["after"] != d.domain] + rows
         entry["status"] = "done"
@@ -311,9 +323,9 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
 
 
 def _save_and_register(model, ctx: RunContext, d: DomainData, rec: RoundRecord, parents: dict[str, str],
-                       ns_version: str | None, cfg_hash: str) -> None:
+                       ns_version: str | None, cfg_hash: str, extra_inputs: tuple[str, ...] = ()) -> None:
     inputs = [d.train_version, d.val_version] + ([ctx.base_version] if ctx.base_version else []) \
-        + ([ns_version] if ns_version else []) + sorted(parents.values())
+        + ([ns_version] if ns_version else []) + sorted(parents.values()) + list(extra_inputs)
     tensors_sha = tensor_checksum(stack_tensors(model, rec.stack_id)[0])
     rec.version = content_hash("stack", ctx.profile, ctx.run_name, tensors_sha, inputs)
     # the version is in the file name: a round retrained after a crash never overwrites a registered file

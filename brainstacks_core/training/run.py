@@ -296,7 +296,7 @@ def train_profile(setup: TrainingSetup, run_name: str = "main", null_space: bool
         torch.manual_seed(ctx.seed)
         run = RunContext(ctx.name, run_name, folder, info.fingerprint, base_version=info.fingerprint,
                          catalog=catalog, run_ids=run_ids, domain_keys=keys, progress=progress, on_busy=busy,
-                         lock_timeout_s=orch.lock_timeout_seconds)
+                         lock_timeout_s=orch.lock_timeout_seconds, store=ctx)
         try:
             return run_continual(model, tok, data, cfg, setup.moe, run)
         except RunInconsistentError as exc:
