@@ -76,5 +76,5 @@ def finalize_task(profile: Profile, domain: str, ingested: dict[str, dict], assi
 def register_task(profile: Profile, finalized: dict[str, dict]) -> dict[str, dict]:
     """Record every finished domain in the catalog in one transaction (after all succeeded)."""
     prepared = {d: from_manifest(Path(f["manifest"]), cache_hit=f["cache_hit"]) for d, f in finalized.items()}
-    done = register_prepared(profile.context, prepared, Catalog(profile.catalog_path), run_ids())
+    done = register_prepared(profile.context, prepared, Catalog.for_context(profile.context), run_ids())
     return {d: _summary(p) for d, p in done.items()}
