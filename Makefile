@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel, so nothing pulls CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]" torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,postgres]" torch==2.13.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,6 +37,7 @@ real-model-check: smollm2
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_moe_lora.py
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_catalog.py
 
 clean-artifacts:
 	rm -rf artifacts

@@ -22,6 +22,7 @@ imports no torch.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from brainstacks_core.base.config import BaseConfig
 from brainstacks_core.data.config import DataConfig
 from brainstacks_core.evaluation.config import EvalConfig, EvalSetup
-from brainstacks_core.lineage.config import LineageConfig
+from brainstacks_core.lineage.config import CATALOG_URL_ENV, LineageConfig
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.orchestration import OrchestrationConfig
 from brainstacks_core.routing.config import RouterConfig, RoutingSetup
@@ -124,7 +125,15 @@ class Profile(BaseModel):
     def context(self) -> StoreContext:
         """Name, store, catalog, seed and repository root: what every stage takes beside its section."""
         return StoreContext(name=self.name, store=self.store, seed=self.seed, repo_root=self.repo_root,
-                            source_path=self.source_path)
+                            source_path=self.source_path, catalog_url=self.catalog_url)
+
+    @property
+    def catalog_url(self):
+        """``$BRAINSTACKS_CATALOG_URL``, else ``lineage.catalog_url`` (a ``SecretStr``); None: the DuckDB file."""
+        env = os.environ.get(CATALOG_URL_ENV)
+        if env:
+            return LineageConfig(catalog_url=env).catalog_url
+        return self.lineage.catalog_url
 
     @property
     def training_setup(self) -> TrainingSetup:

@@ -102,16 +102,16 @@ def cli_audit(args: argparse.Namespace) -> int:
     """``--artifact X`` prints everything upstream of X, ``--record R`` every artifact holding R,
     ``--list`` every artifact; ``--current`` hides superseded versions."""
     profile = load_profile(args.config, getattr(args, "artifact_root", None))
-    cat = Catalog(profile.catalog_path)
+    cat = Catalog.for_context(profile.context)
     current = bool(getattr(args, "current", False))
     if getattr(args, "list", False):
         arts = _current(cat, cat.list_artifacts(), current)
-        print("\n".join(_fmt(a, depth=False) for a in arts) or f"catalog {profile.catalog_path} is empty")
+        print("\n".join(_fmt(a, depth=False) for a in arts) or f"catalog {cat.location} is empty")
         return 0
     if getattr(args, "artifact", None):
         arts = _resolve(cat, args.artifact)
         if not arts:
-            print(f"no artifact {args.artifact!r} in {profile.catalog_path}")
+            print(f"no artifact {args.artifact!r} in {cat.location}")
             hints = _near(cat, args.artifact)
             if hints:
                 print(hints[0])
@@ -125,7 +125,7 @@ def cli_audit(args: argparse.Namespace) -> int:
         return 0
     lines = _record(cat, args.record, current)
     if len(lines) == 1:
-        print(f"record {args.record!r} is in no artifact of {profile.catalog_path}")
+        print(f"record {args.record!r} is in no artifact of {cat.location}")
         return 1
     print("\n".join(lines))
     return 0

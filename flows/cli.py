@@ -31,7 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("flows.watch:cli_watch", "check the profile's sources (stat, sha256, tracked hub branch) and "
                                        "prepare only the changed domains"),
     "catalog": ("flows.maintenance:cli_catalog", "catalog upkeep: prune cached evaluation scores of models no "
-                                                 "current run uses (catalog prune [--dry-run])"),
+                                                 "current run uses (catalog prune [--dry-run]); copy the DuckDB "
+                                                 "catalog into PostgreSQL (catalog migrate)"),
     "config": ("flows.config:cli_config", "validate a profile (config check PATH) or print its JSON Schema "
                                           "(config schema)"),
 }
@@ -116,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
     c.add_argument("--drop-unattributed", action="store_true",
                    help="also delete rows written before model identities were recorded")
+    c = csub.add_parser("migrate", help="copy the profile's DuckDB catalog into a PostgreSQL catalog; idempotent "
+                                        "(a second run adds nothing); prints rows per table",
+                        description="Copies every table of <store>/catalog.duckdb into the PostgreSQL catalog in "
+                                    "one transaction, adding only rows it does not hold yet.",
+                        epilog="Example: BRAINSTACKS_CATALOG_URL=postgresql://bs@db:5432/brainstacks "
+                               "brainstacks catalog migrate --config configs/demo.yaml (prefer the variable, or "
+                               "PGPASSWORD, to a password on the command line)")
+    _add_common(c)
+    c.add_argument("--to", metavar="URL", default=None,
+                   help="postgresql://user@host:port/db (default: $BRAINSTACKS_CATALOG_URL, else "
+                        "lineage.catalog_url)")
+    c.add_argument("--from", dest="source", metavar="PATH", default=None,
+                   help="the DuckDB file to copy (default: <store>/catalog.duckdb)")
     p = sub.add_parser("config", help=COMMANDS["config"][1], description=COMMANDS["config"][1],
                        epilog="Example: brainstacks config check configs/demo.yaml")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -134,6 +148,7 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int | None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``brainstacks`` console script."""
+    from brainstacks_core.lineage.backends import CatalogUnavailableError
     from brainstacks_core.profile import ProfileError
 
     args = build_parser().parse_args(argv)
@@ -141,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         code = _resolve(COMMANDS[args.command][0])(args)
     except ProfileError as exc:  # names file and key already: no traceback
         print(f"brainstacks: invalid profile\n{exc}", file=sys.stderr)
+        return 2
+    except CatalogUnavailableError as exc:  # names the masked URL and the setting: no traceback
+        print(f"brainstacks: {exc}", file=sys.stderr)
         return 2
     return int(code or 0)
 

@@ -43,7 +43,7 @@ def cli_generate(args: argparse.Namespace) -> int:
     profile = load_profile(args.config, args.artifact_root)
     cfg = profile.router
     try:
-        routed = load_routed_run(profile.routing_setup, args.run, Catalog(profile.catalog_path))
+        routed = load_routed_run(profile.routing_setup, args.run, Catalog.for_context(profile.context))
     except (FileNotFoundError, ValueError) as exc:
         print(f"brainstacks generate: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ def cli_plan(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.config, args.artifact_root)
     try:
-        rows = plan_run(profile.training_setup, args.run, Catalog(profile.catalog_path))
+        rows = plan_run(profile.training_setup, args.run, Catalog.for_context(profile.context))
     except LookupError as exc:
         print(f"plan: {exc}", file=sys.stderr)
         return 2
@@ -40,7 +40,8 @@ def cli_repair(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.config, args.artifact_root)
     folder = current_run_dir(profile.context, args.run)
-    with run_lock(folder.parent, "wait", what=f"run {profile.name}/{args.run}"):
+    with run_lock(folder.parent, "wait", what=f"run {profile.name}/{args.run}",
+                  catalog=Catalog.for_context(profile.context), key=f"training/{args.run}"):
         report = repair_run(folder)
     if report["broken"] is None:
         print(f"{folder}: every stack file matches the manifest; nothing to repair")
@@ -59,15 +60,40 @@ def cli_repair(args: argparse.Namespace) -> int:
 
 
 def cli_catalog(args: argparse.Namespace) -> int:
-    """``brainstacks catalog prune --config PATH [--dry-run] [--drop-unattributed]``: counts, then deletes."""
+    """``brainstacks catalog prune --config PATH [--dry-run] [--drop-unattributed]``: counts, then deletes;
+    ``brainstacks catalog migrate --config PATH [--to URL] [--from FILE]``: DuckDB file -> PostgreSQL."""
     from brainstacks_core.evaluation.retention import format_prune, prune_eval_cache
 
     profile = load_profile(args.config, args.artifact_root)
-    if not profile.catalog_path.exists():
-        print(f"{profile.catalog_path}: no catalog yet; nothing to prune")
+    if getattr(args, "catalog_command", "prune") == "migrate":
+        return _migrate(profile, args)
+    cat = Catalog.for_context(profile.context)
+    if not cat.exists():
+        print(f"{cat.location}: no catalog yet; nothing to prune")
         return 0
-    out = prune_eval_cache(profile.context, profile.base, Catalog(profile.catalog_path), dry_run=args.dry_run,
+    out = prune_eval_cache(profile.context, profile.base, cat, dry_run=args.dry_run,
                            drop_unattributed=args.drop_unattributed)
-    print(f"# catalog {profile.catalog_path}")
+    print(f"# catalog {cat.location}")
     print(format_prune(out))
+    return 0
+
+
+def _migrate(profile, args: argparse.Namespace) -> int:
+    from brainstacks_core.lineage.migrate import format_migration, migrate_catalog
+    from brainstacks_core.lineage.pg_backend import schema_name
+
+    url = args.to or (profile.catalog_url.get_secret_value() if profile.catalog_url else None)
+    if not url:
+        print("catalog migrate: no target: pass --to postgresql://... or set $BRAINSTACKS_CATALOG_URL "
+              "(or lineage.catalog_url)", file=sys.stderr)
+        return 2
+    source = args.source or profile.catalog_path
+    target = Catalog(profile.catalog_path, url=url, pg_schema=schema_name(profile.name))
+    try:
+        report = migrate_catalog(source, target)
+    except (FileNotFoundError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"# {source} -> {target.location}")
+    print(format_migration(report))
     return 0

@@ -78,5 +78,5 @@ def register_task(profile: Profile, finalized: dict[str, dict]) -> dict[str, dic
     """Record every finished domain in the catalog in one transaction (after all succeeded)."""
     prepared = {d: from_manifest(Path(f["manifest"]), cache_hit=f["cache_hit"]) for d, f in finalized.items()}
     clf = next((f["classifier"] for f in finalized.values() if f.get("classifier")), None)
-    done = register_prepared(profile.context, prepared, Catalog(profile.catalog_path), run_ids(), clf)
+    done = register_prepared(profile.context, prepared, Catalog.for_context(profile.context), run_ids(), clf)
     return {d: _summary(p) for d, p in done.items()}

@@ -53,7 +53,7 @@ def evaluate_task(profile: Profile, run_name: str = "main",
     title = f"{profile.name}/{run_name} benchmark evaluation"
     hook = eval_progress(artifact_key("eval", profile.name, run_name), title)
     try:
-        out = evaluate_profile(profile.eval_setup, run_name, Catalog(profile.catalog_path), modes=modes, tasks=tasks,
+        out = evaluate_profile(profile.eval_setup, run_name, Catalog.for_context(profile.context), modes=modes, tasks=tasks,
                                limit=limit, run_ids=run_ids(), progress_cb=hook)
     except BaseException:
         hook.finish("failed (see the flow run's logs)", progress=0.0)

@@ -126,12 +126,12 @@ def _emit(flow, flow_run, state: str, error=None, assets: bool = False,  # noqa:
         return
     if not profile.lineage.openlineage:
         return
-    cat = Catalog(profile.catalog_path)
+    cat = Catalog.for_context(profile.context)
     if state == "START":
         inputs, outputs = (known_inputs(cat, inputs_fn(profile, params)) if inputs_fn else []), []
     else:
         inputs, outputs = run_datasets(cat, run_id)
-    emitter = OpenLineageEmitter(profile.lineage, profile.store, profile.name, profile.catalog_path)
+    emitter = OpenLineageEmitter(profile.lineage, profile.store, profile.name, cat.location)
     emitter.emit(state, flow.name, run_id, inputs, outputs, parent=_parent(flow_run), error=error,
                  engine={"name": "prefect", "version": prefect.__version__}, parameters=params,
                  description=(flow.description or "").strip().split("\n")[0] or None, code_version=code_version())

@@ -44,7 +44,7 @@ def route_task(profile: Profile, run_name: str = "main") -> dict:
     hook = routing_progress(artifact_key("routing", profile.name, run_name), f"{profile.name}/{run_name}",
                             profile.router.epochs)
     try:
-        out = route_profile(profile.routing_setup, run_name, Catalog(profile.catalog_path), run_ids(),
+        out = route_profile(profile.routing_setup, run_name, Catalog.for_context(profile.context), run_ids(),
                             progress_cb=hook)
     except BaseException:
         hook.finish("failed (see the flow run's logs)", progress=0.0)

@@ -24,7 +24,7 @@ def build_base_task(profile: Profile, data_versions: dict[str, str] | None = Non
     """Build (tiny) or resolve (hub) the base model; returns its identity."""
     from brainstacks_core.training.run import ensure_base
 
-    cat = Catalog(profile.catalog_path)
+    cat = Catalog.for_context(profile.context)
     info = ensure_base(profile.training_setup, None, cat, run_ids())  # the tiny base has its own pinned corpus
     get_run_logger().info("base %s (%s) at %s", info.fingerprint, info.source, info.path)
     return {"fingerprint": info.fingerprint, "path": str(info.path), "source": info.source}
@@ -35,7 +35,7 @@ def resolve_data_task(profile: Profile) -> dict[str, str]:
     """Pin the latest dataset version of every curriculum domain for this run."""
     from brainstacks_core.training.run import resolve_data_versions
 
-    cat = Catalog(profile.catalog_path)
+    cat = Catalog.for_context(profile.context)
     versions = resolve_data_versions(profile.training_setup, cat)
     # what this run reads: every domain's train/val (training, null space) and test (forgetting) split
     cat.record_reads([f"{v.rsplit('-', 1)[0]}-{s}" for v in versions.values() for s in ("train", "val", "test")],
@@ -62,7 +62,7 @@ def train_domain_task(profile: Profile, domain: str, run_name: str = "main",
                          f"{profile.name}/{run_name}", profile.training.max_rounds)
     try:
         manifest = train_profile(profile.training_setup, run_name, null_space, until_domain=domain,
-                                 catalog=Catalog(profile.catalog_path), run_ids=run_ids(),
+                                 catalog=Catalog.for_context(profile.context), run_ids=run_ids(),
                                  data_versions=data_versions, progress=hook)
     except RunBusyError as exc:
         log.warning("skipped: %s", exc)
@@ -76,7 +76,7 @@ def train_domain_task(profile: Profile, domain: str, run_name: str = "main",
     hook.finish(f"**{domain}** unchanged, {frozen} stacks reused from {entry['reused_from']}"
                 if entry.get("reused_from") else
                 f"**{domain}** done: {frozen} frozen of {len(entry['rounds'])} rounds ({entry.get('stop_reason')})")
-    cat = Catalog(profile.catalog_path)
+    cat = Catalog.for_context(profile.context)
     if entry.get("reused_from"):
         log.info("%s: unchanged (base, settings, its data and every earlier domain): stacks reused from %s",
                  domain, entry["reused_from"])
@@ -108,7 +108,7 @@ def experiment1_task(profile: Profile) -> dict:
     """MoE-LoRA vs parameter-matched single LoRA on one domain (paper 4.1)."""
     from brainstacks_core.training.run import run_experiment1_for_profile
 
-    return run_experiment1_for_profile(profile.training_setup, Catalog(profile.catalog_path), run_ids())
+    return run_experiment1_for_profile(profile.training_setup, Catalog.for_context(profile.context), run_ids())
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -116,7 +116,7 @@ def report_task(profile: Profile, run_names: list[str]) -> dict:
     """Plots and the markdown report of the profile's runs; returns paths and text."""
     from brainstacks_core.reporting.report import build_report
 
-    return build_report(profile.context, run_names, Catalog(profile.catalog_path), run_ids())
+    return build_report(profile.context, run_names, Catalog.for_context(profile.context), run_ids())
 
 
 @task(name="run-summary", cache_policy=NO_CACHE)

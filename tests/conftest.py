@@ -40,3 +40,24 @@ def tiny_llama():
 @pytest.fixture
 def input_ids():
     return torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server (tests/pg_server.py: password auth, free port, temp folder) per session."""
+    from pg_server import PgServer
+
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def new_catalog(request, tmp_path):
+    """Makes an empty catalog of each backend: the DuckDB file, or a fresh schema in the session's PostgreSQL."""
+    from brainstacks_core.lineage.catalog import Catalog
+
+    if request.param == "duckdb":
+        return lambda: Catalog(tmp_path / "c.duckdb")
+    url = request.getfixturevalue("pg_server").url
+    schema = "bs_t_" + os.urandom(6).hex()
+    return lambda: Catalog(tmp_path / "unused.duckdb", url=url, pg_schema=schema)

@@ -1,4 +1,6 @@
-"""Lineage catalog: artifacts, transitive upstream, membership, metrics, two writers."""
+"""Lineage catalog: artifacts, transitive upstream, membership, metrics, two writers.
+
+The first tests run on both backends (``new_catalog``: the DuckDB file and a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ def _rec(cat, uri, version, kind="dataset", inputs=()):
                         config_hash="h", inputs=inputs, run_ids={"flow_run_id": "f1"})
 
 
-def test_upstream_is_transitive_with_depth(tmp_path):
-    cat = Catalog(tmp_path / "c.duckdb")
+def test_upstream_is_transitive_with_depth(new_catalog):
+    cat = new_catalog()
     _rec(cat, "local:a.json", "src1", "source")
     _rec(cat, "local:b.json", "src2", "source")
     _rec(cat, "dataset://demo/math/train", "d1-train", inputs=["src1", "src2"])
@@ -30,8 +32,8 @@ def test_upstream_is_transitive_with_depth(tmp_path):
     assert len(cat.list_artifacts("source")) == 2
 
 
-def test_artifacts_containing_follows_members_and_downstream(tmp_path):
-    cat = Catalog(tmp_path / "c.duckdb")
+def test_artifacts_containing_follows_members_and_downstream(new_catalog):
+    cat = new_catalog()
     _rec(cat, "local:a.json", "src1", "source")
     _rec(cat, "dataset://demo/math/train", "d1-train", inputs=["src1"])
     _rec(cat, "stack://demo/math/r1", "s1", "stack", inputs=["d1-train"])
@@ -45,8 +47,8 @@ def test_artifacts_containing_follows_members_and_downstream(tmp_path):
     assert len(cat.members("d1-train")) == 2
 
 
-def test_metrics_round_trip(tmp_path):
-    cat = Catalog(tmp_path / "c.duckdb")
+def test_metrics_round_trip(new_catalog):
+    cat = new_catalog()
     cat.record_metric("s1", "val_loss", 1.5, step=10, metadata={"domain": "math"})
     cat.record_metric("s1", "val_loss", 1.2, step=20)
     m = cat.metrics("s1")

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # imported by the data path but cannot change what a dataset contains
 CONTENT_NEUTRAL = {"brainstacks_core/files.py", "brainstacks_core/profile.py", "brainstacks_core/lineage/catalog.py",
                    "brainstacks_core/lineage/cache_tables.py",  # the catalog's eval/oracle cache tables
+                   # where the catalog's tables live (DuckDB file / PostgreSQL), not what a dataset holds
+                   "brainstacks_core/lineage/backends.py", "brainstacks_core/lineage/pg_backend.py",
                    "brainstacks_core/__init__.py", "brainstacks_core/lineage/__init__.py",
                    # other stages' sections, imported by profile.py; the data section is hashed as step config
                    *(f"brainstacks_core/{pkg}/config.py" for pkg in ("base", "stacks", "training", "routing",

@@ -246,7 +246,7 @@ def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], c
         The datasets with ``new_version`` set: True when the domain's train URI had
         another (or no) latest version before (a version-changed event is due).
     """
-    cat = catalog or Catalog(ctx.catalog_path)
+    cat = catalog or Catalog.for_context(ctx)
     out, seen = {}, set()
     last = list(prepared)[-1] if prepared else None
     with cat.batch():
@@ -329,7 +329,7 @@ def load_prepared(ctx: StoreContext, domain: str, catalog: Catalog | None = None
     Raises:
         LookupError: The domain (or that version of it) was never prepared for this profile.
     """
-    cat = catalog or Catalog(ctx.catalog_path)
+    cat = catalog or Catalog.for_context(ctx)
     uri = f"dataset://{ctx.name}/{domain}/train"
     if version is None:
         art = cat.latest(uri)

@@ -1,4 +1,4 @@
-"""The lineage catalog: one DuckDB file of artifacts, edges, row membership and metrics.
+"""The lineage catalog: artifacts, edges, row membership and metrics, in DuckDB or PostgreSQL.
 
 Tables:
     artifacts  one row per version (uri, kind, path, sha256, code version, config
@@ -15,27 +15,30 @@ Tables:
     eval_items   per-item benchmark results of an eval version (task, mode, doc, choice scores, metrics)
     oracle_losses  one routing-oracle loss per (prompt, combination) key
     (the three cache tables' methods are in :mod:`brainstacks_core.lineage.cache_tables`)
+    run_epochs     per lock name, the fencing epoch of its current holder (PostgreSQL locks only)
 
-DuckDB allows one read-write process at a time, so every operation opens its own
-connection and closes it at once (no lock is held between calls). A lock conflict
-is retried with exponential backoff for up to ``timeout_s`` and then raised as
-:class:`CatalogLockedError` naming the file. Writes are single transactions, so a
-killed writer leaves the file as it was before the write.
+Where the tables live is a backend (:mod:`brainstacks_core.lineage.backends`): the
+embedded DuckDB file by default (one machine; every operation opens its own
+connection and closes it at once, a lock conflict is retried with backoff for up to
+``timeout_s`` and then raised as :class:`CatalogLockedError` naming the file), or a
+PostgreSQL database (``url``; many writers on many hosts). The SQL here is one
+dialect both engines accept. Writes are single transactions, so a killed writer
+leaves the catalog as it was before the write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
-import random
-import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import duckdb
 import pandas as pd
 
+from brainstacks_core.lineage.backends import (CatalogLockedError, CatalogUnavailableError,  # noqa: F401 - re-export
+                                               DuckDBBackend, is_postgres_url, mask_url)
 from brainstacks_core.lineage.cache_tables import CacheTables, _now
 
 log = logging.getLogger(__name__)
@@ -64,19 +67,14 @@ CREATE TABLE IF NOT EXISTS eval_items (eval_version VARCHAR NOT NULL, task VARCH
     filter VARCHAR, scores VARCHAR, metrics VARCHAR, recorded_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS oracle_losses (key VARCHAR PRIMARY KEY, record_id VARCHAR NOT NULL,
     combo VARCHAR NOT NULL, loss DOUBLE NOT NULL, tokens INTEGER NOT NULL, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS run_epochs (lock_key VARCHAR PRIMARY KEY, epoch BIGINT NOT NULL, holder VARCHAR,
+    taken_at TIMESTAMP NOT NULL);
 """
+TABLES = ["artifacts", "edges", "members", "metrics", "events", "eval_scores", "eval_models", "eval_items",
+          "oracle_losses", "run_epochs"]
 _ART_COLS = ["version", "uri", "kind", "path", "sha256", "code_version", "config_hash", "created_at",
              "last_used_at", "flow_run_id", "task_run_id", "metadata"]
 _MEMBER_COLS = ["record_id", "source_uri", "source_version", "source_row_key", "split", "origin_domain"]
-
-
-class CatalogLockedError(RuntimeError):
-    """Another process held the catalog's write lock for longer than the timeout."""
-
-
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used by another process" in text
 
 
 def _row(cols: Sequence[str], values: Sequence[Any]) -> dict:
@@ -87,17 +85,79 @@ def _row(cols: Sequence[str], values: Sequence[Any]) -> dict:
 
 
 class Catalog(CacheTables):
-    """A DuckDB lineage catalog.
+    """A lineage catalog: the DuckDB file at ``path``, or the PostgreSQL database at ``url``.
 
     Args:
-        path: The DuckDB file (created with its schema on first write).
-        timeout_s: How long to retry a lock conflict before raising.
+        path: The DuckDB file (created with its schema on first write); unused with ``url``.
+        timeout_s: How long to retry a DuckDB lock conflict (PostgreSQL: the connect timeout).
+        url: ``postgresql://...``: keep the tables in PostgreSQL instead (schema ``pg_schema``).
+        pg_schema: The PostgreSQL schema of this catalog (``bs_<profile>``; :meth:`for_context` sets it).
     """
 
-    def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 30.0, url: str | None = None,
+                 pg_schema: str = "bs_default") -> None:
         self.path = Path(path)
         self.timeout_s = timeout_s
-        self._batch: duckdb.DuckDBPyConnection | None = None
+        self._batch = None
+        self._fence: tuple[str, int] | None = None
+        if url and not is_postgres_url(url):
+            raise ValueError(f"catalog url {mask_url(url)}: only postgresql:// URLs are supported "
+                             "(leave lineage.catalog_url unset for the DuckDB file)")
+        if url:
+            from brainstacks_core.lineage.pg_backend import PostgresBackend
+
+            self._backend = PostgresBackend(url, _SCHEMA, pg_schema, timeout_s)
+        else:
+            self._backend = DuckDBBackend(self.path, _SCHEMA, timeout_s)
+
+    @classmethod
+    def for_context(cls, ctx, timeout_s: float = 30.0) -> "Catalog":
+        """The catalog of a store context: PostgreSQL when ``ctx.catalog_url`` is set, else its DuckDB file."""
+        url = ctx.catalog_url.get_secret_value() if getattr(ctx, "catalog_url", None) else None
+        if url:
+            from brainstacks_core.lineage.pg_backend import schema_name
+
+            return cls(ctx.catalog_path, timeout_s, url=url, pg_schema=schema_name(ctx.name))
+        return cls(ctx.catalog_path, timeout_s)
+
+    @property
+    def shared(self) -> bool:
+        """True for a catalog many hosts share (PostgreSQL): locks are then advisory locks in it."""
+        return self._backend.shared
+
+    @property
+    def location(self) -> str:
+        """The DuckDB file, or the PostgreSQL URL with its password masked (safe to print and log)."""
+        return self._backend.location
+
+    def exists(self) -> bool:
+        """Whether anything was ever written (DuckDB: the file exists; PostgreSQL: an artifact is recorded)."""
+        return self._backend.exists()
+
+    # ------------------------------------------------------------ locks and fencing
+    def try_lease(self, key: str):
+        """PostgreSQL only: the advisory lock of ``key`` with a new fencing epoch, or None when held elsewhere."""
+        return self._backend.try_lease(key)
+
+    def lock_holder(self, key: str) -> str:
+        """Who holds ``key``'s lock (pid, host, since, epoch), for log lines."""
+        return self._backend.holder(key)
+
+    def fenced(self, lease) -> "Catalog":
+        """A view of this catalog whose every write transaction first checks ``lease``'s epoch is current.
+
+        A writer whose lock was taken over since (its session died and another host
+        locked) gets :class:`~brainstacks_core.lineage.pg_backend.StaleEpochError` and writes nothing.
+        """
+        view = copy.copy(self)
+        view._fence = (lease.key, lease.epoch)
+        return view
+
+    def check_fence(self) -> None:
+        """Raise ``StaleEpochError`` unless this view's lease epoch is still current (no-op unfenced)."""
+        if self._fence is not None:
+            with self._transaction():
+                pass
 
     # ------------------------------------------------------------ connections
     @contextlib.contextmanager
@@ -114,6 +174,7 @@ class Catalog(CacheTables):
             con.execute("BEGIN TRANSACTION")
             self._batch = con
             try:
+                self._check_fence(con)
                 yield self
                 con.execute("COMMIT")
             except BaseException:
@@ -123,43 +184,26 @@ class Catalog(CacheTables):
                 self._batch = None
 
     @contextlib.contextmanager
-    def _connect(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    def _connect(self, write: bool) -> Iterator[Any]:
         if self._batch is not None:
             yield self._batch
             return
-        if not write and not self.path.exists():
-            yield None
-            return
-        deadline, delay = time.monotonic() + self.timeout_s, 0.02
-        while True:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                con = duckdb.connect(str(self.path), read_only=not write)
-                break
-            except (duckdb.IOException, duckdb.ConnectionException, duckdb.Error) as exc:
-                if not _is_lock_error(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise CatalogLockedError(
-                        f"catalog {self.path} is locked by another process (waited {self.timeout_s:.0f} s): {exc}"
-                    ) from exc
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 1.0)
-        try:
-            if write:
-                con.execute(_SCHEMA)
+        with self._backend.connect(write) as con:
             yield con
-        finally:
-            con.close()
+
+    def _check_fence(self, con) -> None:
+        if self._fence is not None:
+            self._backend.check_fence(con, *self._fence)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _transaction(self) -> Iterator[Any]:
         if self._batch is not None:
             yield self._batch
             return
         with self._connect(write=True) as con:
             con.execute("BEGIN TRANSACTION")
             try:
+                self._check_fence(con)
                 yield con
                 con.execute("COMMIT")
             except BaseException:
@@ -231,10 +275,12 @@ class Catalog(CacheTables):
         if not ids:
             return []
         marks = ", ".join("?" for _ in ids)
-        rows = self._query(f"SELECT {', '.join('a.' + c for c in _ART_COLS)}, LIST(DISTINCT e.event), "
-                           f"(SELECT LIST(input_version ORDER BY input_version) FROM edges "
+        acols = ", ".join("a." + c for c in _ART_COLS)
+        rows = self._query(f"SELECT {acols}, array_agg(DISTINCT e.event), "
+                           f"(SELECT array_agg(input_version ORDER BY input_version) FROM edges "
                            f"WHERE output_version = a.version) FROM events e JOIN artifacts a ON a.version = "
-                           f"e.version WHERE e.flow_run_id IN ({marks}) GROUP BY ALL ORDER BY a.uri, a.version", ids)
+                           f"e.version WHERE e.flow_run_id IN ({marks}) GROUP BY {acols} ORDER BY a.uri, a.version",
+                           ids)
         return [{**_row(_ART_COLS, r[:-2]), "events": set(r[-2]), "inputs": list(r[-1] or [])} for r in rows]
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -243,7 +289,7 @@ class Catalog(CacheTables):
                 return []
             try:
                 return con.execute(sql, list(params)).fetchall()
-            except duckdb.CatalogException:  # file exists but has no schema yet
+            except self._backend.missing_schema_errors:  # file exists but has no schema yet
                 return []
 
     def get(self, version_or_uri: str) -> dict | None:
@@ -265,14 +311,15 @@ class Catalog(CacheTables):
 
     def _walk(self, start: str, direction: str) -> list[dict]:
         a, b = ("input_version", "output_version") if direction == "up" else ("output_version", "input_version")
+        acols = ", ".join("a." + c for c in _ART_COLS)
         sql = f"""
             WITH RECURSIVE walk(version, depth) AS (
                 SELECT {a}, 1 FROM edges WHERE {b} = ?
                 UNION
                 SELECT e.{a}, w.depth + 1 FROM edges e JOIN walk w ON e.{b} = w.version WHERE w.depth < 64)
-            SELECT {', '.join('a.' + c for c in _ART_COLS)}, MIN(w.depth) AS depth
+            SELECT {acols}, MIN(w.depth) AS depth
             FROM walk w JOIN artifacts a ON a.version = w.version
-            GROUP BY ALL ORDER BY depth, a.uri"""
+            GROUP BY {acols} ORDER BY depth, a.uri"""
         return [_row(_ART_COLS + ["depth"], r) for r in self._query(sql, [start])]
 
     def upstream(self, version_or_uri: str) -> list[dict]:

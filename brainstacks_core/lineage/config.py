@@ -1,4 +1,4 @@
-"""The ``lineage:`` profile section: where OpenLineage run events go.
+"""The ``lineage:`` profile section: where the catalog lives and where OpenLineage run events go.
 
 Pure pydantic; used by ``lineage.openlineage`` (the flows emit through ``tasks/lineage.py``). Example::
 
@@ -7,13 +7,29 @@ Pure pydantic; used by ``lineage.openlineage`` (the flows emit through ``tasks/l
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+CATALOG_URL_ENV = "BRAINSTACKS_CATALOG_URL"
 
 
 class LineageConfig(BaseModel):
-    """OpenLineage export of every flow run (the DuckDB catalog is always written)."""
+    """The catalog's backend and the OpenLineage export of every flow run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalog_url: SecretStr | None = Field(
+        None, description="null: the embedded DuckDB file <store>/catalog.duckdb (one machine). "
+                          "postgresql://user[:password]@host:port/db[?sslmode=require]: the catalog in PostgreSQL "
+                          "(many hosts; run and base-build locks become advisory locks with fencing epochs). "
+                          f"${CATALOG_URL_ENV} overrides it, so the password need not be in the YAML "
+                          "(PGPASSWORD and ~/.pgpass work too). Shown masked everywhere.")
+
+    @field_validator("catalog_url")
+    @classmethod
+    def _postgres_only(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("catalog_url must be a postgresql:// URL (leave it unset for the DuckDB file)")
+        return v
 
     openlineage: bool = Field(True, description="Emit OpenLineage START/COMPLETE/FAIL run events for every flow.")
     openlineage_file: str = Field("lineage/openlineage.jsonl", description="JSONL file of the events, relative "

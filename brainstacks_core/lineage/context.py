@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class StoreContext(BaseModel):
@@ -28,6 +28,8 @@ class StoreContext(BaseModel):
     repo_root: Path = Field(..., description="Folder relative paths of the profile resolve against.")
     source_path: Path | None = Field(None, description="The profile YAML (named in error messages and "
                                                        "the commands they suggest).")
+    catalog_url: SecretStr | None = Field(None, description="PostgreSQL catalog URL (lineage.catalog_url or "
+                                                            "$BRAINSTACKS_CATALOG_URL); None: the DuckDB file.")
 
     @property
     def catalog_path(self) -> Path:

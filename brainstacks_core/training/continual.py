@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,6 +99,9 @@ def _read_manifest(ctx: RunContext, cfg_hash: str, order: list[str]) -> dict:
 
 
 def _write_manifest(ctx: RunContext, manifest: dict) -> None:
+    check = getattr(ctx.catalog, "check_fence", None)
+    if check is not None:  # a shared catalog's lock: refuse to publish under a stale epoch
+        check()
     manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_json(ctx.manifest_path, manifest)
 
@@ -200,7 +203,10 @@ def run_continual(model: nn.Module, tokenizer, data: list[DomainData], cfg: Trai
         moe: MoE-LoRA configuration.
         ctx: where to write and what to record.
     """
-    with run_lock(ctx.run_dir, ctx.on_busy, ctx.lock_timeout_s, what=f"run {ctx.profile}/{ctx.run_name}"):
+    with run_lock(ctx.run_dir, ctx.on_busy, ctx.lock_timeout_s, what=f"run {ctx.profile}/{ctx.run_name}",
+                  catalog=ctx.catalog, key=f"training/{ctx.run_name}/{ctx.run_dir.name}") as lease:
+        if not isinstance(lease, Path):  # an advisory lock: every publish is fenced by its epoch
+            ctx = replace(ctx, catalog=ctx.catalog.fenced(lease))
         return _run_locked(model, tokenizer, data, cfg, moe, ctx)
 
 

@@ -122,13 +122,15 @@ def ensure_base(setup: TrainingSetup, data: list[DomainData] | None = None, cata
         from brainstacks_core.base.local import ensure_local_base
 
         store_base = ctx.store / "base"
-        with run_lock(store_base, "wait", setup.orchestration.lock_timeout_seconds, what=f"base of {ctx.name}"):
+        with run_lock(store_base, "wait", setup.orchestration.lock_timeout_seconds, what=f"base of {ctx.name}",
+                      catalog=catalog, key="base"):
             info, sha = ensure_local_base(base.local, ctx.repo_root, store_base)
         inputs = []
     elif kind == "tiny":
         folder, texts = tiny_base_dir(ctx, base.tiny)
         orch = setup.orchestration
-        with run_lock(folder.parent, "wait", orch.lock_timeout_seconds, what=f"base of {ctx.name}"):
+        with run_lock(folder.parent, "wait", orch.lock_timeout_seconds, what=f"base of {ctx.name}",
+                      catalog=catalog, key="base"):
             info = build_tiny_base(texts, base.tiny, folder)
         corpus = content_hash("base-corpus", corpus_hash(texts))
         inputs, sha = [corpus], None
@@ -282,13 +284,15 @@ def train_profile(setup: TrainingSetup, run_name: str = "main", null_space: bool
     every = load_domain_data(ctx, list(setup.curriculum), catalog, data_versions)
     data = [d for d in every if d.domain in order]
     with run_lock(ctx.store / "training" / run_name, busy, orch.lock_timeout_seconds,
-                  what=f"run {ctx.name}/{run_name}"):
+                  what=f"run {ctx.name}/{run_name}", catalog=catalog, key=f"training/{run_name}") as lease:
         info = ensure_base(setup, every, catalog, run_ids)
         cfg_hash = run_config_hash(cfg, setup.moe)
         keys = domain_keys(info.fingerprint, cfg_hash, every)
         key = keys[every[-1].domain][:12]
         folder = run_dir(ctx, run_name, key)
         seed_run(folder, list(setup.curriculum), keys, info.fingerprint, cfg_hash, ctx.name, run_name)
+        if catalog is not None and not isinstance(lease, Path):
+            catalog.fenced(lease).check_fence()  # a stale holder never moves the current pointer
         atomic_write_json(folder.parent / "current.json", {
             "key": key, "dir": str(folder), "base": info.fingerprint, "config_hash": cfg_hash, "chain": keys,
             "data": {d.domain: [d.train_version, d.val_version] for d in every}})
