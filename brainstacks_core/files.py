@@ -2,7 +2,9 @@
 
 Every artifact the pipeline writes goes through :func:`atomic_write` (temp file in
 the same directory, fsync, ``os.replace``), so a reader never sees a half-written
-file and a killed process leaves either the old file or the new one.
+file and a killed process leaves either the old file or the new one. A figure records
+the hash of its inputs in a PNG text chunk (:func:`png_is_current`), so an unchanged
+plot is not drawn again.
 """
 
 from __future__ import annotations
@@ -130,3 +132,45 @@ def sha256_tree(folder: str | os.PathLike[str], exclude: tuple[str, ...] = ()) -
         raise FileNotFoundError(f"no files to hash in {root}")
     lines = "".join(f"{sha256_file(p)}  {p.relative_to(root).as_posix()}\n" for p in files)
     return sha256_bytes(lines.encode("utf-8"))
+
+
+PNG_INPUTS_KEY = "brainstacks:inputs"
+"""The PNG ``tEXt`` keyword under which a figure records the hash of what it was drawn from."""
+
+
+def png_text(path: str | os.PathLike[str], keyword: str = PNG_INPUTS_KEY) -> str | None:
+    """The value of a PNG ``tEXt`` chunk (the chunks before the image data only), or None.
+
+    None: no file, not a PNG, or no such chunk before the first ``IDAT``.
+    """
+    import struct
+
+    want = keyword.encode("latin-1")
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                size, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                data = f.read(size)
+                f.seek(4, os.SEEK_CUR)  # CRC
+                if kind == b"tEXt":
+                    name, _, value = data.partition(b"\0")
+                    if name == want:
+                        return value.decode("latin-1")
+    except OSError:
+        return None
+
+
+def png_is_current(path: str | os.PathLike[str], inputs_key: str) -> bool:
+    """Whether ``path`` is a PNG drawn from exactly these inputs (its :data:`PNG_INPUTS_KEY` chunk matches).
+
+    Plots call it before drawing: a re-run with unchanged inputs (and unchanged code,
+    part of the key) keeps the file, byte for byte, instead of drawing it again.
+    """
+    return png_text(path) == inputs_key

@@ -96,3 +96,52 @@ def _exp1(reach):
 @pytest.mark.parametrize("reach", [12, None])
 def test_plot_experiment1(tmp_path, reach):
     _assert_png(plot_experiment1(_exp1(reach), tmp_path / "exp1.png"))
+
+
+def _version(path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns  # atomic_write replaces the file: a redraw gives a new inode
+
+
+def test_an_unchanged_plot_is_not_redrawn_and_a_changed_input_redraws_it(tmp_path):
+    """A re-run keeps each PNG byte for byte (inputs' hash in its tEXt chunk); any plotted value changes it."""
+    import copy
+
+    import torch
+
+    from brainstacks_core.files import png_text
+    from brainstacks_core.reporting.routing_plots import plot_routing_heatmap
+
+    m = _manifest(0.0)
+    weights = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]])
+    draws = {
+        "forgetting": lambda mm, w, p: plot_forgetting({"null space": mm}, p),
+        "rounds": lambda mm, w, p: plot_round_losses(mm, p),
+        "exp1": lambda mm, w, p: plot_experiment1({**_exp1(12), "moe_reaches_lora_final_at": mm["reach"]}, p),
+        "routing": lambda mm, w, p: plot_routing_heatmap(["chat", "code"], w, DOMAINS, p),
+    }
+    m["reach"] = 12
+    for name, draw in draws.items():
+        path = tmp_path / f"{name}.png"
+        draw(m, weights, path)
+        first, data = _version(path), path.read_bytes()
+        assert png_text(path) is not None, name
+        draw(copy.deepcopy(m), weights.clone(), path)  # equal inputs, other objects
+        assert _version(path) == first and path.read_bytes() == data, f"{name} was redrawn on equal inputs"
+
+    changed = copy.deepcopy(m)
+    changed["forgetting"][0]["isolated"] += 0.25  # one cell of the forgetting matrix
+    changed["domains"]["code"]["rounds"][0]["history"][1][1] = 1.9  # one point of a loss curve
+    changed["reach"] = None  # Experiment 1 no longer marks a step
+    for name, draw in draws.items():
+        path = tmp_path / f"{name}.png"
+        before, key = _version(path), png_text(path)
+        w = weights if name != "routing" else torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.7, 0.1]])
+        draw(changed, w, path)
+        _assert_png(path)
+        assert _version(path) != before and png_text(path) != key, f"{name} kept a stale figure"
+    # a file that is not this figure's (no chunk, other bytes) is drawn over
+    path = tmp_path / "rounds.png"
+    path.write_bytes(PNG_MAGIC + b"junk")
+    plot_round_losses(changed, path)
+    _assert_png(path)

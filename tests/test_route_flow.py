@@ -73,6 +73,12 @@ def test_train_router_flow_is_cached_and_records_lineage(tmp_path, harness):
     again = train_router(config_path=str(cfg), artifact_root=str(tmp_path / "art"))
     assert again["summary"]["oracle"]["forwards"] == 0 and again["summary"]["oracle"]["computed"] == 0
     assert again["summary"]["router_version"] == first["summary"]["router_version"]
+    assert again["markdown"] == md and again["plots"] == first["plots"]
+    # ... served from the routing's result cache: no model loaded (the computed path also returns the router)
+    from brainstacks_core.routing.run import route_profile
+
+    hit = route_profile(profile.routing_setup, "main", cat, progress=False)
+    assert "router" not in hit and hit["markdown"] == md
 
     # the run's router, as generate and routed evaluation load it: floor and gate applied
     from brainstacks_core.evaluation.run import load_run
@@ -84,3 +90,10 @@ def test_train_router_flow_is_cached_and_records_lineage(tmp_path, harness):
     chat = router.domains.index("chat")
     assert (w[:, chat] >= 0.2 - 1e-6).all()
     assert ((w == 0) | (w >= profile.router.gate_threshold)).all()
+
+    # last (it records a newer router): any input of the key invalidates the cache; another chat floor
+    # routes again and says so in the report
+    setup = profile.routing_setup
+    other = setup.model_copy(update={"router": setup.router.model_copy(update={"chat_floor": 0.3})})
+    redo = route_profile(other, "main", cat, progress=False)
+    assert "router" in redo and "chat floor 0.3" in redo["markdown"] and redo["markdown"] != md

@@ -151,13 +151,23 @@ def markdown_table(summary: dict, comps: list[dict], modes: list[str]) -> str:
 
 
 def plot_scores(summary: dict, tasks: dict, modes: list[str], path: str | Path) -> Path:
-    """Bar chart: headline score per task (x) and mode (bars), harness stderr as error bars."""
-    import matplotlib
+    """Bar chart: headline score per task (x) and mode (bars), harness stderr as error bars.
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    Not drawn again when ``path`` already holds the chart of the same scores (the hash of its
+    inputs, code and matplotlib versions is in the PNG: :func:`~brainstacks_core.files.png_is_current`).
+    """
+    from importlib.metadata import version
+
+    from brainstacks_core.files import PNG_INPUTS_KEY, png_is_current
+    from brainstacks_core.lineage.versioning import code_version, content_hash
 
     names = list(summary)
+    key = content_hash("plot", "scores", code_version(), version("matplotlib"), summary,
+                       {t: (tasks[t].metric, tasks[t].filter) for t in names}, list(modes), length=24)
+    if png_is_current(path, key):
+        return Path(path)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.6))
     ax = fig.subplots()
     width = 0.8 / max(1, len(modes))
@@ -179,5 +189,5 @@ def plot_scores(summary: dict, tasks: dict, modes: list[str], path: str | Path) 
 
     FigureCanvasAgg(fig)
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={PNG_INPUTS_KEY: key})
     return Path(path)

@@ -5,7 +5,9 @@ or an :class:`~brainstacks_core.training.experiment1.Experiment1Result` into PNG
 markdown. Matplotlib is imported inside the functions and used through its
 object API on an Agg canvas (no pyplot, no global backend switch), so importing
 this module is cheap and plotting is safe in worker threads. Every PNG is written
-atomically (:func:`brainstacks_core.files.atomic_write`).
+atomically (:func:`brainstacks_core.files.atomic_write`) and carries the hash of what it
+was drawn from (:func:`plot_key`: the plotted values, the code and matplotlib versions); a
+plot whose file already carries the same hash is not drawn again (a re-run redraws nothing).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from brainstacks_core.files import atomic_write
+from brainstacks_core.files import PNG_INPUTS_KEY, atomic_write, png_is_current
 
 MODES = ("isolated", "as_trained", "ungated")
 """Forgetting modes: own stacks only; the stacks active while the domain trained (its own and every
@@ -47,12 +49,23 @@ def forgetting_matrix(manifest: Mapping[str, Any], mode: str) -> tuple[list[str]
     return rows, stages, values
 
 
-def _save(fig, path: str | os.PathLike[str]) -> Path:
+def plot_key(kind: str, *inputs: Any) -> str:
+    """Hash of one figure's inputs: its kind, everything it plots, the code and matplotlib versions."""
+    from importlib.metadata import version
+
+    from brainstacks_core.lineage.versioning import code_version, content_hash
+
+    return content_hash("plot", kind, code_version(), version("matplotlib"), *inputs, length=24)
+
+
+def _save(fig, path: str | os.PathLike[str], key: str | None = None) -> Path:
+    """Write ``fig`` as PNG atomically; ``key`` (:func:`plot_key`) goes into its text chunk."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
+                    metadata={PNG_INPUTS_KEY: key} if key else None)
     return Path(path)
 
 
@@ -75,6 +88,9 @@ def plot_forgetting(manifests: Mapping[str, Mapping[str, Any]], path: str | os.P
 
     if not manifests:
         raise ValueError("no manifest to plot")
+    key = plot_key("forgetting", [(label, m.get("forgetting"), m.get("domains_order")) for label, m in manifests.items()])
+    if png_is_current(path, key):
+        return Path(path)
     panels = [(label, mode, *forgetting_matrix(m, mode)) for label, m in manifests.items() for mode in MODES]
     finite = [v for *_, vals in panels for row in vals for v in row if math.isfinite(v)]
     vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -100,7 +116,7 @@ def plot_forgetting(manifests: Mapping[str, Mapping[str, Any]], path: str | os.P
                             color="white" if v > mid else "black")
     if image is not None:
         fig.colorbar(image, ax=axes, label="test loss", shrink=0.8)
-    return _save(fig, path)
+    return _save(fig, path, key)
 
 
 def forgetting_table(manifests: Mapping[str, Mapping[str, Any]]) -> str:
@@ -150,6 +166,9 @@ def plot_round_losses(manifest: Mapping[str, Any], path: str | os.PathLike[str])
     domains += [d for d in manifest.get("domains", {}) if d not in domains and manifest["domains"][d].get("rounds")]
     if not domains:
         raise ValueError("the manifest has no trained round")
+    key = plot_key("rounds", domains, [manifest["domains"][d]["rounds"] for d in domains])
+    if png_is_current(path, key):
+        return Path(path)
     cols = min(2, len(domains))
     nrows = math.ceil(len(domains) / cols)
     fig = Figure(figsize=(5.2 * cols, 3.4 * nrows), layout="constrained")
@@ -170,7 +189,7 @@ def plot_round_losses(manifest: Mapping[str, Any], path: str | os.PathLike[str])
         ax.set_xlabel("step (rounds end to end; o = loss before the round)")
         ax.set_ylabel("validation loss")
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, key)
 
 
 def _final_loss(entry: Mapping[str, Any]) -> float:
@@ -194,6 +213,9 @@ def plot_experiment1(result: Any, path: str | os.PathLike[str]) -> Path:
     from matplotlib.figure import Figure
 
     d = result.to_dict() if hasattr(result, "to_dict") else result
+    key = plot_key("experiment1", d)
+    if png_is_current(path, key):
+        return Path(path)
     fig = Figure(figsize=(10.5, 3.8), layout="constrained")
     ax_val, ax_train = fig.subplots(1, 2)
     labels = {"moe": "MoE-LoRA", "lora": "single LoRA"}
@@ -214,4 +236,4 @@ def plot_experiment1(result: Any, path: str | os.PathLike[str]) -> Path:
     ax_train.set(title="train task loss (no aux term)", xlabel="step", ylabel="loss")
     ax_val.legend(fontsize=7)
     ax_train.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, key)

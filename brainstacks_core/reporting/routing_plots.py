@@ -12,7 +12,8 @@ from typing import Sequence
 
 import torch
 
-from brainstacks_core.reporting.plots import _save
+from brainstacks_core.files import png_is_current
+from brainstacks_core.reporting.plots import _save, plot_key
 
 
 def routing_matrix(source_domains: Sequence[str], weights: torch.Tensor,
@@ -53,6 +54,9 @@ def plot_routing_heatmap(source_domains: Sequence[str], weights: torch.Tensor, d
     from matplotlib.figure import Figure
 
     rows, values, counts = routing_matrix(source_domains, weights, domains)
+    key = plot_key("routing-heatmap", rows, values, counts, list(domains), title)
+    if png_is_current(path, key):
+        return Path(path)
     fig = Figure(figsize=(max(3.5, 0.9 * len(domains) + 2.2), max(2.6, 0.55 * len(rows) + 1.6)),
                  layout="constrained")
     ax = fig.subplots()
@@ -67,4 +71,4 @@ def plot_routing_heatmap(source_domains: Sequence[str], weights: torch.Tensor, d
         for j, v in enumerate(row):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if v > 0.5 else "white")
     fig.colorbar(image, ax=ax, label="mean weight", shrink=0.8)
-    return _save(fig, path)
+    return _save(fig, path, key)

@@ -117,6 +117,71 @@ def table_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+RESULT_FILE = "result.json"
+"""In ``<store>/routing/<run>/``: the key of the last routing and what it recorded (:func:`cached_routing`)."""
+
+
+def routing_key(setup: RoutingSetup, manifest: dict, pointer: dict) -> str:
+    """What a routing's results depend on: the router, base, MoE and training sections, the run's base,
+    data versions and frozen stack versions, and the code version."""
+    stacks = {r["stack_id"]: r["version"] for d in manifest["domains_order"]
+              for r in manifest["domains"].get(d, {}).get("rounds", []) if r.get("status") == "frozen"}
+    run = setup.run
+    return content_hash("routing", code_version(), setup.router, run.base, run.moe, run.training,
+                        list(run.curriculum), pointer.get("base"), pointer.get("data"), stacks)
+
+
+def cached_routing(setup: RoutingSetup, run_name: str, key: str, manifest: dict, catalog=None,
+                   run_ids: dict | None = None) -> dict | None:
+    """The last routing's results when nothing it depends on changed (:func:`routing_key`), else None.
+
+    Loads no model. What a computed re-run checks is checked here too: every frozen stack
+    file against the manifest's sha256 (:func:`~brainstacks_core.training.repair.verify_round`),
+    the router's weights, the oracle targets and the report against their recorded sha256.
+    The oracle, router and routing evaluation are recorded again under this run's ids
+    (``used`` events), as a computed re-run records them.
+    """
+    from brainstacks_core.routing.router import META_FILE, WEIGHTS_FILE, record_router
+    from brainstacks_core.training.repair import RunInconsistentError, verify_round
+
+    out_dir = routing_dir(setup.run.context, run_name)
+    try:
+        saved = json.loads((out_dir / RESULT_FILE).read_text())
+        summary = json.loads((out_dir / "routed.json").read_text())
+        text = (out_dir / "report.md").read_text()[:-1]
+        meta = json.loads((Path(saved["router_folder"]) / META_FILE).read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    if saved.get("key") != key or not all(Path(p).exists() for p in saved["plots"]):
+        return None
+    files = [(r["path"], r["sha256"]) for r in saved["records"]]
+    files.append((str(Path(saved["router_folder"]) / WEIGHTS_FILE), meta["sha256"]))
+    if any(not Path(f).exists() or sha256_file(f) != sha for f, sha in files):
+        log.info("routing of %s: a result file changed since it was written; routing again", run_name)
+        return None
+    for dom in manifest["domains_order"]:
+        for r in manifest["domains"].get(dom, {}).get("rounds", []):
+            problem = verify_round(r)
+            if problem:
+                raise RunInconsistentError(current_run_dir_of(setup, run_name), dom, r["round"], problem)
+    if catalog is not None:
+        oracle_record, eval_record = saved["records"]
+        catalog.record_artifact(**oracle_record, run_ids=run_ids)
+        record_router(catalog, saved["router_folder"], meta, setup.run.context.name, run_name, run_ids=run_ids)
+        catalog.record_artifact(**eval_record, run_ids=run_ids)
+    o = summary["oracle"]  # as a computed re-run reports it: every oracle loss reused from the catalog
+    summary["oracle"] = {**o, "computed": 0, "reused": o["computed"] + o["reused"], "forwards": 0}
+    log.info("routing of %s: inputs unchanged (key %s): results of %s reused, no model loaded", run_name, key,
+             out_dir)
+    return {"markdown": text, "plots": saved["plots"], "summary": summary, "version": saved["records"][1]["version"]}
+
+
+def current_run_dir_of(setup: RoutingSetup, run_name: str) -> Path:
+    from brainstacks_core.training.run import current_run_dir
+
+    return current_run_dir(setup.run.context, run_name)
+
+
 def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run_ids: dict | None = None,
                   progress_cb: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
     """Oracle discovery, router training and routed evaluation of run ``run_name``.
@@ -137,6 +202,10 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
     pointer = json.loads((folder.parent / "current.json").read_text())
     manifest = json.loads((folder / "manifest.json").read_text())
     data_versions = {d: v[0] for d, v in pointer.get("data", {}).items()}
+    key = routing_key(setup, manifest, pointer)
+    hit = cached_routing(setup, run_name, key, manifest, catalog, run_ids)
+    if hit is not None:
+        return hit
     run = load_run(setup.run, run_name, catalog)
     model, tok = run["model"], run["tokenizer"]
     stacks = {d: s for d, s in run["domain_stacks"].items() if s}
@@ -160,13 +229,14 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
 
         router_split_versions = [load_prepared(ctx, d, catalog, data_versions.get(d)).router_uri_version
                                  for d in domains]
-        catalog.record_artifact(uri=f"oracle://{ctx.name}/{run_name}", version=oracle.version, kind="oracle",
-                                path=str(targets_path), sha256=sha256_file(targets_path),
-                                code_version=code_version(), config_hash=config_hash(cfg),
-                                inputs=[*stack_versions.values(), run["base_fingerprint"], *router_split_versions],
-                                metadata={"pairs": len(pairs), "computed": oracle.computed,
-                                          "reused": oracle.reused, "forwards": oracle.forwards,
-                                          "regret": oracle.regret}, run_ids=run_ids)
+    oracle_record = dict(uri=f"oracle://{ctx.name}/{run_name}", version=oracle.version, kind="oracle",
+                         path=str(targets_path), sha256=sha256_file(targets_path), code_version=code_version(),
+                         config_hash=config_hash(cfg),
+                         inputs=[*stack_versions.values(), run["base_fingerprint"], *router_split_versions],
+                         metadata={"pairs": len(pairs), "computed": oracle.computed, "reused": oracle.reused,
+                                   "forwards": oracle.forwards, "regret": oracle.regret})
+    if catalog is not None:
+        catalog.record_artifact(**oracle_record, run_ids=run_ids)
 
     # 2. the meta-router
     def loss_under(rows: pd.DataFrame, weights: torch.Tensor) -> torch.Tensor:
@@ -241,13 +311,16 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
     version = content_hash("routing-eval", fitted["version"], test_versions, text)
     atomic_write_json(out_dir / "routed.json", summary)
     path = atomic_write_text(out_dir / "report.md", text + "\n")
+    eval_record = dict(uri=f"routing-eval://{ctx.name}/{run_name}", version=version, kind="eval", path=str(path),
+                       sha256=sha256_file(path), code_version=code_version(), config_hash=config_hash(cfg),
+                       inputs=[fitted["version"], oracle.version, *test_versions],
+                       metadata={k: v for k, v in summary.items() if k != "table"})
     if catalog is not None:
-        catalog.record_artifact(uri=f"routing-eval://{ctx.name}/{run_name}", version=version, kind="eval",
-                                path=str(path), sha256=sha256_file(path), code_version=code_version(),
-                                config_hash=config_hash(cfg), inputs=[fitted["version"], oracle.version,
-                                                                      *test_versions],
-                                metadata={k: v for k, v in summary.items() if k != "table"}, run_ids=run_ids)
-    return {"markdown": text, "plots": [fitted["heatmap"], str(heat)], "summary": summary, "table": table,
+        catalog.record_artifact(**eval_record, run_ids=run_ids)
+    plots = [fitted["heatmap"], str(heat)]
+    atomic_write_json(out_dir / RESULT_FILE, {"key": key, "plots": plots, "router_folder": fitted["folder"],
+                                              "records": [oracle_record, eval_record]})
+    return {"markdown": text, "plots": plots, "summary": summary, "table": table,
             "version": version, "router": router, "oracle": oracle, "combinations": combos}
 
 

@@ -23,11 +23,8 @@ from torch import nn
 
 from brainstacks_core.stacks.inject import add_active_stack, freeze_active_stack, remove_stack
 from brainstacks_core.stacks.moe_lora import MoELoRAConfig
-from brainstacks_core.training.best_stack import BestStackCallback
 from brainstacks_core.training.config import TrainingConfig
 from brainstacks_core.training.loss import completion_loss
-from brainstacks_core.training.sft import StackSFTTrainer, make_sft_config
-from brainstacks_core.training.sft_data import to_sft_dataset
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +92,11 @@ def train_round(model: nn.Module, tokenizer, data: DomainData, round_index: int,
     Returns:
         The round's record.
     """
+    # the trainer stack (transformers.Trainer, trl: seconds to import) only when a round trains
+    from brainstacks_core.training.best_stack import BestStackCallback
+    from brainstacks_core.training.sft import StackSFTTrainer, make_sft_config
+    from brainstacks_core.training.sft_data import to_sft_dataset
+
     t0 = time.time()
     stack_id = f"{data.domain}-r{round_index}"
     val = data.val if cfg.eval_rows is None else data.val.head(cfg.eval_rows)

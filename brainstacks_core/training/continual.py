@@ -30,7 +30,6 @@ from brainstacks_core.stacks.stack_io import attach_stack, load_stack, save_stac
 from brainstacks_core.training.boosting import DomainData, RoundRecord, should_continue, train_round
 from brainstacks_core.training.config import TrainingConfig
 from brainstacks_core.training.loss import completion_loss
-from brainstacks_core.training.progress import ProgressCallback
 from brainstacks_core.training.repair import RunInconsistentError, verify_round
 from brainstacks_core.training.run_lock import run_lock
 from brainstacks_core.training.sft_data import iter_batches, tokenize_for_loss
@@ -124,6 +123,43 @@ def _reattach(model: nn.Module, ctx: RunContext, manifest: dict) -> None:
             sf = load_stack(r["file"], base_fingerprint=ctx.base_fingerprint)
             attach_stack(model, sf)
             log.info("resume: re-attached %s from %s", r["stack_id"], r["file"])
+
+
+def finished_run(data: list[DomainData], cfg: TrainingConfig, moe: MoELoRAConfig, ctx: RunContext) -> dict | None:
+    """The manifest when every domain of ``data`` is done in ``ctx``'s folder on these inputs, else None.
+
+    What a run with nothing to train checks, without loading a model: the manifest's
+    base, settings and curriculum order agree with this run (the errors of
+    :func:`run_continual`), each domain's data versions and chain key match, and every
+    frozen round's file matches its recorded sha256 (:func:`~brainstacks_core.training.repair.verify_round`,
+    the check :func:`run_continual` makes before re-attaching). Under the run folder's lock.
+
+    Raises:
+        RunInconsistentError: a frozen stack file is missing or differs from the manifest.
+        ValueError: the folder was trained on other settings or in another curriculum order.
+    """
+    if not ctx.manifest_path.exists():
+        return None
+    order = [d.domain for d in data]
+    with run_lock(ctx.run_dir, ctx.on_busy, ctx.lock_timeout_s, what=f"run {ctx.profile}/{ctx.run_name}"):
+        manifest = _read_manifest(ctx, run_config_hash(cfg, moe), order)
+        for d in data:
+            entry = manifest["domains"].get(d.domain)
+            if entry is None or entry.get("status") != "done":
+                return None
+            if (entry["train_version"], entry["val_version"]) != (d.train_version, d.val_version):
+                return None  # run_continual names the conflict
+            key = (ctx.domain_keys or {}).get(d.domain)
+            if key is not None and entry.get("chain_key") != key:
+                return None
+        for dom in manifest["domains_order"]:
+            for r in manifest["domains"].get(dom, {}).get("rounds", []):
+                problem = verify_round(r)
+                if problem:
+                    raise RunInconsistentError(ctx.run_dir, dom, r["round"], problem)
+    log.info("run %s/%s: %s done in the manifest, every stack file verified: nothing to train", ctx.profile,
+             ctx.run_name, ", ".join(order))
+    return manifest
 
 
 def run_config_hash(cfg: TrainingConfig, moe: MoELoRAConfig) -> str:
@@ -253,6 +289,8 @@ def _run_locked(model: nn.Module, tokenizer, data: list[DomainData], cfg: Traini
 
             _progress(ctx, stage="train", domain=d.domain, round=next_round, step=0, max_steps=dcfg.sft.max_steps,
                       val_loss=None)
+            from brainstacks_core.training.progress import ProgressCallback  # transformers.Trainer: lazily
+
             hook = [ProgressCallback(ctx.progress, d.domain, next_round)] if ctx.progress else None
             rec = train_round(model, tokenizer, d, next_round, dcfg, moe, bases, on_frozen, callbacks=hook)
             _progress(ctx, stage="round done", domain=d.domain, round=next_round, step=dcfg.sft.max_steps,

@@ -16,6 +16,10 @@ from pathlib import Path
 from brainstacks_core.files import atomic_write_json
 
 log = logging.getLogger(__name__)
+# file -> ((size, mtime_ns, ctime_ns, inode), sha256) of the file versions hashed and matched in this process, as
+# the stack store keeps them: checking the same unchanged file again costs one ``stat``. Any write changes the
+# key (ctime cannot be set back by ``utime``), so a changed file is hashed again.
+_VERIFIED: dict[str, tuple[tuple[int, int, int, int], str]] = {}
 
 
 class RunInconsistentError(ValueError):
@@ -34,17 +38,38 @@ class RunInconsistentError(ValueError):
                          f"Repair it (re-verify, drop that round and everything trained after it, resume): {hint}")
 
 
-def verify_round(r: dict) -> str | None:
-    """Why a frozen round's file does not match the manifest, or None when it does."""
+def _stat_key(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def verify_round(r: dict, cached: bool = True) -> str | None:
+    """Why a frozen round's file does not match the manifest, or None when it does.
+
+    Args:
+        r: the round's manifest record (``status``, ``file``, ``file_sha256``).
+        cached: accept a file version (size, mtime, ctime, inode) this process already hashed and
+            matched to the same sha256 (one ``stat``); False hashes the file again.
+    """
     from brainstacks_core.files import sha256_file
 
     if r.get("status") != "frozen":
         return None
-    if not r.get("file") or not Path(r["file"]).exists():
-        return f"stack file {r.get('file')} is missing"
-    sha = sha256_file(r["file"])
+    path = r.get("file")
+    key = _stat_key(path) if path else None
+    if key is None:
+        return f"stack file {path} is missing"
+    if cached and _VERIFIED.get(path) == (key, r["file_sha256"]):
+        return None
+    sha = sha256_file(path)
     if sha != r["file_sha256"]:
-        return f"{r['file']}: sha256 {sha[:12]} differs from the manifest's {r['file_sha256'][:12]}"
+        _VERIFIED.pop(path, None)
+        return f"{path}: sha256 {sha[:12]} differs from the manifest's {r['file_sha256'][:12]}"
+    if _stat_key(path) == key:  # unchanged while it was hashed
+        _VERIFIED[path] = (key, sha)
     return None
 
 
@@ -66,7 +91,7 @@ def repair_run(run_dir: Path) -> dict:
     broken = None
     for dom in order:
         for r in m["domains"][dom]["rounds"]:
-            problem = verify_round(r)
+            problem = verify_round(r, cached=False)  # an explicit re-verification reads every file
             if problem:
                 broken = (dom, r["round"], problem)
                 break

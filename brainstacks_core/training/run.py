@@ -36,7 +36,7 @@ from brainstacks_core.lineage.versioning import code_version, config_hash, conte
 from brainstacks_core.stacks.inject import inject_stacks
 from brainstacks_core.training.boosting import DomainData
 from brainstacks_core.training.config import TrainingSetup
-from brainstacks_core.training.continual import RunContext, run_config_hash, run_continual
+from brainstacks_core.training.continual import RunContext, finished_run, run_config_hash, run_continual
 from brainstacks_core.training.repair import RunInconsistentError
 from brainstacks_core.training.reuse import seed_run
 from brainstacks_core.training.run_lock import run_lock
@@ -296,12 +296,15 @@ def train_profile(setup: TrainingSetup, run_name: str = "main", null_space: bool
         atomic_write_json(folder.parent / "current.json", {
             "key": key, "dir": str(folder), "base": info.fingerprint, "config_hash": cfg_hash, "chain": keys,
             "data": {d.domain: [d.train_version, d.val_version] for d in every}})
-        model, tok = load_model(setup, info)
-        torch.manual_seed(ctx.seed)
         run = RunContext(ctx.name, run_name, folder, info.fingerprint, base_version=info.fingerprint,
                          catalog=catalog, run_ids=run_ids, domain_keys=keys, progress=progress, on_busy=busy,
                          lock_timeout_s=orch.lock_timeout_seconds, store=ctx)
         try:
+            done = finished_run(data, cfg, setup.moe, run)  # nothing to train: no model is loaded
+            if done is not None:
+                return done
+            model, tok = load_model(setup, info)
+            torch.manual_seed(ctx.seed)
             return run_continual(model, tok, data, cfg, setup.moe, run)
         except RunInconsistentError as exc:
             raise RunInconsistentError(exc.run_dir, exc.domain, exc.round, exc.problem, repair_hint=(
@@ -317,7 +320,6 @@ def run_experiment1_for_profile(setup: TrainingSetup, catalog: Catalog | None = 
     import json
 
     from brainstacks_core.files import atomic_write_json, sha256_file
-    from brainstacks_core.training.experiment1 import run_experiment1
 
     ctx = setup.context
     if setup.experiment1 is None:
@@ -332,6 +334,8 @@ def run_experiment1_for_profile(setup: TrainingSetup, catalog: Catalog | None = 
     path = ctx.store / "experiment1" / f"{version}.json"
     if path.exists():
         return json.loads(path.read_text())
+    from brainstacks_core.training.experiment1 import run_experiment1  # peft, trl: only when it runs
+
     first, tok = load_training_base(setup.base, info)  # as training loads it (pinned revision, 4-bit, device)
     pending = [first]
 
