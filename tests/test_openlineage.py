@@ -40,12 +40,17 @@ def test_prepare_flow_emits_start_then_complete_with_dataset_versions(harness, t
     assert start.run.runId == done.run.runId == train["flow_run_id"]  # the Prefect flow run id
     assert done.job.name == "prepare-data" and done.job.namespace == "brainstacks.demo"
     outs = {d.name: d.facets["version"].datasetVersion for d in done.outputs}
+    clf = cat.latest("classifier://demo/decontamination")  # the job also fits the decontamination classifier
+    assert outs.pop(clf["uri"]) == clf["version"]
     assert outs == {f"dataset://demo/math/{s}": f"{rows['math']['version']}-{s}" for s in SPLITS}
     ins = {d.name: d.facets["version"].datasetVersion for d in done.inputs}
-    assert ins == {a["uri"]: a["version"] for a in cat.upstream(train["version"])}
+    # what the dataset came from, plus the sources the classifier was fitted on (the job read them all)
+    assert ins == ({a["uri"]: a["version"] for a in cat.upstream(train["version"])}
+                   | {a["uri"]: a["version"] for a in cat.upstream(clf["version"])})
     assert any(u.startswith("generated://math") for u in ins) and "eval://math_heldout" in ins
     raw = json.loads((tmp_path / "demo" / "lineage" / "openlineage.jsonl").read_text().splitlines()[1])
-    stats = {d["name"]: d["outputFacets"]["outputStatistics"]["rowCount"] for d in raw["outputs"]}
+    stats = {d["name"]: d["outputFacets"]["outputStatistics"]["rowCount"] for d in raw["outputs"]
+             if d["name"].startswith("dataset://")}  # the classifier output carries no row count
     assert stats == {f"dataset://demo/math/{s}": rows["math"][s] for s in SPLITS}
     assert raw["run"]["facets"]["processing_engine"]["name"] == "prefect"
 
@@ -53,7 +58,7 @@ def test_prepare_flow_emits_start_then_complete_with_dataset_versions(harness, t
     asserting_events_worker.drain()
     emitted = asserting_events_worker._client.events
     mats = {e.resource.id: e for e in emitted if e.event == "prefect.asset.materialization.succeeded"}
-    assert set(mats) == set(outs)
+    assert set(mats) == set(outs) | {clf["uri"]}
     assert mats["dataset://demo/math/train"].payload["version"] == train["version"]
     related = {r.id for r in mats["dataset://demo/math/train"].related if r.role == "asset"}
     assert "eval://math_heldout" in related and any(r.startswith("brainstacks://generated/math") for r in related)

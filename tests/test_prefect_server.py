@@ -175,10 +175,15 @@ def manifest(store: Path) -> dict:
     return json.loads((Path(current["dir"]) / "manifest.json").read_text())
 
 
+def _rl_version(entry: dict) -> str | None:
+    return (entry.get("rl") or {}).get("version")
+
+
 def trained_rounds(m: dict, before: dict | None = None) -> dict[str, int]:
     """Rounds per domain trained by the run that wrote ``m``: stack files not in ``before`` (reused: linked)."""
     old = {r.get("file_sha256") for e in (before or {}).get("domains", {}).values() for r in e["rounds"]}
-    out = {d: sum(r.get("file_sha256") not in old for r in e["rounds"]) for d, e in m["domains"].items()}
+    out = {d: sum(r.get("file_sha256") not in old for r in e["rounds"] if r.get("version") != _rl_version(e))
+           for d, e in m["domains"].items()}  # SFT rounds; a domain's RL stack (training.rl) is not counted
     assert all(bool(e.get("reused_from")) == (out[d] == 0) for d, e in m["domains"].items()), m["domains"]
     return out
 

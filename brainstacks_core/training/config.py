@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from brainstacks_core.base.config import BaseConfig
 from brainstacks_core.data.config import PreferenceSourceConfig
@@ -194,10 +194,3 @@ class TrainingSetup(BaseModel):
     orchestration: OrchestrationConfig = Field(..., description="Run locks (on_busy, lock timeout).")
     curriculum: tuple[str, ...] = Field(..., min_length=1, description="Domains in training order.")
     experiment1: Experiment1Config | None = Field(None, description="Experiment 1; None: skipped.")
-
-    @model_validator(mode="after")
-    def _rl_domains(self) -> "TrainingSetup":
-        unknown = sorted(set(self.training.rl) - set(self.curriculum))
-        if unknown:
-            raise ValueError(f"training.rl names domains outside the curriculum {list(self.curriculum)}: {unknown}")
-        return self
