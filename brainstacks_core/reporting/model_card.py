@@ -2,7 +2,8 @@
 
 A card says what a stack is and where it came from: its file and checksums, the
 validation losses of its round, the dataset versions (and row counts) it trained
-and was selected on with their sources, the parent stacks that were frozen under
+and was selected on with the sources of their rows and, apart from them, the
+benchmarks the rows were decontaminated against, the parent stacks that were frozen under
 it, the null-space basis its updates were projected away from (version, K per
 module), the base model (fingerprint, source, revision), the MoE-LoRA shape, the
 code version and config hash, and the Prefect run ids that trained it.
@@ -55,11 +56,18 @@ def _rows(art: dict | None) -> str:
     return str(counts.get(split)) if split in counts else "?"
 
 
-def _sources(catalog, version: str) -> str:
-    if catalog is None:
-        return ""
+BENCHMARK_KIND = "eval_set"  # the kind the data stage records its decontamination benchmarks under
+
+
+def _inputs(catalog, version: str) -> tuple[str, str]:
+    """The dataset's direct inputs split in two cells: the sources its rows come from, and the benchmarks
+    its rows were decontaminated against (an input of the version, never a source of a row)."""
+    if catalog is None or not version:
+        return "", ""
     ups = [a for a in catalog.upstream(version) if a.get("depth") == 1]
-    return "<br>".join(f"`{a['uri']}` @ `{a['version']}`" for a in ups)
+    cell = lambda arts: "<br>".join(f"`{a['uri']}` @ `{a['version']}`" for a in arts) or "-"  # noqa: E731
+    return (cell([a for a in ups if a.get("kind") != BENCHMARK_KIND]),
+            cell([a for a in ups if a.get("kind") == BENCHMARK_KIND]))
 
 
 def model_card(profile: str, run: str, manifest: dict, domain: str, rnd: dict, catalog=None) -> str:
@@ -91,9 +99,13 @@ def model_card(profile: str, run: str, manifest: dict, domain: str, rnd: dict, c
              f"| tensor sha256 | `{file_meta.get('tensor_sha256', '?')}` |",
              f"| validation loss | {rnd['loss_before']:.4f} → {rnd['loss_after']:.4f} ({rnd.get('reason', '')}) |",
              f"| training time | {float(rnd.get('seconds') or 0):.1f} s |", "",
-             "## Data", "", "| split | dataset version | rows | from |", "|---|---|---|---|"]
+             "## Data", "", "Rows come from the sources; the benchmarks are what the rows were decontaminated "
+             "against (13-gram overlap removed), not a source of any row.", "",
+             "| split | dataset version | rows | sources of the rows | decontaminated against |",
+             "|---|---|---|---|---|"]
     for split, version in (("train", entry.get("train_version")), ("val", entry.get("val_version"))):
-        lines.append(f"| {split} | `{version}` | {_rows(get(version))} | {_sources(catalog, version)} |")
+        sources, benchmarks = _inputs(catalog, version)
+        lines.append(f"| {split} | `{version}` | {_rows(get(version))} | {sources} | {benchmarks} |")
     parents = lin.get("parent_stacks") or {}
     lines += ["", f"## Parent stacks ({len(parents)}: frozen before it, active while it trained)", ""]
     if parents:
