@@ -37,6 +37,11 @@ def _bin_dir() -> Path:
     raise RuntimeError("no PostgreSQL binaries: pip install -e '.[postgres]' (pgserver) or install initdb/pg_ctl")
 
 
+def _others_can_reach(path: Path) -> bool:
+    """Whether every folder above ``path`` lets other users through (``o+x``)."""
+    return all(os.stat(p).st_mode & 0o001 for p in path.resolve().parents)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,6 +79,15 @@ class PgServer:
             ent = pwd.getpwnam(self.user)
             for p in (self.root, self.sock, pwfile):
                 os.chown(p, ent.pw_uid, ent.pw_gid)
+            if not _others_can_reach(self.bin):  # e.g. a venv under a 0700 mktemp folder
+                # copy the install with its sibling libraries (the binaries' RPATH is
+                # $ORIGIN/../../../pgserver.libs) into the cluster folder postgres owns
+                pkg = self.bin.parents[1]
+                for part in (pkg / "pginstall", pkg.parent / "pgserver.libs"):
+                    if part.exists():
+                        rel = part.relative_to(pkg.parent)
+                        shutil.copytree(part, self.root / "bin-copy" / "x" / rel, symlinks=True)
+                self.bin = self.root / "bin-copy" / "x" / "pgserver" / "pginstall" / "bin"
         self._run("initdb", "-D", str(self.data), "-U", "brainstacks", "-A", "scram-sha-256",
                   f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions")
         pwfile.unlink()
