@@ -19,6 +19,7 @@ from prefect import flow  # noqa: E402
 
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
+from flows.oracle_fanout import run_oracle_fanout  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
 from tasks.artifacts import markdown_artifact  # noqa: E402
 from tasks.lineage import routing_inputs, lineage_hooks  # noqa: E402
@@ -37,6 +38,8 @@ def train_router(config_path: ProfilePath = "configs/demo.yaml", run_name: RunNa
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     profile = load_profile(config_path, artifact_root)
+    # router.oracle_shards != 1: shards on Dask workers fill the oracle cache first (flows/oracle_fanout.py)
+    run_oracle_fanout(profile, run_name, config_path, artifact_root)
     with gpu_slot():  # the oracle and features load the base: one run per GPU (re-entrant inside a flow holding it)
         out = route_task(profile, run_name)
     markdown_artifact(key=artifact_key("routing-report", profile.name, run_name), markdown=out["markdown"],

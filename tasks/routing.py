@@ -55,3 +55,17 @@ def route_task(profile: Profile, run_name: str = "main") -> dict:
     log.info("oracle %s: %d losses computed, %d reused, %d forwards; router %s", o["version"], o["computed"],
              o["reused"], o["forwards"], out["summary"]["router_version"])
     return {"markdown": out["markdown"], "plots": out["plots"], "summary": out["summary"], "version": out["version"]}
+
+
+@task(name="oracle-shard", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def oracle_shard_task(profile: Profile, run_name: str, shard: int, n_shards: int) -> dict:
+    """One oracle shard of a trained run (its prompts' losses into the shared catalog); see
+    ``brainstacks_core.routing.oracle_shards``. Retried on failure; Dask re-runs it on another worker
+    when its worker dies, and the retry reuses every loss the dead one flushed."""
+    from brainstacks_core.routing.oracle_shards import run_oracle_shard
+
+    out = run_oracle_shard(profile.routing_setup, run_name, shard, n_shards, Catalog.for_context(profile.context))
+    get_run_logger().info("oracle shard %d/%d: %d pairs + %d test rows, %d computed, %d reused, %d forwards, "
+                          "base load %.1f s of %.1f s", shard, n_shards, out["pairs"], out["test_rows"],
+                          out["computed"], out["reused"], out["forwards"], out["load_seconds"], out["seconds"])
+    return out

@@ -67,6 +67,16 @@ class RouterConfig(BaseModel):
                                          description="Oracle: domain -> target weight given when adding the domain "
                                                      "lowers the loss at all (paper: reasoning 0.5), instead of 1.")
     oracle_batch_size: int = Field(16, ge=1, description="Oracle: (prompt, combination) rows per forward pass.")
+    oracle_flush_forwards: int = Field(8, ge=1, description="Oracle: computed losses are written to the catalog "
+                                                            "after at most this many forwards (K), so a worker "
+                                                            "killed mid-oracle loses at most K forwards of work.")
+    oracle_shards: int = Field(1, ge=0, description="Oracle fan-out: shards of the router and test prompts run as "
+                                                    "tasks on a Dask cluster (prefect-dask), each loading the base "
+                                                    "once; 1: no fan-out (in the routing task); 0: one per worker "
+                                                    "of the cluster.")
+    dask_address: str | None = Field(None, description="Oracle fan-out: the Dask scheduler (tcp://host:8786) whose "
+                                                       "workers run the shards ($BRAINSTACKS_DASK_ADDRESS wins); "
+                                                       "None: a local cluster of oracle_shards worker processes.")
     exhaustive_sample: int = Field(20, ge=0, description="Oracle: prompts also searched exhaustively over all "
                                                          "2^D combinations, to report the greedy search's regret.")
     prefix_seeds: bool = Field(True, description="Oracle: also try every curriculum prefix (chat, chat+code, ...) as "

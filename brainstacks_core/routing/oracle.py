@@ -192,10 +192,16 @@ def greedy_regret(pl: PairLosses, sample: Sequence[int], chosen: Sequence[frozen
             "max_regret": float(regrets.max()), "optimal_fraction": float((regrets <= 1e-9).mean())}
 
 
+def exhaustive_indices(n: int, k: int) -> list[int]:
+    """The pairs (indices of ``n`` answerable pairs) searched exhaustively: ``k`` evenly spaced ones."""
+    step = max(1, n // max(1, k)) if k else 0
+    return list(range(0, n, step))[:k] if step else []
+
+
 def discover(model, tokenizer, pairs: pd.DataFrame, domain_stacks: Mapping[str, Sequence[str]],
              stack_versions: Mapping[str, str], base_fingerprint: str, cfg: RouterConfig, catalog=None, *,
              domains: Sequence[str] | None = None, progress_cb: ProgressCb | None = None,
-             progress: bool = True) -> OracleResult:
+             progress: bool = True, exhaustive_ids: Sequence[str] | None = None) -> OracleResult:
     """Oracle targets for every pair (module docstring), cached in ``catalog``.
 
     Args:
@@ -208,6 +214,9 @@ def discover(model, tokenizer, pairs: pd.DataFrame, domain_stacks: Mapping[str, 
             oracle_batch_size, exhaustive_sample).
         catalog: where losses are cached (None: nothing is cached).
         domains: column order (default: ``domain_stacks``' order).
+        exhaustive_ids: record ids of the pairs searched exhaustively (None: ``cfg.exhaustive_sample``
+            evenly spaced pairs). A shard (:mod:`brainstacks_core.routing.oracle_shards`) passes the whole
+            run's sample so the parent finds every loss it needs in the cache.
     """
     domains = [d for d in (domains or list(domain_stacks)) if domain_stacks.get(d)]
     keep = answerable(tokenizer, pairs, cfg.max_length)
@@ -232,8 +241,11 @@ def discover(model, tokenizer, pairs: pd.DataFrame, domain_stacks: Mapping[str, 
             row[f"target_{d}"] = cfg.label_blend * w[d] + (1 - cfg.label_blend) * float(d in labels)
         rows.append(row)
     targets = pd.DataFrame(rows)
-    step = max(1, n // max(1, cfg.exhaustive_sample)) if cfg.exhaustive_sample else 0
-    sample = list(range(0, n, step))[:cfg.exhaustive_sample] if step else []
+    if exhaustive_ids is None:
+        sample = exhaustive_indices(n, cfg.exhaustive_sample)
+    else:  # a shard: the whole run's sample (its ids), where it falls in this shard
+        wanted = set(exhaustive_ids)
+        sample = [i for i in range(n) if str(pairs.at[i, "record_id"]) in wanted]
     regret = greedy_regret(pl, sample, chosen, domains)
     version = content_hash("oracle", sorted(pl.keys_used), cfg.greedy_min_gain, sorted(cfg.soft_boost.items()),
                            cfg.label_blend, domains, loss_code_version())

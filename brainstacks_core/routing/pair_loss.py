@@ -133,7 +133,7 @@ class PairLosses:
         self._prefix = content_hash(base_fingerprint, cfg.max_length, code, length=16)
         self.losses: dict[tuple[int, frozenset], float] = {}
         self.keys_used: set[str] = set()
-        self.computed = self.reused = self.forwards = 0
+        self.computed = self.reused = self.forwards = self.flushes = 0
         self.progress = progress
 
     def key(self, i: int, combo: frozenset) -> str:
@@ -164,7 +164,7 @@ class PairLosses:
         missing.sort(key=lambda r: (len(self.examples[r[0]][0]), r[0]))  # one pair's combos side by side
         col = {s: j for j, s in enumerate(self.stack_ids)}
         bs = self.cfg.oracle_batch_size
-        new = []
+        new, unflushed = [], 0
         bar = tqdm(total=len(missing), desc="oracle losses", unit="row", disable=not self.progress, leave=False)
         for start in range(0, len(missing), bs):
             chunk = missing[start:start + bs]
@@ -176,16 +176,25 @@ class PairLosses:
             losses, f = weighted_row_losses(self.model, self.tokenizer, [self.examples[i] for i, _ in chunk],
                                             self.stack_ids, w, bs)
             self.forwards += f
+            unflushed += f
             for r, x in zip(chunk, losses.tolist()):
                 self.losses[r] = float(x)
                 new.append({"key": keys[r], "record_id": str(self.pairs.at[r[0], "record_id"]),
                             "combo": "+".join(sorted(r[1])) or "base", "loss": float(x),
                             "tokens": sum(t != -100 for t in self.examples[r[0]][1])})
+            self.computed += len(chunk)
+            if unflushed >= self.cfg.oracle_flush_forwards:  # at most K forwards are lost with a killed worker
+                self._flush(new)
+                new, unflushed = [], 0
             bar.update(len(chunk))
         bar.close()
-        self.computed += len(missing)
-        if self.catalog is not None:
-            self.catalog.record_oracle_losses(pd.DataFrame(new))
+        self._flush(new)
+
+    def _flush(self, rows: list[dict]) -> None:
+        """Write computed losses to the catalog (present keys are kept: a retried shard adds no duplicate)."""
+        if rows and self.catalog is not None:
+            self.catalog.record_oracle_losses(pd.DataFrame(rows))
+            self.flushes += 1
 
     def frame(self, domains: Sequence[str]) -> pd.DataFrame:
         """Every loss known so far: ``record_id, combo, loss`` (combo in curriculum order)."""

@@ -131,6 +131,20 @@ def routing_key(setup: RoutingSetup, manifest: dict, pointer: dict) -> str:
                         list(run.curriculum), pointer.get("base"), pointer.get("data"), stacks)
 
 
+def routing_is_current(setup: RoutingSetup, run_name: str) -> bool:
+    """Whether the last routing of ``run_name`` was computed from today's inputs (:func:`routing_key`).
+
+    Cheap (two JSON reads, no hashing, no model): the fan-out asks it before it starts any
+    shard; :func:`cached_routing` still verifies every file before the results are reused.
+    """
+    try:
+        pointer, manifest, _ = run_pointer(setup, run_name)
+        saved = json.loads((routing_dir(setup.run.context, run_name) / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return saved.get("key") == routing_key(setup, manifest, pointer)
+
+
 def cached_routing(setup: RoutingSetup, run_name: str, key: str, manifest: dict, catalog=None,
                    run_ids: dict | None = None) -> dict | None:
     """The last routing's results when nothing it depends on changed (:func:`routing_key`), else None.
@@ -182,6 +196,34 @@ def current_run_dir_of(setup: RoutingSetup, run_name: str) -> Path:
     return current_run_dir(setup.run.context, run_name)
 
 
+def run_pointer(setup: RoutingSetup, run_name: str) -> tuple[dict, dict, dict[str, str]]:
+    """The trained run's ``current.json`` pointer, its manifest and ``domain -> data version``."""
+    folder = current_run_dir_of(setup, run_name)
+    pointer = json.loads((folder.parent / "current.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return pointer, manifest, {d: v[0] for d, v in pointer.get("data", {}).items()}
+
+
+def oracle_pairs(setup: RoutingSetup, domains: list[str], catalog, data_versions: dict[str, str]) -> pd.DataFrame:
+    """The oracle's prompts: the trained domains' router splits plus the cross-domain rows (paper 5.4)."""
+    cfg = setup.router
+    pairs = router_pairs(setup.run.context, list(setup.run.curriculum), catalog, data_versions)
+    pairs = pairs[pairs["source_domain"].isin(domains)].reset_index(drop=True)
+    if cfg.cross_domain_pairs:  # paper 5.4 (router v2): prompts that need two domains' stacks
+        cross = cross_domain_rows(pairs, cfg.cross_domain_pairs, cfg.cross_domain_rows, cfg.seed, domains)
+        pairs = pd.concat([pairs, cross], ignore_index=True)
+    return pairs
+
+
+def routed_test_rows(setup: RoutingSetup, domains: list[str], catalog, data_versions: dict[str, str],
+                     tokenizer) -> tuple[pd.DataFrame, list[str]]:
+    """The trained domains' answerable test rows (routed evaluation) and their split versions."""
+    test, versions = _test_rows(setup.run.context, list(setup.run.curriculum), data_versions, catalog,
+                                setup.run.training.eval_rows)
+    test = test[test["source_domain"].isin(domains)].reset_index(drop=True)
+    return test[answerable(tokenizer, test, setup.router.max_length)].reset_index(drop=True), versions
+
+
 def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run_ids: dict | None = None,
                   progress_cb: Callable[[dict], None] | None = None, progress: bool = True) -> dict:
     """Oracle discovery, router training and routed evaluation of run ``run_name``.
@@ -193,15 +235,11 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
     """
     from brainstacks_core.routing.router_run import train_and_save_router
     from brainstacks_core.training.continual import as_trained_stacks
-    from brainstacks_core.training.run import current_run_dir
     from brainstacks_core.training.trained_run import load_run
 
     cfg, ctx, curriculum = setup.router, setup.run.context, list(setup.run.curriculum)
     out_dir = routing_dir(ctx, run_name)
-    folder = current_run_dir(ctx, run_name)
-    pointer = json.loads((folder.parent / "current.json").read_text())
-    manifest = json.loads((folder / "manifest.json").read_text())
-    data_versions = {d: v[0] for d, v in pointer.get("data", {}).items()}
+    pointer, manifest, data_versions = run_pointer(setup, run_name)
     key = routing_key(setup, manifest, pointer)
     hit = cached_routing(setup, run_name, key, manifest, catalog, run_ids)
     if hit is not None:
@@ -213,11 +251,7 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
     stack_versions = run["stack_versions"]
 
     # 1. oracle on the router split
-    pairs = router_pairs(ctx, curriculum, catalog, data_versions)
-    pairs = pairs[pairs["source_domain"].isin(domains)].reset_index(drop=True)
-    if cfg.cross_domain_pairs:  # paper 5.4 (router v2): prompts that need two domains' stacks
-        cross = cross_domain_rows(pairs, cfg.cross_domain_pairs, cfg.cross_domain_rows, cfg.seed, domains)
-        pairs = pd.concat([pairs, cross], ignore_index=True)
+    pairs = oracle_pairs(setup, domains, catalog, data_versions)
     oracle = discover(model, tok, pairs, stacks, stack_versions, run["base_fingerprint"], cfg, catalog,
                       domains=domains, progress=progress,
                       progress_cb=(lambda info: progress_cb({"stage": "oracle", **info})) if progress_cb else None)
@@ -253,9 +287,7 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
     router = fitted["router"]
 
     # 3. routed evaluation on the test split: base, ungated, as-trained, oracle, routed
-    test, test_versions = _test_rows(ctx, curriculum, data_versions, catalog, setup.run.training.eval_rows)
-    test = test[test["source_domain"].isin(domains)].reset_index(drop=True)
-    test = test[answerable(tok, test, cfg.max_length)].reset_index(drop=True)
+    test, test_versions = routed_test_rows(setup, domains, catalog, data_versions, tok)
     ones = torch.ones(len(test), len(domains))
     losses = {"base": loss_under(test, torch.zeros_like(ones)), "ungated": loss_under(test, ones)}
     as_trained = torch.zeros(len(test))
