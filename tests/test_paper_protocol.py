@@ -184,3 +184,40 @@ def test_profiles_keep_lm_eval_the_default_and_paper_profiles_add_paper():
         cfg = EvalConfig(**raw)
         assert cfg.protocols[0] == "lm-eval", path.name
         assert ("paper" in cfg.protocols) == ("-paper-" in path.name), path.name
+
+
+@pytest.mark.slow
+def test_brainstacks_eval_protocol_paper_prints_its_own_table(tmp_path, harness, capsys):
+    """``brainstacks eval --protocol paper`` (the ``evaluate`` flow) before training: base mode on the base."""
+    import yaml
+    from test_eval_flow import _profile
+
+    from brainstacks_core.data.pipeline import prepare_all
+    from brainstacks_core.profile import load_profile
+    from flows.cli import main
+
+    cfg, art = _profile(tmp_path), tmp_path / "art"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["eval"]["paper"] = {"tasks": ["demo_math"], "limit": 3, "max_length": 64}
+    cfg.write_text(yaml.safe_dump(raw))
+    profile = load_profile(cfg, artifact_root=art)
+    cat = Catalog(profile.catalog_path)
+    prepare_all(profile.context, profile.data, catalog=cat)
+    common = ["eval", "--config", str(cfg), "--artifact-root", str(art), "--mode", "base"]
+    paper_heading = "## Benchmarks (paper protocol: mean per-token log-prob, zero-shot Alpaca GSM8K, n=3, len 64)"
+
+    assert main([*common, "--protocol", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert paper_heading in out and "| demo_math | acc_mean_per_token | 3 |" in out
+    assert "lm-evaluation-harness)" not in out and "paper protocol: Requests: base 12 computed" in out
+    assert cat.latest("eval://evalmini/main/paper") is not None and cat.latest("eval://evalmini/main") is None
+
+    assert main([*common, "--protocol", "lm-eval,paper", "--tasks", "demo_math"]) == 0
+    out = capsys.readouterr().out
+    std_at, paper_at = out.index("## Benchmark evaluation (`main`, lm-evaluation-harness)"), out.index(paper_heading)
+    assert std_at < paper_at and "| demo_math | acc | 6 |" in out[:paper_at]  # two tables, in the order asked
+    assert "paper protocol: Requests: base 0 computed, 12 from the cache" in out  # the same requests: cached
+    assert cat.latest("eval://evalmini/main") is not None
+
+    assert main([*common, "--protocol", "pape"]) == 2
+    assert "unknown eval protocol 'pape'" in capsys.readouterr().err
