@@ -221,3 +221,12 @@ def test_brainstacks_eval_protocol_paper_prints_its_own_table(tmp_path, harness,
 
     assert main([*common, "--protocol", "pape"]) == 2
     assert "unknown eval protocol 'pape'" in capsys.readouterr().err
+
+
+def test_the_paper_heading_states_the_n_actually_scored():
+    from brainstacks_core.evaluation.protocol import title
+
+    cfg = protocol_config(EvalConfig(), "paper")
+    assert title("paper", cfg, "main").endswith("n=200, len 512) (`main`)")
+    assert "n=50, len 512" in title("paper", cfg, "main", {"arc_easy": 50, "gsm8k": 50})  # --limit 50
+    assert "n=per task" in title("paper", cfg, "main", {"arc_easy": 50, "gsm8k": 20})

@@ -81,12 +81,15 @@ def summary_scores(protocol: str, generative: bool, harness: dict, per_token: di
     return dict(harness) if generative else dict(per_token)
 
 
-def title(protocol: str, cfg: EvalConfig, run_name: str) -> str:
-    """The heading of one protocol's table (``cfg`` as :func:`protocol_config` returned it)."""
+def title(protocol: str, cfg: EvalConfig, run_name: str, limits: dict[str, int | None] | None = None) -> str:
+    """The heading of one protocol's table (``cfg`` as :func:`protocol_config` returned it; ``limits`` the
+    items per task actually asked for, e.g. a ``--limit`` override, else ``cfg.limit``)."""
     if protocol == LM_EVAL:
         return f"## Benchmark evaluation (`{run_name}`, lm-evaluation-harness)"
+    ns = set((limits or {}).values()) or {cfg.limit}
+    n = "all" if ns == {None} else str(ns.pop()) if len(ns) == 1 else "per task"
     length = cfg.max_length if cfg.max_length is not None else "model's"
-    return (f"## Benchmarks (paper protocol: mean per-token log-prob, zero-shot Alpaca GSM8K, n={cfg.limit}, "
+    return (f"## Benchmarks (paper protocol: mean per-token log-prob, zero-shot Alpaca GSM8K, n={n}, "
             f"len {length}) (`{run_name}`)")
 
 

@@ -88,7 +88,7 @@ def record_evaluation(cfg: EvalConfig, *, profile_name: str, run_name: str, out_
     reused = sum(c["reused"] for c in per_mode.values())
     table = R.markdown_table(summary, comps, modes)
     plot = R.plot_scores(summary, {s.name: s for s in specs}, modes, out_dir / "scores.png")
-    md = "\n".join([P.title(protocol, scored or cfg, run_name), "", P.note(protocol), "", table, "",
+    md = "\n".join([P.title(protocol, scored or cfg, run_name, limits), "", P.note(protocol), "", table, "",
                     *[f"Mode `{m}` skipped: {why}." for m, why in skipped.items()], f"Plot: {plot}"])
     atomic_write_text(out_dir / "table.md", md)
     settings = (scored or cfg).model_dump(mode="json", include={"max_length", "max_gen_toks"})
