@@ -49,8 +49,9 @@ class EvalConfig(BaseModel):
 
     The fields below are the ``lm-eval`` protocol's (the harness's own scoring and
     few-shot settings); ``paper`` holds the paper protocol's, run when ``protocols``
-    lists it (:mod:`~brainstacks_core.evaluation.protocol`). Task names are the YAMLs in ``brainstacks_core/evaluation/tasks/`` (real
-    benchmarks over ``data_dir``) or the generated ``demo_*`` tasks (no files).
+    lists it (:mod:`~brainstacks_core.evaluation.protocol`). Task names are the YAMLs in
+    ``brainstacks_core/evaluation/tasks/`` (real benchmarks over ``data_dir``) or the generated
+    ``demo_*`` tasks (no files).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -104,7 +104,8 @@ def record_evaluation(cfg: EvalConfig, *, profile_name: str, run_name: str, out_
         with catalog.batch():
             catalog.record_eval_items(version, every)
             catalog.record_artifact(uri=P.artifact_uri(profile_name, run_name, protocol), version=version,
-                                    kind="eval", path=str(res_path), sha256=sha256_file(res_path), code_version=code_version(),
+                                    kind="eval", path=str(res_path), sha256=sha256_file(res_path),
+                                    code_version=code_version(),
                                     config_hash=config_hash(cfg), inputs=list(dict.fromkeys(inputs)),
                                     metadata={"protocol": protocol, "modes": modes, "tasks": list(summary),
                                               "computed": computed, "reused": reused, "skipped": skipped,
@@ -112,4 +113,5 @@ def record_evaluation(cfg: EvalConfig, *, profile_name: str, run_name: str, out_
                                     run_ids=run_ids)
     log.info("eval %s: %s %s", version, counts_line(per_mode), res_path)
     return {"protocol": protocol, "version": version, "markdown": md, "plot": str(plot), "results": str(res_path),
-            "summary": summary, "comparisons": comps, "computed": computed, "reused": reused, "per_mode": per_mode, "skipped": skipped}
+            "summary": summary, "comparisons": comps, "computed": computed, "reused": reused, "per_mode": per_mode,
+            "skipped": skipped}
