@@ -54,7 +54,8 @@ def _add_eval(sub) -> None:
 
     p = sub.add_parser("eval", help=COMMANDS["eval"][1], description=COMMANDS["eval"][1],
                        epilog=f"Tasks: {', '.join(available())}; groups: {', '.join(GROUPS)}. Example: "
-                              "brainstacks eval --config configs/demo.yaml --mode base,routed --tasks demo --limit 20")
+                              "brainstacks eval --config configs/demo.yaml --mode base,routed --tasks demo --limit 20; "
+                              "brainstacks eval --config configs/demo.yaml --protocol paper")
     _add_common(p)
     p.add_argument("--run", default="main", help="run name under <store>/training (default: main)")
     p.add_argument("--mode", default=None, help="comma-separated modes: base (no stacks), ungated (every stack), "
@@ -63,6 +64,11 @@ def _add_eval(sub) -> None:
                                                  "eval.tasks)")
     p.add_argument("--limit", type=_positive, default=None, help="items per task, the first N (default: the "
                                                                  "profile's eval.limit / eval.task_limits)")
+    p.add_argument("--protocol", default=None, help="comma-separated evaluation protocols, each with its own "
+                                                    "results and table: lm-eval (the harness's scoring) and "
+                                                    "paper (mean per-token log-prob, zero-shot Alpaca GSM8K, "
+                                                    "the profile's eval.paper n and max length) (default: the "
+                                                    "profile's eval.protocols)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from brainstacks_core.evaluation.config import MODES  # noqa: E402
+from brainstacks_core.evaluation.config import MODES, PROTOCOLS  # noqa: E402
+from brainstacks_core.evaluation.protocol import check_protocols, protocol_config  # noqa: E402
 from brainstacks_core.evaluation.record import counts_line  # noqa: E402
 from brainstacks_core.evaluation.suite import GROUPS, available, check_request  # noqa: E402
 from brainstacks_core.evaluation.task_data import BenchmarkFileError  # noqa: E402
@@ -33,12 +34,26 @@ from tasks.lineage import eval_inputs, lineage_hooks  # noqa: E402
 # Choices the Prefect form offers (the core names an unknown one: check_request).
 EvalMode = Annotated[str, Field(json_schema_extra={"enum": list(MODES)})]
 EvalTask = Annotated[str, Field(json_schema_extra={"enum": [*available(), *GROUPS]})]
+EvalProtocol = Annotated[str, Field(json_schema_extra={"enum": list(PROTOCOLS)})]
+
+
+def check_protocol_request(profile, protocols: list[str] | None, modes: list[str] | None,
+                           tasks: list[str] | None) -> list[str]:
+    """The protocols to run (default ``eval.protocols``), each one's modes and tasks checked; raises
+    ``ValueError`` naming an unknown protocol, mode or task."""
+    protocols = list(protocols or profile.eval.protocols)
+    check_protocols(protocols)
+    for p in protocols:
+        scored = protocol_config(profile.eval, p)
+        check_request(modes or scored.modes, tasks or scored.tasks)
+    return protocols
 
 
 @flow(name="evaluate", **lineage_hooks(eval_inputs))
 def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
              modes: list[EvalMode] | None = None, tasks: list[EvalTask] | None = None,
-             limit: Annotated[int, Field(ge=1)] | None = None, artifact_root: str | None = None) -> dict:
+             limit: Annotated[int, Field(ge=1)] | None = None, artifact_root: str | None = None,
+             protocols: list[EvalProtocol] | None = None) -> dict:
     """Score a trained run on lm-evaluation-harness in base, ungated and routed modes.
 
     Args:
@@ -51,11 +66,14 @@ def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName =
             eval.tasks.
         limit: Items per task (the first N). Empty: the profile's eval.limit and eval.task_limits.
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
+        protocols: Evaluation protocols, each with its own results and table: lm-eval (the harness's scoring)
+            and paper (the paper's: mean per-token log-prob, zero-shot Alpaca GSM8K, eval.paper's n and max
+            length). Empty: the profile's eval.protocols.
     """
     profile = load_profile(config_path, artifact_root)
-    check_request(modes or profile.eval.modes, tasks or profile.eval.tasks)  # fail before the task starts
+    protocols = check_protocol_request(profile, protocols, modes, tasks)  # fail before the task starts
     with gpu_slot():  # lm-eval runs the base on the GPU: one run per GPU (re-entrant inside a flow holding it)
-        return evaluate_task(profile, run_name, modes or None, tasks or None, limit)
+        return evaluate_task(profile, run_name, modes or None, tasks or None, limit, protocols)
 
 
 def _names(text: str | None) -> list[str]:
@@ -63,24 +81,25 @@ def _names(text: str | None) -> list[str]:
 
 
 def cli_eval(args: argparse.Namespace) -> int:
-    """``brainstacks eval --config PATH [--run main] [--mode ...] [--tasks ...] [--limit N]``."""
+    """``brainstacks eval --config PATH [--run main] [--mode ...] [--tasks ...] [--limit N] [--protocol ...]``."""
     profile = load_profile(args.config, args.artifact_root)
-    modes, tasks = _names(args.mode), _names(args.tasks)
+    modes, tasks, protocols = _names(args.mode), _names(args.tasks), _names(getattr(args, "protocol", None))
     try:
-        check_request(modes or profile.eval.modes, tasks or profile.eval.tasks)
+        protocols = check_protocol_request(profile, protocols, modes, tasks)
     except ValueError as exc:
         print(f"brainstacks eval: {exc}", file=sys.stderr)
         return 2
-    if not (tasks or profile.eval.tasks):
+    if not (tasks or any(protocol_config(profile.eval, p).tasks for p in protocols)):
         print(f"{args.config}: eval.tasks is empty and --tasks names none: nothing to evaluate")
         return 0
     try:
         out = evaluate(config_path=args.config, run_name=args.run, modes=modes or None, tasks=tasks or None,
-                       limit=args.limit, artifact_root=args.artifact_root)
+                       limit=args.limit, artifact_root=args.artifact_root, protocols=protocols)
     except (FileNotFoundError, BenchmarkFileError) as exc:  # an untrained run, a missing or broken benchmark
         # file: the message names it and says what to do
         print(f"brainstacks eval: {exc}", file=sys.stderr)
         return 1
     print(out["markdown"])
-    print(f"\n{counts_line(out['per_mode'])}\nresults: {out['results']}\nplot: {out['plot']}")
+    for p, o in (out.get("protocols") or {out.get("protocol"): out}).items():
+        print(f"\n{p} protocol: {counts_line(o['per_mode'])}\nresults: {o['results']}\nplot: {o['plot']}")
     return 0

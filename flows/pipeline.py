@@ -62,7 +62,7 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
     if profile.eval.enabled and profile.eval.tasks:
         scores = evaluate(config_path=config_path, run_name="main", artifact_root=artifact_root)
         report["markdown"] += "\n\n" + scores["markdown"]
-        report["plots"].append(scores["plot"])
+        report["plots"] += scores["plots"]  # one plot per evaluation protocol
     markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],
                       plots=report["plots"], description="Brainstacks report: round losses, forgetting matrix, "
                                                          "Experiment 1, routing, benchmark evaluation")

@@ -27,6 +27,8 @@ def eval_progress(key: str, title: str) -> ProgressArtifact:
     def render(info: dict) -> tuple[float, str, bool]:
         done, total = int(info["done"]), max(1, int(info["total"]))
         where = "starting" if info.get("mode") is None else f"{info['mode']} / {info['task']} done"
+        if info.get("protocol"):
+            where = f"{info['protocol']} protocol: {where}"
         return 100.0 * done / total, (f"{title}: {where} ({done}/{info['total']} mode x task pairs; "
                                       f"{info['computed']} requests computed, {info['reused']} from the cache)"), True
 
@@ -41,11 +43,14 @@ retry_unless_request_error = retry_unless(ValueError, FileNotFoundError)
       cache_policy=NO_CACHE)
 def evaluate_task(profile: Profile, run_name: str = "main",
                   modes: list[str] | None = None, tasks: list[str] | None = None,
-                  limit: int | None = None) -> dict:
-    """Benchmark evaluation of one trained run on lm-evaluation-harness (base / ungated / routed).
+                  limit: int | None = None, protocols: list[str] | None = None) -> dict:
+    """Benchmark evaluation of one trained run on lm-evaluation-harness (base / ungated / routed), under
+    each of ``protocols`` (default: the profile's ``eval.protocols``), the run loaded once.
 
     Returns:
-        ``{"version", "markdown", "plot", "results", "computed", "reused", "per_mode", "skipped"}``.
+        ``{"protocol", "version", "markdown", "plot", "plots", "results", "computed", "reused", "per_mode",
+        "skipped", "protocols"}``: the first protocol's keys, every protocol's under ``protocols``
+        (``markdown``: every protocol's own table in turn).
     """
     from brainstacks_core.evaluation.run import evaluate_profile
 
@@ -54,17 +59,24 @@ def evaluate_task(profile: Profile, run_name: str = "main",
     hook = eval_progress(artifact_key("eval", profile.name, run_name), title)
     try:
         out = evaluate_profile(profile.eval_setup, run_name, Catalog.for_context(profile.context), modes=modes, tasks=tasks,
-                               limit=limit, run_ids=run_ids(), progress_cb=hook)
+                               limit=limit, run_ids=run_ids(), progress_cb=hook, protocols=protocols)
     except BaseException:
         hook.finish("failed (see the flow run's logs)", progress=0.0)
         raise
-    hook.finish(f"done: {counts_line(out['per_mode'])}" if out["version"] is not None else
+    by_protocol = out.get("protocols") or {}
+    tag = (lambda p: f"[{p}] ") if len(by_protocol) > 1 else (lambda p: "")
+    hook.finish("done: " + " ".join(f"{tag(p)}{counts_line(o['per_mode'])}" for p, o in by_protocol.items())
+                if out["version"] is not None else
                 "nothing evaluated: " + "; ".join(f"{m} skipped ({w})" for m, w in out["skipped"].items()))
-    for mode, why in out["skipped"].items():
-        log.warning("%s skipped: %s", mode, why)
+    for p, o in by_protocol.items():
+        for mode, why in o["skipped"].items():
+            log.warning("%s protocol: %s skipped: %s", p, mode, why)
+        log.info("eval %s (%s protocol): %s %s", o["version"], p, counts_line(o["per_mode"]), o["results"])
     if out["version"] is not None:
-        log.info("eval %s: %s %s", out["version"], counts_line(out["per_mode"]), out["results"])
         markdown_artifact(key=artifact_key("eval-report", profile.name, run_name), markdown=out["markdown"],
-                          plots=[out["plot"]], description=f"{title}: scores ± stderr, paired tests, MDD, plot")
-    return {k: out[k] for k in ("version", "markdown", "plot", "results", "computed", "reused", "per_mode",
-                                "skipped")}
+                          plots=out["plots"], description=f"{title}: scores ± stderr, paired tests, MDD, plot "
+                                                          f"({', '.join(by_protocol)} protocol)")
+    keep = ("protocol", "version", "markdown", "plot", "plots", "results", "computed", "reused", "per_mode",
+            "skipped")
+    return {**{k: out[k] for k in keep},
+            "protocols": {p: {k: o[k] for k in keep if k in o} for p, o in by_protocol.items()}}

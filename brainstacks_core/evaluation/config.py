@@ -10,19 +10,48 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from brainstacks_core.routing.config import RoutingSetup
 
 Mode = Literal["base", "ungated", "routed"]
 MODES: tuple[str, ...] = get_args(Mode)
+Protocol = Literal["lm-eval", "paper"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+PAPER_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "truthfulqa_mc1", "mmlu_medical", "medqa_4options",
+               "medmcqa", "gsm8k")
+
+
+class PaperProtocolConfig(BaseModel):
+    """The paper's own evaluation protocol (paper 4.3.1), run beside lm-eval's when ``eval.protocols`` lists it.
+
+    Every multiple-choice item is scored by the mean per-token log-probability of each
+    choice (the choice's token count from the model's tokenizer), every task is
+    zero-shot, GSM8K is generated from an Alpaca instruction prompt and exact-matched;
+    ``limit`` items per task, ``max_length`` tokens of context. The other ``eval:``
+    settings (data_dir, batch_size, alpha, power, bootstrap_iters, demo_items) are shared.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: tuple[str, ...] = Field(PAPER_TASKS, description="Task names scored under the paper protocol (the "
+                                                            "paper's 8 benchmarks; MMLU = the six medical "
+                                                            "subjects of the local file).")
+    modes: tuple[Mode, ...] = Field(("base", "routed"), description="Modes (the paper compares base and "
+                                                                    "routed).")
+    limit: int = Field(200, ge=1, description="Items per task, the first N (the paper's n = 200).")
+    max_length: int = Field(512, ge=16, description="Context length in tokens (the paper's 512).")
+    max_gen_toks: int = Field(256, ge=1, description="Most tokens generated per GSM8K answer.")
 
 
 class EvalConfig(BaseModel):
     """Benchmark evaluation (paper 4.3.1), scored by lm-evaluation-harness.
 
-    Task names are the YAMLs in ``brainstacks_core/evaluation/tasks/`` (real
-    benchmarks over ``data_dir``) or the generated ``demo_*`` tasks (no files).
+    The fields below are the ``lm-eval`` protocol's (the harness's own scoring and
+    few-shot settings); ``paper`` holds the paper protocol's, run when ``protocols``
+    lists it (:mod:`~brainstacks_core.evaluation.protocol`). Task names are the YAMLs in
+    ``brainstacks_core/evaluation/tasks/`` (real benchmarks over ``data_dir``) or the generated
+    ``demo_*`` tasks (no files).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,6 +81,19 @@ class EvalConfig(BaseModel):
     power: float = Field(0.8, gt=0, lt=1, description="Power at which the minimum detectable difference is "
                                                       "computed.")
     demo_items: int = Field(60, ge=4, description="Items per generated demo task.")
+    protocols: tuple[Protocol, ...] = Field(("lm-eval",), description="Evaluation protocols run, each with its "
+                                                                      "own results, artifact and table: "
+                                                                      "lm-eval (the standard, the default) "
+                                                                      "and paper (the `paper:` section).")
+    paper: PaperProtocolConfig = Field(default_factory=PaperProtocolConfig, description="The paper protocol's "
+                                                                                        "settings.")
+
+    @field_validator("protocols")
+    @classmethod
+    def _protocols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("eval.protocols is empty: list lm-eval, paper or both")
+        return tuple(dict.fromkeys(value))
 
     def limit_for(self, task: str) -> int | None:
         """Items scored for ``task``: ``task_limits[task]``, else ``limit``."""

@@ -3,9 +3,11 @@
 Per item (one harness document in one mode) a row keeps the choice scores
 (log-likelihoods, or the generation and its filtered answer), the harness's
 per-item metrics and, for multiple choice, the paper's **mean-per-token** score
-(argmax of log-likelihood / continuation tokens). That score depends on the
-tokenizer and is comparable with nothing outside this repository; it is reported
-beside the harness's metrics, labelled as such.
+(argmax of log-likelihood / continuation tokens; each choice's mean log-probability
+is kept as ``mean_logprob``). That score depends on the tokenizer and is comparable
+with nothing outside this repository; under the ``lm-eval`` protocol it is reported
+beside the harness's metrics, labelled as such, under the ``paper`` protocol it is
+the headline (:mod:`~brainstacks_core.evaluation.protocol`).
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ def item_rows(task, mode_identity: dict, result: dict, lm) -> pd.DataFrame:
         if task.config.get("output_type") == "multiple_choice":
             lls = [float(r[0]) for r in s["filtered_resps"]]
             toks = [lm.continuation_tokens(*a) for a in s["arguments"]]
-            scores = {"loglikelihood": lls, "continuation_tokens": toks}
+            means = [ll / max(n, 1) for ll, n in zip(lls, toks)]  # mean per-token log-probability per choice
+            scores = {"loglikelihood": lls, "continuation_tokens": toks, "mean_logprob": means}
             if lls:
-                best = int(np.argmax(np.array(lls) / np.maximum(toks, 1)))
+                best = int(np.argmax(means))
                 metrics["acc_mean_per_token"] = float(best in gold_choices(s, task.name))
         else:
             scores = {"generation": s["resps"][0][0] if s["resps"] and s["resps"][0] else "",
@@ -93,14 +96,18 @@ def task_scores(task, result: dict) -> dict[str, dict]:
 
 
 def mean_per_token(items: pd.DataFrame) -> dict:
-    """The paper's mean-per-token accuracy of one task/mode with its closed-form stderr."""
+    """The paper's mean-per-token accuracy of one task/mode with its closed-form stderr.
+
+    Returns:
+        ``{"acc_mean_per_token,none": {"value", "stderr"}}``, or ``{}`` for a generative task.
+    """
     vals = [json.loads(m).get("acc_mean_per_token") for m in items["metrics"]]
     vals = [v for v in vals if v is not None]
     if not vals:
         return {}
     p = float(np.mean(vals))
     se = math.sqrt(p * (1 - p) / (len(vals) - 1)) if len(vals) > 1 else None
-    return {"acc_mean_per_token (paper's score),none": {"value": p, "stderr": se}}
+    return {"acc_mean_per_token,none": {"value": p, "stderr": se}}
 
 
 def per_item(items: pd.DataFrame, metric: str, filt: str) -> pd.Series:

@@ -8,6 +8,11 @@ rows go to the catalog's ``eval_items``, and the whole evaluation becomes one
 ``eval://<profile>/<run>`` artifact whose inputs are the base, the stacks, the
 router (routed mode) and every benchmark file version. Results JSON, a markdown
 table and a plot are written to ``<store>/eval/<run>/<version>/``.
+
+Each evaluation protocol (``eval.protocols``: ``lm-eval``, ``paper``;
+:mod:`~brainstacks_core.evaluation.protocol`) is its own evaluation: its own
+settings, version, artifact (``eval://<profile>/<run>/paper``), folder and table.
+:func:`evaluate_profile` loads the run once and scores every protocol asked for.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
+from brainstacks_core.evaluation import protocol as P
 from brainstacks_core.evaluation import results as R
 from brainstacks_core.evaluation.config import EvalConfig, EvalSetup
 from brainstacks_core.evaluation.harness import quiet_harness, seeded
@@ -39,12 +45,13 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
                    modes: Sequence[str] | None = None, tasks: Sequence[str] | None = None, limit: int | None = None,
                    catalog=None, base_version: str | None = None, seed: int = 0, run_ids: dict | None = None,
                    progress: bool = True, progress_cb: Callable[[dict], None] | None = None,
-                   no_router_reason: str = "no router was given (train the meta-router first)") -> dict:
+                   no_router_reason: str = "no router was given (train the meta-router first)",
+                   protocol: str = P.LM_EVAL) -> dict:
     """Score ``model`` in each mode on each task with the harness; record items, artifact, table, plot.
 
     Args:
         model, tokenizer: a causal LM with its frozen stacks attached (weights are restored after).
-        cfg: the ``eval:`` section.
+        cfg: the ``eval:`` section (its ``paper`` sub-section under the ``paper`` protocol).
         profile_name, run_name: name the artifact ``eval://<profile>/<run>``.
         store: the profile's artifact store (converted data, results).
         data_dir: folder of the benchmark files.
@@ -57,19 +64,22 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
         progress: a tqdm bar over (mode, task) pairs (HFLM's per-call request bars are then hidden).
         progress_cb: called with ``{"mode", "task", "done", "total", "computed", "reused"}`` before the
             first pair (``done`` 0) and after each (mode, task) pair (Prefect progress artifacts).
+        protocol: ``lm-eval`` (the harness's scoring, the default) or ``paper`` (mean per-token
+            log-probability, zero-shot, ``cfg.paper``'s n and max length).
 
     Returns:
-        ``{"version", "markdown", "plot", "results", "summary", "comparisons", "computed", "reused",
+        ``{"protocol", "version", "markdown", "plot", "results", "summary", "comparisons", "computed", "reused",
         "per_mode", "skipped"}``; ``per_mode[mode]`` counts requests computed / reused and routing
         decisions computed / reused.
 
     Raises:
-        ValueError: an unknown mode or task (named), before anything is scored.
+        ValueError: an unknown mode, task or protocol (named), before anything is scored.
     """
     from lm_eval import evaluator
     from lm_eval.tasks import TaskManager, get_task_dict
     from tqdm.auto import tqdm
 
+    full, cfg = cfg, P.protocol_config(cfg, protocol)
     modes = list(modes or cfg.modes)
     names = list(tasks or cfg.tasks)
     check_request(modes, names)
@@ -77,16 +87,17 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
     if "routed" in modes and router is None:
         skipped["routed"] = no_router_reason
         modes.remove("routed")
-    specs = task_specs(cfg, names, data_dir, store / "eval" / "data", seed)
+    specs = task_specs(cfg, names, data_dir, store / "eval" / "data", seed, protocol)
     bench_versions = register_benchmarks(specs, profile_name, catalog)
     manager = TaskManager(include_defaults=False)
     summary: dict[str, dict] = {s.name: {} for s in specs}
     items: dict[str, dict[str, pd.DataFrame]] = {s.name: {} for s in specs}
     identities, per_mode = {}, {}
     total, done = len(modes) * len(specs), 0
-    bar = tqdm(total=total, desc="eval", unit="task", disable=not progress)
+    bar = tqdm(total=total, desc=f"eval ({protocol})", unit="task", disable=not progress)
     if progress_cb is not None:
-        progress_cb({"mode": None, "task": None, "done": 0, "total": total, "computed": 0, "reused": 0})
+        progress_cb({"protocol": protocol, "mode": None, "task": None, "done": 0, "total": total, "computed": 0,
+                     "reused": 0})
     with quiet_harness(progress):
         # one task dict per task for the whole call (building one reads and converts its documents);
         # re-seeded before each evaluate so every mode gets the same few-shot contexts
@@ -104,12 +115,14 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
                                          bootstrap_iters=cfg.bootstrap_iters, log_samples=True)
                 rows = R.item_rows(spec, identities[mode], out, lm)
                 items[spec.name][mode] = rows
-                summary[spec.name][mode] = {"scores": {**R.task_scores(spec, out), **R.mean_per_token(rows)},
+                scores = P.summary_scores(protocol, spec.config.get("output_type") == "generate_until",
+                                          R.task_scores(spec, out), R.mean_per_token(rows))
+                summary[spec.name][mode] = {"scores": scores,
                                             "n": int(rows["doc_id"].nunique()), "identity": identities[mode]["id"]}
                 done += 1
                 bar.update(1)
                 if progress_cb is not None:
-                    progress_cb({"mode": mode, "task": spec.name, "done": done, "total": total,
+                    progress_cb({"protocol": protocol, "mode": mode, "task": spec.name, "done": done, "total": total,
                                  "computed": sum(c["computed"] for c in per_mode.values()) + lm.computed,
                                  "reused": sum(c["reused"] for c in per_mode.values()) + lm.reused})
             per_mode[mode] = {"computed": lm.computed, "reused": lm.reused, "routes_computed": lm.routes_computed,
@@ -118,10 +131,11 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
     comps = [c for s in specs for c in R.comparisons(s, items[s.name], cfg.alpha, cfg.power, cfg.bootstrap_iters)]
     limits = {s.name: (limit if limit is not None else cfg.limit_for(s.name)) for s in specs}
     scoring = cfg.model_dump(mode="json", include={"alpha", "power", "bootstrap_iters", "max_gen_toks", "num_fewshot"})
-    version = content_hash(profile_name, run_name, identities, {s.name: s.version for s in specs}, limits, scoring,
-                           length=16)
+    version = content_hash(protocol, profile_name, run_name, identities, {s.name: s.version for s in specs}, limits,
+                           scoring, length=16)
     return record_evaluation(
-        cfg, profile_name=profile_name, run_name=run_name, out_dir=store / "eval" / run_name / version,
+        full, scored=cfg, protocol=protocol, profile_name=profile_name, run_name=run_name,
+        out_dir=P.result_dir(store, run_name, protocol, version),
         version=version, specs=specs, modes=modes, skipped=skipped, identities=identities, limits=limits,
         summary=summary, items=items, comps=comps, per_mode=per_mode, catalog=catalog,
         inputs=[v for v in [base_version, *stack_versions.values()] if v]
@@ -147,47 +161,77 @@ def run_router(setup: RoutingSetup, run_name: str, run: dict, catalog=None) -> t
     return (None, stale) if stale else (router, "")
 
 
+def combined(outs: Mapping[str, dict]) -> dict:
+    """Several protocols' results as one return value, each kept whole under ``protocols``.
+
+    The top-level keys are the first protocol's (what a caller scoring one protocol reads);
+    ``markdown`` is every protocol's section in turn (its own heading and table) and ``plots``
+    every protocol's plot.
+    """
+    first = next(iter(outs.values()))
+    return {**first, "protocols": dict(outs), "markdown": "\n\n".join(o["markdown"] for o in outs.values()),
+            "plots": [o["plot"] for o in outs.values() if o.get("plot")]}
+
+
 def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, modes: Sequence[str] | None = None,
                      router: Router | None = None, tasks: Sequence[str] | None = None, limit: int | None = None,
                      run_ids: dict | None = None, progress: bool = True,
-                     progress_cb: Callable[[dict], None] | None = None) -> dict:
+                     progress_cb: Callable[[dict], None] | None = None,
+                     protocols: Sequence[str] | None = None) -> dict:
     """Benchmark evaluation of a trained run (see :func:`evaluate_model`); ``setup`` is ``Profile.eval_setup``.
 
     ``eval.data_dir`` resolves against the repository root like data sources do.
     Routed mode uses ``router`` or else the run's trained meta-router
     (:func:`run_router`); without one it is skipped, and the result says why.
-    ``modes == ["base"]`` works before any training (the base alone).
+    ``modes == ["base"]`` works before any training (the base alone). The run is
+    loaded once and scored under each of ``protocols`` (default ``eval.protocols``);
+    ``modes``, ``tasks`` and ``limit`` override every protocol's own.
+
+    Returns:
+        :func:`combined` of each protocol's :func:`evaluate_model` result.
 
     Raises:
-        ValueError: an unknown mode or task (named), before any model is loaded.
+        ValueError: an unknown mode, task or protocol (named), before any model is loaded.
         FileNotFoundError: the run has not trained (names the command), or a benchmark file is missing.
     """
     from brainstacks_core.training.run import current_run_dir
 
     cfg, train = setup.eval, setup.routing.run
     ctx = train.context
-    modes, tasks = list(modes or cfg.modes), list(tasks or cfg.tasks)
-    check_request(modes, tasks)
-    if not tasks:
-        log.info("eval: profile %s lists no eval.tasks; nothing to do", ctx.name)
-        return {"version": None, "markdown": "", "plot": None, "results": None, "summary": {}, "comparisons": [],
-                "computed": 0, "reused": 0, "per_mode": {}, "skipped": {"all": "eval.tasks is empty"}}
+    protocols = list(dict.fromkeys(protocols or cfg.protocols))
+    P.check_protocols(protocols)
+    plan = {}
+    for p in protocols:
+        scored = P.protocol_config(cfg, p)
+        plan[p] = (list(modes or scored.modes), list(tasks or scored.tasks))
+        check_request(*plan[p])
+    plan = {p: mt for p, mt in plan.items() if mt[1]}
+    if not plan:
+        log.info("eval: profile %s lists no tasks for %s; nothing to do", ctx.name, ", ".join(protocols))
+        return {"protocol": None, "version": None, "markdown": "", "plot": None, "plots": [], "results": None,
+                "summary": {}, "comparisons": [], "computed": 0, "reused": 0, "per_mode": {}, "protocols": {},
+                "skipped": {"all": "eval.tasks is empty"}}
+    every_mode = {m for ms, _ in plan.values() for m in ms}
     data_dir = cfg.data_dir if cfg.data_dir.is_absolute() else (ctx.repo_root / cfg.data_dir).resolve()
     try:
         current_run_dir(ctx, run_name)
         trained = True
     except FileNotFoundError:
-        if modes != ["base"]:
+        if every_mode != {"base"}:
             raise
         log.info("eval: run %s has not trained; base mode scores the base alone", run_name)
         trained = False
     run = load_run(train, run_name, catalog) if trained else load_base_only(train, catalog)
     reason = ""
-    if "routed" in modes and router is None:
+    if "routed" in every_mode and router is None:
         router, reason = run_router(setup.routing, run_name, run, catalog)
-    return evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=ctx.name, run_name=run_name,
-                          store=ctx.store, data_dir=data_dir, base_fingerprint=run["base_fingerprint"],
-                          stack_versions=run["stack_versions"], domain_stacks=run["domain_stacks"], router=router,
-                          modes=modes, tasks=tasks, limit=limit, catalog=catalog, base_version=run["base_version"],
-                          seed=ctx.seed, run_ids=run_ids, progress=progress, progress_cb=progress_cb,
-                          no_router_reason=reason or "no router was given")
+    outs = {}
+    for p, (ms, ts) in plan.items():
+        outs[p] = evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=ctx.name, run_name=run_name,
+                                 store=ctx.store, data_dir=data_dir, base_fingerprint=run["base_fingerprint"],
+                                 stack_versions=run["stack_versions"], domain_stacks=run["domain_stacks"],
+                                 router=router, modes=ms, tasks=ts, limit=limit, catalog=catalog,
+                                 base_version=run["base_version"], seed=ctx.seed, run_ids=run_ids,
+                                 progress=progress, progress_cb=progress_cb,
+                                 no_router_reason=reason or "no router was given", protocol=p)
+    return combined(outs)

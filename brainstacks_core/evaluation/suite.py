@@ -7,6 +7,11 @@ harness's YAML loader (``include`` and ``!function`` resolved), points each
 split's ``data_files`` at the converted jsonl (:mod:`task_data`) and applies the
 profile's overrides. ``mmlu_medical`` expands to one ``mmlu_<subject>`` task per
 medical subject, ``demo`` to the generated demo tasks.
+
+Under the ``paper`` protocol a task's YAML is ``tasks/paper/<name>.yaml`` where one
+exists (GSM8K's Alpaca zero-shot prompt, TruthfulQA without its six-question
+primer), else the same YAML; every paper task is zero-shot, and its headline
+metric is the mean per-token choice (:mod:`~brainstacks_core.evaluation.protocol`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from brainstacks_core.evaluation import task_data
 from brainstacks_core.evaluation.config import MODES, EvalConfig
+from brainstacks_core.evaluation.protocol import LM_EVAL, check_protocols, headline
 from brainstacks_core.lineage.versioning import content_hash
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
@@ -81,7 +87,10 @@ def check_request(modes, names) -> None:
                          f"groups: {', '.join(GROUPS)})")
 
 
-def _yaml_for(name: str) -> Path:
+def _yaml_for(name: str, protocol: str = LM_EVAL) -> Path:
+    variant = TASK_DIR / protocol / f"{name}.yaml"
+    if protocol != LM_EVAL and variant.is_file():
+        return variant
     if name.startswith("mmlu_"):
         return TASK_DIR / "_mmlu_template.yaml"
     if name in task_data.DEMO_TASKS and name != "demo_gsm8k":
@@ -95,24 +104,28 @@ def _load(path: Path, resolve: bool) -> dict:
     return load_yaml(path, resolve_func=resolve)
 
 
-def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: int = 0) -> TaskSpec:
+def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: int = 0,
+              protocol: str = LM_EVAL) -> TaskSpec:
     """Build one task's harness config over local files.
 
     Args:
         name: a task name from :func:`available`.
-        cfg: the ``eval:`` section (few-shot overrides, generation length).
+        cfg: the ``eval:`` section (few-shot overrides, generation length), as
+            :func:`~brainstacks_core.evaluation.protocol.protocol_config` gives it for ``protocol``.
         data_dir: folder of the benchmark files (``eval.data_dir`` resolved).
         out_dir: where converted jsonl files are cached.
         seed: seed of the generated demo tasks.
+        protocol: ``lm-eval`` or ``paper`` (the paper's YAML variant, zero-shot, its headline metric).
 
     Raises:
-        ValueError: unknown task name (lists the known ones).
+        ValueError: unknown task name or protocol (lists the known ones).
         FileNotFoundError: a benchmark file is missing.
     """
     check_request((), [name])
+    check_protocols([protocol])
     if name in GROUPS:
         raise ValueError(f"{name!r} is a group of tasks: use task_specs")
-    path = _yaml_for(name)
+    path = _yaml_for(name, protocol)
     config = copy.deepcopy(_load(path, resolve=True))
     raw = _load(path, resolve=False)
     config.update(task=name)
@@ -120,25 +133,30 @@ def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: i
     if name.startswith("mmlu_"):
         subject = name.removeprefix("mmlu_")
         config.update(description=_MMLU_DESCRIPTION.format(subject.replace("_", " ")), task_alias=subject)
+    zero_shot = protocol != LM_EVAL  # the paper's benchmarks are all zero-shot: no few-shot split is read
+    if zero_shot:
+        config.update(num_fewshot=0, fewshot_split=None, training_split=None)
     if name in task_data.DEMO_TASKS:
         data = {"test": task_data.materialize_demo(name, cfg.demo_items, seed + 2000, out_dir)}
     else:
-        data = {split: task_data.materialize(name, split, data_dir, out_dir) for split in task_data.SHARED_SOURCES[name]}
+        scored = (config.get("test_split"), config.get("validation_split"))
+        data = {split: task_data.materialize(name, split, data_dir, out_dir) for split in task_data.SHARED_SOURCES[name]
+                if not zero_shot or split in scored}
     config["dataset_kwargs"] = {"data_files": {split: str(p) for split, (p, _) in data.items()}}
-    if name in cfg.num_fewshot:
+    if name in cfg.num_fewshot and not zero_shot:
         config["num_fewshot"] = cfg.num_fewshot[name]
     if config.get("output_type") == "generate_until":
         # the profile's eval.max_gen_toks wins over the task YAML's own (its value is for standalone use)
         config["generation_kwargs"] = {**config.get("generation_kwargs", {}), "max_gen_toks": cfg.max_gen_toks}
     version = content_hash(name, {k: v for k, v in raw.items() if k != "dataset_kwargs"},
                            {s: v for s, (_, v) in data.items()}, config.get("num_fewshot"),
-                           config.get("generation_kwargs"), metadata.version("lm_eval"), length=16)
-    generative = config.get("output_type") == "generate_until"
-    return TaskSpec(name, config, version, data, metric="exact_match" if generative else "acc",
-                    filter="flexible-extract" if generative else "none")
+                           config.get("generation_kwargs"), metadata.version("lm_eval"),
+                           *([protocol] if protocol != LM_EVAL else []), length=16)
+    metric, filt = headline(protocol, config.get("output_type") == "generate_until")
+    return TaskSpec(name, config, version, data, metric=metric, filter=filt)
 
 
 def task_specs(cfg: EvalConfig, names: list[str] | tuple[str, ...], data_dir: Path, out_dir: Path,
-               seed: int = 0) -> list[TaskSpec]:
+               seed: int = 0, protocol: str = LM_EVAL) -> list[TaskSpec]:
     """:func:`task_spec` for every (expanded) name."""
-    return [task_spec(n, cfg, data_dir, out_dir, seed) for n in expand(names)]
+    return [task_spec(n, cfg, data_dir, out_dir, seed, protocol) for n in expand(names)]
