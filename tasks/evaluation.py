@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from brainstacks_core.evaluation.record import counts_line
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import Profile
-from tasks.artifacts import markdown_artifact
+from tasks.artifacts import markdown_artifact, report_artifact
 from tasks.progress import ProgressArtifact, artifact_key, progress_artifact
 from tasks.run_context import retry_unless, run_ids
 
@@ -66,5 +66,6 @@ def evaluate_task(profile: Profile, run_name: str = "main",
         log.info("eval %s: %s %s", out["version"], counts_line(out["per_mode"]), out["results"])
         markdown_artifact(key=artifact_key("eval-report", profile.name, run_name), markdown=out["markdown"],
                           plots=[out["plot"]], description=f"{title}: scores ± stderr, paired tests, MDD, plot")
+        report_artifact(profile.name, out["report"])  # the evaluation section is in the report now
     return {k: out[k] for k in ("version", "markdown", "plot", "results", "computed", "reused", "per_mode",
-                                "skipped")}
+                                "skipped", "report") if k in out}

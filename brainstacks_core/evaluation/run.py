@@ -27,6 +27,7 @@ from brainstacks_core.evaluation.record import record_evaluation, register_bench
 from brainstacks_core.evaluation.routing import Router
 from brainstacks_core.evaluation.suite import check_request, task_specs
 from brainstacks_core.lineage.versioning import content_hash
+from brainstacks_core.reporting.sections import EVALUATION, publish_section, run_section
 from brainstacks_core.routing.config import RoutingSetup
 from brainstacks_core.training.trained_run import load_base_only, load_run
 
@@ -156,7 +157,9 @@ def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, mod
     ``eval.data_dir`` resolves against the repository root like data sources do.
     Routed mode uses ``router`` or else the run's trained meta-router
     (:func:`run_router`); without one it is skipped, and the result says why.
-    ``modes == ["base"]`` works before any training (the base alone).
+    ``modes == ["base"]`` works before any training (the base alone). The table and plot become
+    the report's evaluation section (``reports/sections/30-evaluation-<run>.md``; ``report.md`` is
+    rebuilt and returned as ``report``).
 
     Raises:
         ValueError: an unknown mode or task (named), before any model is loaded.
@@ -185,9 +188,13 @@ def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, mod
     reason = ""
     if "routed" in modes and router is None:
         router, reason = run_router(setup.routing, run_name, run, catalog)
-    return evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=ctx.name, run_name=run_name,
-                          store=ctx.store, data_dir=data_dir, base_fingerprint=run["base_fingerprint"],
-                          stack_versions=run["stack_versions"], domain_stacks=run["domain_stacks"], router=router,
-                          modes=modes, tasks=tasks, limit=limit, catalog=catalog, base_version=run["base_version"],
-                          seed=ctx.seed, run_ids=run_ids, progress=progress, progress_cb=progress_cb,
-                          no_router_reason=reason or "no router was given")
+    out = evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=ctx.name, run_name=run_name,
+                         store=ctx.store, data_dir=data_dir, base_fingerprint=run["base_fingerprint"],
+                         stack_versions=run["stack_versions"], domain_stacks=run["domain_stacks"], router=router,
+                         modes=modes, tasks=tasks, limit=limit, catalog=catalog, base_version=run["base_version"],
+                         seed=ctx.seed, run_ids=run_ids, progress=progress, progress_cb=progress_cb,
+                         no_router_reason=reason or "no router was given")
+    if out["version"] is not None:
+        out["report"] = publish_section(ctx, run_section(EVALUATION, run_name), out["markdown"], [out["plot"]],
+                                        [out["version"]], catalog, run_ids)
+    return out
