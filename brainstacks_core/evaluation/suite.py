@@ -81,7 +81,8 @@ def check_request(modes, names) -> None:
                          f"groups: {', '.join(GROUPS)})")
 
 
-def _yaml_for(name: str) -> Path:
+def task_yaml_path(name: str) -> Path:
+    """The repository YAML a task is built from (the MMLU and demo templates serve several tasks)."""
     if name.startswith("mmlu_"):
         return TASK_DIR / "_mmlu_template.yaml"
     if name in task_data.DEMO_TASKS and name != "demo_gsm8k":
@@ -112,7 +113,7 @@ def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: i
     check_request((), [name])
     if name in GROUPS:
         raise ValueError(f"{name!r} is a group of tasks: use task_specs")
-    path = _yaml_for(name)
+    path = task_yaml_path(name)
     config = copy.deepcopy(_load(path, resolve=True))
     raw = _load(path, resolve=False)
     config.update(task=name)
