@@ -91,3 +91,15 @@ def test_lm_eval_cli_runs_the_exported_tasks_on_the_tiny_base(tmp_path):
                       ("demo_gsm8k", "exact_match,flexible-extract"), ("demo_gsm8k", "exact_match,strict-match")):
         mine = ours["summary"][task]["base"]["scores"][key]["value"]
         assert mine == pytest.approx(res[task][key]), (task, key, mine, res[task])
+
+
+def test_export_tasks_is_an_action_of_eval_and_eval_alone_still_scores():
+    from flows.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["eval", "export-tasks", "/tmp/d", "--config", "p.yaml", "--tasks", "demo"],
+                 ["eval", "--config", "p.yaml", "--tasks", "demo", "export-tasks", "/tmp/d"]):
+        args = parser.parse_args(argv)
+        assert (args.eval_command, args.dir, args.config, args.tasks) == ("export-tasks", "/tmp/d", "p.yaml", "demo")
+    args = parser.parse_args(["eval", "--config", "p.yaml", "--mode", "base"])
+    assert args.eval_command is None and args.mode == "base"
