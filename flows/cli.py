@@ -69,6 +69,21 @@ def _add_eval(sub) -> None:
                                                     "paper (mean per-token log-prob, zero-shot Alpaca GSM8K, "
                                                     "the profile's eval.paper n and max length) (default: the "
                                                     "profile's eval.protocols)")
+    esub = p.add_subparsers(dest="eval_command", required=False, metavar="ACTION")
+    x = esub.add_parser("export-tasks", help="write standalone task YAMLs and their data files for lm-eval's own "
+                                             "CLI (lm_eval --include_path DIR)",
+                        description="Writes DIR/<task>.yaml for every task of the profile's eval.tasks (or "
+                                    "--tasks) and the documents to DIR/data/, with absolute data_files paths: "
+                                    "what brainstacks eval scores, for lm_eval --include_path DIR.",
+                        epilog="Example: brainstacks eval export-tasks /tmp/tasks --config configs/demo.yaml; "
+                               "lm_eval --model hf --model_args pretrained=artifacts/demo/base/<...> "
+                               "--include_path /tmp/tasks --tasks demo_math --limit 5")
+    x.add_argument("dir", help="output folder (created)")
+    # SUPPRESS: an option given before the action (brainstacks eval --config P export-tasks DIR) stays
+    x.add_argument("--config", default=argparse.SUPPRESS, help=f"profile YAML (default: {DEFAULT_PROFILE})")
+    x.add_argument("--artifact-root", default=argparse.SUPPRESS, help="override the profile's artifact_root")
+    x.add_argument("--tasks", default=argparse.SUPPRESS, help="comma-separated task names or groups (default: "
+                                                              "the profile's eval.tasks)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -80,8 +81,35 @@ def _names(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+def cli_export_tasks(args: argparse.Namespace) -> int:
+    """``brainstacks eval export-tasks DIR [--config PATH] [--tasks ...]``: task YAMLs for lm-eval's own CLI."""
+    from brainstacks_core.evaluation.export import export_tasks
+
+    profile = load_profile(args.config, args.artifact_root)
+    cfg, ctx = profile.eval, profile.context
+    tasks = _names(args.tasks) or list(cfg.tasks)
+    if not tasks:
+        print(f"{args.config}: eval.tasks is empty and --tasks names none: nothing to export")
+        return 0
+    data_dir = cfg.data_dir if cfg.data_dir.is_absolute() else (ctx.repo_root / cfg.data_dir).resolve()
+    try:
+        written = export_tasks(cfg, tasks, data_dir, Path(args.dir), seed=ctx.seed)
+    except (ValueError, FileNotFoundError) as exc:  # unknown task, missing or broken benchmark file: named
+        print(f"brainstacks eval export-tasks: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    names = ",".join(p.stem for p in written)
+    print(f"\nlm_eval --model hf --model_args pretrained=<model folder> --include_path "
+          f"{Path(args.dir).resolve()} --tasks {names} --limit 5")
+    return 0
+
+
 def cli_eval(args: argparse.Namespace) -> int:
-    """``brainstacks eval --config PATH [--run main] [--mode ...] [--tasks ...] [--limit N] [--protocol ...]``."""
+    """``brainstacks eval --config PATH [--run main] [--mode ...] [--tasks ...] [--limit N] [--protocol ...]``,
+    or ``brainstacks eval export-tasks DIR`` (:func:`cli_export_tasks`)."""
+    if getattr(args, "eval_command", None) == "export-tasks":
+        return cli_export_tasks(args)
     profile = load_profile(args.config, args.artifact_root)
     modes, tasks, protocols = _names(args.mode), _names(args.tasks), _names(getattr(args, "protocol", None))
     try:

@@ -5,6 +5,11 @@
   a profile of your own from the CLI), the choice list is what the form offers.
 * ``DomainName``: a choice among every domain of those profiles (the flow checks it
   belongs to the chosen profile and names the profile's domains if not).
+  ``DomainOrAll`` adds the choice ``all`` (the default of an optional domain) and
+  ``DomainNames`` is a multiple choice. Their schema is written out
+  (``WithJsonSchema``), so the form gets a plain ``enum``: a ``DomainName | None``
+  would be an ``anyOf`` with ``null``, which the form shows as a str/None toggle
+  ("Property is type None") hiding the choices. Python callers may still pass ``None``.
 * ``RunName``, ``ArtifactRoot``: free text with a description.
 * Booleans stay ``bool`` (a toggle in the form); ``None`` for "the profile's setting".
 
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -47,5 +52,10 @@ PROFILES = profile_choices()
 DOMAINS = domain_choices()
 
 ProfilePath = Annotated[str, Field(json_schema_extra={"enum": PROFILES})]
+ALL_DOMAINS = "all"
+"""The ``DomainOrAll`` choice meaning every domain of the profile."""
 DomainName = Annotated[str, Field(json_schema_extra={"enum": DOMAINS})]
+DomainOrAll = Annotated[str | None, WithJsonSchema({"type": "string", "enum": [ALL_DOMAINS, *DOMAINS]})]
+DomainNames = Annotated[list[str] | None, WithJsonSchema({"type": "array", "uniqueItems": True,
+                                                         "items": {"type": "string", "enum": DOMAINS}})]
 RunName = Annotated[str, Field(min_length=1)]

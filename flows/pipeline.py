@@ -4,6 +4,8 @@ prepare data -> base model -> continual training (with null space; and, when the
 profile asks for the ablation, without) -> Experiment 1 -> report (plots,
 markdown artifact, lineage) -> routing (oracle, meta-router, routed losses) -> benchmark evaluation
 (lm-evaluation-harness, when ``eval.enabled`` and ``eval.tasks``). Every step is resumable and cached by version.
+Training, routing and evaluation each add their section to ``<store>/reports/report.md``, which is rebuilt
+(with its ``report-<profile>`` markdown artifact) after each; the flow returns the final one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
 from flows.train_router import train_router  # noqa: E402
-from tasks.artifacts import markdown_artifact  # noqa: E402
 from tasks.lineage import data_inputs, lineage_hooks  # noqa: E402
 from tasks.training import experiment1_task, report_task  # noqa: E402
 
@@ -54,18 +55,12 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
     if profile.experiment1 is not None and profile.experiment1.enabled:
         with gpu_slot():  # trains two arms on the base: one run per GPU
             experiment1_task(profile)
-    report = report_task(profile, runs)
+    report = report_task(profile, runs)  # each stage adds its section and rebuilds report.md and its artifact
     if profile.router.enabled:
-        routing = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)
-        report["markdown"] += "\n\n" + routing["markdown"]
-        report["plots"] += routing["plots"]
+        report = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)["report"]
     if profile.eval.enabled and profile.eval.tasks:
-        scores = evaluate(config_path=config_path, run_name="main", artifact_root=artifact_root)
-        report["markdown"] += "\n\n" + scores["markdown"]
-        report["plots"] += scores["plots"]  # one plot per evaluation protocol
-    markdown_artifact(key=f"report-{profile.name}".replace("_", "-").lower(), markdown=report["markdown"],
-                      plots=report["plots"], description="Brainstacks report: round losses, forgetting matrix, "
-                                                         "Experiment 1, routing, benchmark evaluation")
+        report = evaluate(config_path=config_path, run_name="main", artifact_root=artifact_root).get("report", report)
+    report = dict(report)
     report["data_counts"] = counts
     return report
 

@@ -28,7 +28,7 @@ from prefect.events import emit_event  # noqa: E402
 from brainstacks_core.data.sources import check_sources  # noqa: E402
 from brainstacks_core.data.watch import move_partners  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
-from flows.params import DomainName, ProfilePath  # noqa: E402
+from flows.params import ALL_DOMAINS, DomainNames, DomainOrAll, ProfilePath  # noqa: E402
 from tasks.data import PERMANENT_ERRORS, assign_task, finalize_task, ingest_task, register_task  # noqa: E402
 from tasks.lineage import data_inputs, lineage_hooks  # noqa: E402
 
@@ -37,19 +37,19 @@ COLUMNS = ["domain", "version", "in", "kept", "moved_in", "moved_out", "quaranti
 
 
 @flow(name="prepare-data", **lineage_hooks(data_inputs))
-def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainName | None = None,
-                 artifact_root: str | None = None, domains: list[DomainName] | None = None,
+def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainOrAll = ALL_DOMAINS,
+                 artifact_root: str | None = None, domains: DomainNames = (),
                  announce: bool = True) -> dict[str, dict]:
     """Prepare one domain, some domains or all domains of a profile.
 
     Args:
         config_path: Profile YAML (one of configs/*.yaml, relative to the checkout the worker runs in,
             BRAINSTACKS_HOME).
-        domain: One domain of the profile (empty: every domain, in curriculum order). Keyword moves
+        domain: One domain of the profile, or all (every domain, in curriculum order). Keyword moves
             always consider every domain, so the version is the same either way.
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
         domains: Several domains (what the watch-sources flow passes: the changed ones), plus the domains
-            that receive rows moved out of them; overrides domain.
+            that receive rows moved out of them; overrides domain (empty: domain decides).
         announce: Emit the brainstacks.data.changed event when a version changed (it starts the profile's
             retrain-on-data-change deployment). The pipeline turns it off: it trains next itself, so a
             second, competing retraining would only publish its artifacts twice.
@@ -59,7 +59,8 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainN
     """
     profile = load_profile(config_path, artifact_root)
     cfg = profile.data
-    wanted = list(domains) if domains else ([domain] if domain else list(cfg.domains))
+    one = [domain] if domain and domain != ALL_DOMAINS else list(cfg.domains)
+    wanted = list(domains) if domains else one
     unknown = [d for d in wanted if d not in cfg.domains]
     if unknown:
         raise ValueError(f"unknown domain {unknown[0]!r}; profile {profile.name!r} has {cfg.domains}")

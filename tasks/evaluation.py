@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from brainstacks_core.evaluation.record import counts_line
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import Profile
-from tasks.artifacts import markdown_artifact
+from tasks.artifacts import markdown_artifact, report_artifact
 from tasks.progress import ProgressArtifact, artifact_key, progress_artifact
 from tasks.run_context import retry_unless, run_ids
 
@@ -76,7 +76,8 @@ def evaluate_task(profile: Profile, run_name: str = "main",
         markdown_artifact(key=artifact_key("eval-report", profile.name, run_name), markdown=out["markdown"],
                           plots=out["plots"], description=f"{title}: scores ± stderr, paired tests, MDD, plot "
                                                           f"({', '.join(by_protocol)} protocol)")
+        report_artifact(profile.name, out["report"])  # the evaluation section is in the report now
     keep = ("protocol", "version", "markdown", "plot", "plots", "results", "computed", "reused", "per_mode",
-            "skipped")
-    return {**{k: out[k] for k in keep},
+            "skipped", "report")
+    return {**{k: out[k] for k in keep if k in out},
             "protocols": {p: {k: o[k] for k in keep if k in o} for p, o in by_protocol.items()}}

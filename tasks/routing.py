@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import Profile
+from tasks.artifacts import report_artifact
 from tasks.progress import artifact_key, progress_artifact
 from tasks.run_context import run_ids
 
@@ -54,7 +55,8 @@ def route_task(profile: Profile, run_name: str = "main") -> dict:
                 f"router {out['summary']['router_version']}")
     log.info("oracle %s: %d losses computed, %d reused, %d forwards; router %s", o["version"], o["computed"],
              o["reused"], o["forwards"], out["summary"]["router_version"])
-    return {"markdown": out["markdown"], "plots": out["plots"], "summary": out["summary"], "version": out["version"]}
+    report_artifact(profile.name, out["report"])  # the routing section is in the report now
+    return {k: out[k] for k in ("markdown", "plots", "summary", "version", "report")}
 
 
 @task(name="oracle-shard", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import Profile
-from tasks.artifacts import markdown_artifact, table_artifact
+from tasks.artifacts import markdown_artifact, report_artifact, table_artifact
 from tasks.progress import artifact_key, progress_hook
 from tasks.run_context import run_ids
 
@@ -113,10 +113,13 @@ def experiment1_task(profile: Profile) -> dict:
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(profile: Profile, run_names: list[str]) -> dict:
-    """Plots and the markdown report of the profile's runs; returns paths and text."""
+    """The report's training section (plots, rounds, forgetting, Experiment 1); rebuilds the report and its
+    markdown artifact; returns the report's paths and text."""
     from brainstacks_core.reporting.report import build_report
 
-    return build_report(profile.context, run_names, Catalog.for_context(profile.context), run_ids())
+    report = build_report(profile.context, run_names, Catalog.for_context(profile.context), run_ids())
+    report_artifact(profile.name, report)
+    return report
 
 
 @task(name="run-summary", cache_policy=NO_CACHE)

@@ -33,6 +33,7 @@ from brainstacks_core.evaluation.record import record_evaluation, register_bench
 from brainstacks_core.evaluation.routing import Router
 from brainstacks_core.evaluation.suite import check_request, task_specs
 from brainstacks_core.lineage.versioning import content_hash
+from brainstacks_core.reporting.sections import EVALUATION, publish_section, run_section
 from brainstacks_core.routing.config import RoutingSetup
 from brainstacks_core.training.trained_run import load_base_only, load_run
 
@@ -187,8 +188,11 @@ def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, mod
     loaded once and scored under each of ``protocols`` (default ``eval.protocols``);
     ``modes``, ``tasks`` and ``limit`` override every protocol's own.
 
+    The tables and plots become the report's evaluation section
+    (``reports/sections/30-evaluation-<run>.md``; ``report.md`` is rebuilt and returned as ``report``).
+
     Returns:
-        :func:`combined` of each protocol's :func:`evaluate_model` result.
+        :func:`combined` of each protocol's :func:`evaluate_model` result (plus ``report``).
 
     Raises:
         ValueError: an unknown mode, task or protocol (named), before any model is loaded.
@@ -234,4 +238,9 @@ def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, mod
                                  base_version=run["base_version"], seed=ctx.seed, run_ids=run_ids,
                                  progress=progress, progress_cb=progress_cb,
                                  no_router_reason=reason or "no router was given", protocol=p)
-    return combined(outs)
+    out = combined(outs)
+    versions = [o["version"] for o in outs.values() if o.get("version") is not None]
+    if versions:
+        out["report"] = publish_section(ctx, run_section(EVALUATION, run_name), out["markdown"], out["plots"],
+                                        versions, catalog, run_ids)
+    return out

@@ -87,7 +87,9 @@ def check_request(modes, names) -> None:
                          f"groups: {', '.join(GROUPS)})")
 
 
-def _yaml_for(name: str, protocol: str = LM_EVAL) -> Path:
+def task_yaml_path(name: str, protocol: str = LM_EVAL) -> Path:
+    """The repository YAML a task is built from (the MMLU and demo templates serve several tasks; a
+    protocol's own variant under ``tasks/<protocol>/`` when it has one)."""
     variant = TASK_DIR / protocol / f"{name}.yaml"
     if protocol != LM_EVAL and variant.is_file():
         return variant
@@ -125,7 +127,7 @@ def task_spec(name: str, cfg: EvalConfig, data_dir: Path, out_dir: Path, seed: i
     check_protocols([protocol])
     if name in GROUPS:
         raise ValueError(f"{name!r} is a group of tasks: use task_specs")
-    path = _yaml_for(name, protocol)
+    path = task_yaml_path(name, protocol)
     config = copy.deepcopy(_load(path, resolve=True))
     raw = _load(path, resolve=False)
     config.update(task=name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -45,6 +46,32 @@ def png_data_uri(path: str | Path, dpi: float = 80.0, max_width: int = 720) -> s
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def place_images(markdown: str, images: dict[str, str], heading: str = "## Plots") -> str:
+    """The markdown with every line that names a key of ``images`` followed by that key's image markdown.
+
+    The paths leave the line (``Plots: a.png, b.png`` becomes ``Plots:`` and one image
+    paragraph per plot); an image the text does not mention is appended under ``heading``.
+
+    Args:
+        markdown: text that names plots by path.
+        images: ``{path as the text names it: image markdown (``![stem](src)``)}``.
+    """
+    out, used = [], set()
+    for line in markdown.split("\n"):
+        hits = [p for p in images if p in line]
+        if not hits:
+            out.append(line)
+            continue
+        label = line
+        for p in hits:
+            label = label.replace(p, "")
+        label = label.strip(" ,;")
+        out += ([label] if label else []) + [x for p in hits for x in ("", images[p])] + [""]
+        used.update(hits)
+    rest = [img for p, img in images.items() if p not in used]
+    return "\n".join(out) + (f"\n\n{heading}\n\n" + "\n\n".join(rest) + "\n" if rest else "")
+
+
 def inline_plots(markdown: str, plots: Iterable[str | Path], dpi: float = 80.0, max_width: int = 720) -> str:
     """The markdown with every line that names a plot's path followed by the images themselves.
 
@@ -61,17 +88,31 @@ def inline_plots(markdown: str, plots: Iterable[str | Path], dpi: float = 80.0, 
             images[p] = f"![{Path(p).stem}]({png_data_uri(p, dpi, max_width)})"
         else:
             log.warning("plot %s is missing: left as a path", p)
-    out, used = [], set()
-    for line in markdown.split("\n"):
-        hits = [p for p in images if p in line]
-        if not hits:
-            out.append(line)
-            continue
-        label = line
-        for p in hits:
-            label = label.replace(p, "")
-        label = label.strip(" ,;")
-        out += ([label] if label else []) + [x for p in hits for x in ("", images[p])] + [""]
-        used.update(hits)
-    rest = [img for p, img in images.items() if p not in used]
-    return "\n".join(out) + ("\n\n## Plots\n\n" + "\n\n".join(rest) + "\n" if rest else "")
+    return place_images(markdown, images)
+
+
+_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def inline_image_links(markdown: str, base_dir: str | Path, dpi: float = 80.0, max_width: int = 720) -> str:
+    """The markdown with every relative PNG image link (``![x](../routing/heat.png)``) made a data URI.
+
+    Links resolve against ``base_dir`` (the folder of the markdown file, e.g. ``<store>/reports``);
+    a link whose file is missing, and any non-relative link, stays as it is (logged when missing).
+    """
+    base = Path(base_dir)
+    cache: dict[str, str] = {}
+
+    def swap(m: re.Match) -> str:
+        alt, src = m.group(1), m.group(2)
+        if src.startswith(("data:", "http:", "https:", "/")):
+            return m.group(0)
+        if src not in cache:
+            path = base / src
+            if not path.is_file():
+                log.warning("image %s is missing: link left as it is", path)
+                return m.group(0)
+            cache[src] = png_data_uri(path, dpi, max_width)
+        return f"![{alt}]({cache[src]})"
+
+    return _LINK.sub(swap, markdown)

@@ -1,8 +1,10 @@
-"""The profile report: round losses, forgetting matrix, Experiment 1, as markdown and PNG plots.
+"""The training section of the profile report: round losses, forgetting matrix, Experiment 1, with PNG plots.
 
 Reads the runs' manifests and the Experiment 1 result from the artifact store,
-writes ``<store>/reports/`` and registers the report with its inputs (every
-stack of the runs), so the report's lineage reaches the data.
+writes the plots to ``<store>/reports/`` and the section to
+``reports/sections/10-training.md``, then rebuilds ``report.md`` from every section
+(``brainstacks_core.reporting.sections``), so the report registered in the catalog
+lists every stack of the runs among its inputs and its lineage reaches the data.
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
-from brainstacks_core.files import atomic_write_text, sha256_file
 from brainstacks_core.lineage.context import StoreContext
-from brainstacks_core.lineage.versioning import code_version, content_hash
 from brainstacks_core.reporting.rl_table import rl_table
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,19 @@ def run_summary(ctx: StoreContext, run_name: str) -> dict:
     return {"markdown": md, "plot": str(png), "plots": [str(png), str(rounds)], "stacks": stack_rows(m)}
 
 
-def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
-    """Write plots and ``report.md`` for the given runs; returns {markdown, plots, path}."""
+def training_section(ctx: StoreContext, run_names: list[str]) -> dict:
+    """The training section of the report: rounds, RL, forgetting matrix, Experiment 1, with their plots.
+
+    Returns:
+        ``{"markdown", "plots", "inputs"}``; ``inputs``: every stack version of the runs and the
+        Experiment 1 result's catalog version when there is one.
+    """
     from brainstacks_core.reporting import plots
 
     out_dir = ctx.store / "reports"
     manifests = {RUN_LABELS.get(r, r): _manifest(ctx, r) for r in run_names}
     png = [plots.plot_forgetting(manifests, out_dir / "forgetting.png")]
-    md = [f"# Brainstacks report: profile `{ctx.name}`", ""]
+    md = []
     for run, (label, m) in zip(run_names, manifests.items()):
         png.append(plots.plot_round_losses(m, out_dir / f"rounds-{run}.png"))
         md += [f"## Rounds ({label})", "", round_table(m), ""]
@@ -98,20 +103,31 @@ def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids:
            "stacks active while the domain trained, its own and every earlier domain's, checked equal to the "
            "training-time validation loss; ungated = all stacks)", "",
            plots.forgetting_table(manifests), ""]
+    inputs = sorted({r["version"] for m in manifests.values() for d in m["domains"].values()
+                     for r in d["rounds"] if r.get("version")})
     exp_dir = ctx.store / "experiment1"
     results = sorted(exp_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if exp_dir.exists() else []
-    if results:
+    if results:  # <store>/experiment1/<catalog version>.json
         result = json.loads(results[-1].read_text())
         png.append(plots.plot_experiment1(result, out_dir / "experiment1.png"))
         md += ["## Experiment 1: MoE-LoRA vs single LoRA", "", experiment1_summary(result), ""]
+        inputs.append(results[-1].stem)
     md += ["Plots: " + ", ".join(str(p) for p in png)]
-    text = "\n".join(md)
-    path = atomic_write_text(out_dir / "report.md", text + "\n")
-    if catalog is not None:
-        stacks = sorted({r["version"] for m in manifests.values() for d in m["domains"].values()
-                         for r in d["rounds"] if r.get("version")})
-        version = content_hash("report", stacks, text)
-        catalog.record_artifact(uri=f"report://{ctx.name}", version=version, kind="report", path=str(path),
-                                sha256=sha256_file(path), code_version=code_version(), config_hash=None,
-                                inputs=stacks, metadata={"plots": [str(p) for p in png]}, run_ids=run_ids)
-    return {"markdown": text, "plots": [str(p) for p in png], "path": str(path)}
+    return {"markdown": "\n".join(md), "plots": [str(p) for p in png], "inputs": inputs}
+
+
+def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
+    """Write the training section (:func:`training_section`) and rebuild ``report.md`` from every section.
+
+    Routing and benchmark evaluation add their sections when they finish
+    (:func:`~brainstacks_core.reporting.sections.publish_section`); the report carries whatever
+    sections exist, in order.
+
+    Returns:
+        :func:`~brainstacks_core.reporting.sections.assemble_report`'s ``{markdown, plots, path, version,
+        sections}``.
+    """
+    from brainstacks_core.reporting.sections import TRAINING, publish_section
+
+    section = training_section(ctx, run_names)
+    return publish_section(ctx, TRAINING, section["markdown"], section["plots"], section["inputs"], catalog, run_ids)

@@ -29,6 +29,7 @@ import torch
 from brainstacks_core.files import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
+from brainstacks_core.reporting.sections import ROUTING, publish_section, run_section
 from brainstacks_core.routing.config import RoutingSetup
 from brainstacks_core.routing.cross_pairs import cross_domain_rows
 from brainstacks_core.routing.oracle import combination_markdown, combination_table, discover, router_pairs
@@ -230,20 +231,35 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
 
     ``setup`` is ``Profile.routing_setup`` (the trained run's sections and ``router:``).
 
+    The routing's markdown and plots become the report's routing section
+    (``reports/sections/20-routing-<run>.md``) and ``report.md`` is rebuilt
+    (:func:`~brainstacks_core.reporting.sections.publish_section`).
+
     Returns:
-        ``{"oracle": {...}, "router": {...}, "table": DataFrame, "markdown", "plots", "version"}``.
+        ``{"oracle": {...}, "router": {...}, "table": DataFrame, "markdown", "plots", "version", "report"}``
+        (``report``: the rebuilt report, ``assemble_report``'s dict).
     """
+    ctx = setup.run.context
+    pointer, manifest, data_versions = run_pointer(setup, run_name)
+    key = routing_key(setup, manifest, pointer)
+    out = cached_routing(setup, run_name, key, manifest, catalog, run_ids)
+    if out is None:
+        out = _route(setup, run_name, catalog, run_ids, progress_cb, progress, key, manifest, data_versions)
+    out["report"] = publish_section(ctx, run_section(ROUTING, run_name), out["markdown"], out["plots"],
+                                    [out["version"]], catalog, run_ids)
+    return out
+
+
+def _route(setup: RoutingSetup, run_name: str, catalog, run_ids: dict | None,
+           progress_cb: Callable[[dict], None] | None, progress: bool, key: str, manifest: dict,
+           data_versions: dict) -> dict:
+    """The work of :func:`route_profile` when its cached result does not apply."""
     from brainstacks_core.routing.router_run import train_and_save_router
     from brainstacks_core.training.continual import as_trained_stacks
     from brainstacks_core.training.trained_run import load_run
 
     cfg, ctx, curriculum = setup.router, setup.run.context, list(setup.run.curriculum)
     out_dir = routing_dir(ctx, run_name)
-    pointer, manifest, data_versions = run_pointer(setup, run_name)
-    key = routing_key(setup, manifest, pointer)
-    hit = cached_routing(setup, run_name, key, manifest, catalog, run_ids)
-    if hit is not None:
-        return hit
     run = load_run(setup.run, run_name, catalog)
     model, tok = run["model"], run["tokenizer"]
     stacks = {d: s for d, s in run["domain_stacks"].items() if s}
