@@ -82,9 +82,16 @@ def run_summary(ctx: StoreContext, run_name: str) -> dict:
     return {"markdown": md, "plot": str(png), "plots": [str(png), str(rounds)], "stacks": stack_rows(m)}
 
 
-def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids: dict | None = None) -> dict:
-    """Write plots and ``report.md`` for the given runs; returns {markdown, plots, path}."""
+def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids: dict | None = None,
+                 setup=None) -> dict:
+    """Write plots and ``report.md`` for the given runs; returns {markdown, plots, path, paper}.
+
+    ``setup`` (the profile's ``TrainingSetup``) lets the paper section measure the subspace and
+    expert figures (:func:`~brainstacks_core.reporting.paper.paper_section`); ``paper`` is that
+    section's ``{"markdown", "plots"}``.
+    """
     from brainstacks_core.reporting import plots
+    from brainstacks_core.reporting.paper import paper_section
 
     out_dir = ctx.store / "reports"
     manifests = {RUN_LABELS.get(r, r): _manifest(ctx, r) for r in run_names}
@@ -104,7 +111,10 @@ def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids:
         result = json.loads(results[-1].read_text())
         png.append(plots.plot_experiment1(result, out_dir / "experiment1.png"))
         md += ["## Experiment 1: MoE-LoRA vs single LoRA", "", experiment1_summary(result), ""]
-    md += ["Plots: " + ", ".join(str(p) for p in png)]
+    md += ["Plots: " + ", ".join(str(p) for p in png), ""]
+    paper_md, paper_png = paper_section(ctx, run_names, setup=setup, catalog=catalog)
+    md.append(paper_md)
+    png += paper_png
     text = "\n".join(md)
     path = atomic_write_text(out_dir / "report.md", text + "\n")
     if catalog is not None:
@@ -114,4 +124,5 @@ def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids:
         catalog.record_artifact(uri=f"report://{ctx.name}", version=version, kind="report", path=str(path),
                                 sha256=sha256_file(path), code_version=code_version(), config_hash=None,
                                 inputs=stacks, metadata={"plots": [str(p) for p in png]}, run_ids=run_ids)
-    return {"markdown": text, "plots": [str(p) for p in png], "path": str(path)}
+    return {"markdown": text, "plots": [str(p) for p in png], "path": str(path),
+            "paper": {"markdown": paper_md, "plots": [str(p) for p in paper_png]}}
