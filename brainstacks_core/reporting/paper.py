@@ -145,28 +145,36 @@ def paper_section(ctx: StoreContext, run_names: list[str] | None = None, setup=N
     except T.NotAvailable as exc:
         md += [_missing(str(exc)), ""]
 
-    md += [f"### Figs. 7-10: expert utilisation and subspaces (`{NS}`)", ""]
-    subspaces: dict[str, dict] = {}
-    try:
-        need(ns)
-        subspaces = {d: load_subspace(p) for d, p in subspace_files(ctx, NS, setup, catalog).items()}
-        if not subspaces:
-            raise T.NotAvailable(f"no subspace measurement of `{NS}`: the report measures it when run by "
-                                 f"`brainstacks run --config {ctx.source_path}`")
-        md += [f"Measured per domain from its own frozen stacks on its first validation rows (the null space's "
-               f"rows and k; `{subspace_dir(ctx, NS)}`).", ""]
-    except T.NotAvailable as exc:
-        md += [_missing(str(exc)), ""]
+    md += [f"### Figs. 7-10: expert utilisation and subspaces (`{NS}`; Figs. 8 and 10 also `{NONS}`)", ""]
+    by_run: dict[str, dict[str, dict]] = {}
+    for run, label in ((NS, "null space"), (NONS, "no null space")):
+        try:
+            need(manifests[run])
+            subs = {d: load_subspace(p) for d, p in subspace_files(ctx, run, setup, catalog).items()}
+            if not subs:
+                raise T.NotAvailable(f"no subspace measurement of `{run}`: the report measures it when run by "
+                                     f"`brainstacks run --config {ctx.source_path}`")
+            by_run[label] = subs
+        except T.NotAvailable as exc:
+            md += [_missing(f"{label}: {exc}"), ""]
+    subspaces = by_run.get("null space", {})
     if subspaces:
+        md += ["Measured per domain from its own frozen stacks on its first validation rows (the null space's "
+               f"rows and k; `{subspace_dir(ctx, NS)}`).", ""]
         doms, use = F.expert_usage(subspaces)
         md += [T.table_markdown([{"domain": d, **{f"expert {i}": f"{v:.3f}" for i, v in enumerate(row)}}
                                  for d, row in zip(doms, use)]), ""]
         figure("Fig. 7: expert activation per domain", lambda: F.plot_expert_usage(subspaces, out / "fig7-experts.png"))
-        if len(subspaces) > 1:
-            figure("Fig. 8: cross-domain overlap of principal directions",
-                   lambda: F.plot_overlap_matrix(subspaces, out / "fig8-overlap.png"))
         figure("Fig. 9: singular-value spectrum per domain", lambda: F.plot_spectra(subspaces, out / "fig9-spectra.png"))
-        if len(subspaces) > 1:
-            figure("Fig. 10: per-layer overlap between domains",
-                   lambda: F.plot_block_overlaps(subspaces, out / "fig10-layer-overlap.png"))
+    multi = {label: subs for label, subs in by_run.items() if len(subs) > 1}
+    if multi:
+        overlap = {label: F.overlap_matrix(subs) for label, subs in multi.items()}
+        md += ["Overlap of domains' directions (mean principal-angle cosine over all layers; 0 = orthogonal):", "",
+               T.table_markdown([{"run": label, **{f"{a} / {b}": f"{vals[i][j]:.3f}" for i, a in enumerate(doms)
+                                                   for j, b in enumerate(doms) if j > i}}
+                                 for label, (doms, vals) in overlap.items()]), ""]
+        figure("Fig. 8: cross-domain overlap of principal directions",
+               lambda: F.plot_overlap_matrix(multi, out / "fig8-overlap.png"))
+        figure("Fig. 10: per-layer overlap between domains",
+               lambda: F.plot_block_overlaps(multi, out / "fig10-layer-overlap.png"))
     return "\n".join(md), png

@@ -168,19 +168,22 @@ def plot_expert_usage(subspaces: Mapping[str, dict], path: str | os.PathLike[str
     return _save(fig, path, key)
 
 
-def plot_overlap_matrix(subspaces: Mapping[str, dict], path: str | os.PathLike[str]) -> Path:
-    """Fig. 8: :func:`overlap_matrix` as a heatmap (0 = orthogonal)."""
+def plot_overlap_matrix(by_run: Mapping[str, Mapping[str, dict]], path: str | os.PathLike[str]) -> Path:
+    """Fig. 8: :func:`overlap_matrix` as a heatmap (0 = orthogonal), one panel per run (label -> subspaces)."""
     from matplotlib.figure import Figure
 
-    doms, vals = overlap_matrix(subspaces)
-    key = plot_key("paper-overlap", doms, vals)
+    panels = {label: overlap_matrix(subs) for label, subs in by_run.items()}
+    key = plot_key("paper-overlap", panels)
     if png_is_current(path, key):
         return Path(path)
-    fig = Figure(figsize=(max(3.5, 0.9 * len(doms) + 2.2), max(2.8, 0.6 * len(doms) + 1.6)), layout="constrained")
-    ax = fig.subplots()
-    image = _heat(ax, vals, doms, doms, "magma", 0.0, 1.0, "{:.2f}")
-    ax.set_title("overlap of principal directions (mean cos, all layers)")
-    fig.colorbar(image, ax=ax, label="mean principal-angle cosine", shrink=0.8)
+    n = max(len(d) for d, _ in panels.values())
+    fig = Figure(figsize=(len(panels) * max(3.5, 0.9 * n + 1.8) + 1.0, max(2.8, 0.6 * n + 1.6)), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for ax, (label, (doms, vals)) in zip(axes, panels.items()):
+        image = _heat(ax, vals, doms, doms, "magma", 0.0, 1.0, "{:.2f}")
+        ax.set_title(f"{label}: mean cos, all layers")
+    fig.colorbar(image, ax=list(axes), label="mean principal-angle cosine", shrink=0.8)
     return _save(fig, path, key)
 
 
@@ -204,19 +207,24 @@ def plot_spectra(subspaces: Mapping[str, dict], path: str | os.PathLike[str]) ->
     return _save(fig, path, key)
 
 
-def plot_block_overlaps(subspaces: Mapping[str, dict], path: str | os.PathLike[str]) -> Path:
-    """Fig. 10: :func:`block_overlaps`, one line per domain pair over the decoder blocks."""
+def plot_block_overlaps(by_run: Mapping[str, Mapping[str, dict]], path: str | os.PathLike[str]) -> Path:
+    """Fig. 10: :func:`block_overlaps` per run (label -> subspaces), one line per domain pair over the blocks
+    (the first run solid, the others dashed)."""
     from matplotlib.figure import Figure
 
-    blocks, data = block_overlaps(subspaces)
-    key = plot_key("paper-block-overlap", blocks, [[list(p), v] for p, v in data.items()])
+    data = {label: block_overlaps(subs) for label, subs in by_run.items()}
+    key = plot_key("paper-block-overlap", [[label, b, [[list(p), v] for p, v in d.items()]]
+                                           for label, (b, d) in data.items()])
     if png_is_current(path, key):
         return Path(path)
-    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
-    for (a, b), ys in data.items():
-        ax.plot(blocks, ys, marker="o", markersize=3, label=f"{a} / {b}")
-    ax.set_ylim(0, 1)
+    for i, (label, (blocks, pairs)) in enumerate(data.items()):
+        for (a, b), ys in pairs.items():
+            ax.plot(blocks, ys, marker="o", markersize=3, linestyle="-" if i == 0 else "--",
+                    label=f"{a} / {b} ({label})")
+        ax.set_xticks(blocks)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("decoder block")
     ax.set_ylabel("mean principal-angle cosine")
     ax.set_title("per-layer overlap between domains' directions")
