@@ -113,10 +113,20 @@ def experiment1_task(profile: Profile) -> dict:
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(profile: Profile, run_names: list[str]) -> dict:
-    """Plots and the markdown report of the profile's runs; returns paths and text."""
+    """Plots and the markdown report of the profile's runs; returns paths and text.
+
+    The report's paper section (Tables 1-4, Figs. 4-10; its subspace figures are measured here, on the
+    worker, from the runs' frozen stacks) is also published as its own markdown artifact, figures inline.
+    """
     from brainstacks_core.reporting.report import build_report
 
-    return build_report(profile.context, run_names, Catalog.for_context(profile.context), run_ids())
+    report = build_report(profile.context, run_names, Catalog.for_context(profile.context), run_ids(),
+                          setup=profile.training_setup)
+    paper = report["paper"]
+    markdown_artifact(artifact_key("paper-tables", profile.name), paper["markdown"], plots=paper["plots"],
+                      description=f"The paper's Tables 1-4 and Figs. 4-10 for profile {profile.name}, also in "
+                                  f"{report['path']}")
+    return report
 
 
 @task(name="run-summary", cache_policy=NO_CACHE)
