@@ -116,10 +116,17 @@ def paper_section(ctx: StoreContext, run_names: list[str] | None = None, setup=N
             if "missing" in m:
                 raise T.NotAvailable(m["missing"])
 
+    def fig_ungated() -> Path:
+        need(ns)
+        both = {"null space": ns, **({"no null space": nons} if "missing" not in nons else {})}
+        return F.plot_ungated(both, out / "fig4-5-ungated.png")
+
+    def fig_ns_effect() -> Path:
+        need(ns, nons)
+        return F.plot_null_space_effect(ns, nons, out / "fig6-ns-effect.png")
+
     md += ["### Figs. 4/5: ungated interference (with / without null space)", ""]
-    figure("Ungated held-out loss per domain after each stage", lambda: (need(ns), F.plot_ungated(
-        {"null space": ns, **({"no null space": nons} if "missing" not in nons else {})},
-        out / "fig4-5-ungated.png"))[1])
+    figure("Ungated held-out loss per domain after each stage", fig_ungated)
 
     md += ["### Table 3: progressive forgetting, NoNS → NS (ungated held-out loss)", ""]
     try:
@@ -130,8 +137,7 @@ def paper_section(ctx: StoreContext, run_names: list[str] | None = None, setup=N
                "interference):", "", T.table_markdown(drows, dcols), ""]
     except T.NotAvailable as exc:
         md += [_missing(str(exc)), ""]
-    figure("Fig. 6: null-space projection effect", lambda: (need(ns, nons),
-                                                           F.plot_null_space_effect(ns, nons, out / "fig6-ns-effect.png"))[1])
+    figure("Fig. 6: null-space projection effect", fig_ns_effect)
 
     md += ["### Table 4: zero-shot benchmarks, base vs routed (lm-evaluation-harness)", ""]
     try:

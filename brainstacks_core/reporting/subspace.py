@@ -183,7 +183,7 @@ def measure_run(setup, run_name: str, catalog=None) -> dict[str, Path]:
                 save_file(tensors, str(tmp), metadata={"domain": dom, "run": run_name, "version": version,
                                                        "stack_ids": json.dumps(ids)})
             log.info("subspace %s/%s: %d layers measured -> %s", run_name, dom, len(tensors) // 3, path)
-        del model
+        del run, model
     return {d: w[2] for d, w in wanted.items()}
 
 
