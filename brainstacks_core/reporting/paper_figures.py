@@ -100,7 +100,9 @@ def _heat(ax, vals: list[list[float]], rows: list[str], cols: list[str], cmap: s
     for i, row in enumerate(vals):
         for j, v in enumerate(row):
             if math.isfinite(v):
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8)
+                r, g, b, _ = image.cmap(image.norm(v))  # text readable on the cell's own colour
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
+                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     return image
 
 
@@ -200,6 +202,7 @@ def plot_spectra(subspaces: Mapping[str, dict], path: str | os.PathLike[str]) ->
     for dom, ys in data.items():
         ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=dom)
     ax.set_yscale("log")
+    ax.set_xticks(range(1, max((len(y) for y in data.values()), default=0) + 1))
     ax.set_xlabel("direction (by singular value)")
     ax.set_ylabel("energy share s²/Σs² (mean over layers)")
     ax.set_title("singular-value spectrum per domain")
