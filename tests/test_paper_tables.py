@@ -215,9 +215,10 @@ def test_subspace_figures_data_match_a_hand_computation(trained):
 
 
 @pytest.mark.slow
-def test_figures_are_pngs_and_a_rerun_redraws_nothing(trained):
+def test_figures_are_pngs_and_a_rerun_redraws_nothing(trained, monkeypatch):
     from PIL import Image
 
+    import brainstacks_core.training.trained_run as trained_run
     from brainstacks_core.reporting.report import build_report
 
     pngs = [Path(p) for p in trained["report"]["paper"]["plots"]]
@@ -228,6 +229,11 @@ def test_figures_are_pngs_and_a_rerun_redraws_nothing(trained):
             img.verify()
         assert png_is_current(p, png_text(p)) and str(p) in trained["report"]["markdown"]
     stamps = {p: p.stat().st_mtime_ns for p in pngs}
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the subspace files are current: the rerun must not load the run")
+
+    monkeypatch.setattr(trained_run, "load_run", no_model)
     profile = trained["profile"]
     again = build_report(profile.context, ["main", "no-null-space"], trained["catalog"], setup=profile.training_setup)
     assert again["paper"]["markdown"] == trained["report"]["paper"]["markdown"]

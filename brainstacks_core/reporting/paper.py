@@ -156,7 +156,11 @@ def paper_section(ctx: StoreContext, run_names: list[str] | None = None, setup=N
     for run, label in ((NS, "null space"), (NONS, "no null space")):
         try:
             need(manifests[run])
-            subs = {d: load_subspace(p) for d, p in subspace_files(ctx, run, setup, catalog).items()}
+            try:
+                files = subspace_files(ctx, run, setup, catalog)
+            except OSError as exc:  # the base or a data split is not on this machine
+                raise T.NotAvailable(f"could not load run `{run}` to measure it ({exc})") from exc
+            subs = {d: load_subspace(p) for d, p in files.items()}
             if not subs:
                 raise T.NotAvailable(f"no subspace measurement of `{run}`: the report measures it when run by "
                                      f"`brainstacks run --config {ctx.source_path}`")
