@@ -3,9 +3,10 @@
 prepare data -> base model -> continual training (with null space; and, when the
 profile asks for the ablation, without) -> Experiment 1 -> report (plots,
 markdown artifact, lineage) -> routing (oracle, meta-router, routed losses) -> benchmark evaluation
-(lm-evaluation-harness, when ``eval.enabled`` and ``eval.tasks``). Every step is resumable and cached by version.
-Training, routing and evaluation each add their section to ``<store>/reports/report.md``, which is rebuilt
-(with its ``report-<profile>`` markdown artifact) after each; the flow returns the final one.
+(lm-evaluation-harness, when ``eval.enabled`` and ``eval.tasks``) -> the paper's tables and figures (last, so
+its Table 4 has the evaluation). Every step is resumable and cached by version.
+Training, routing, evaluation and the paper tables each add their section to ``<store>/reports/report.md``,
+which is rebuilt (with its ``report-<profile>`` markdown artifact) after each; the flow returns the final one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from flows.params import ProfilePath  # noqa: E402
 from flows.prepare_data import format_table, prepare_data  # noqa: E402
 from flows.train_router import train_router  # noqa: E402
 from tasks.lineage import data_inputs, lineage_hooks  # noqa: E402
-from tasks.training import experiment1_task, report_task  # noqa: E402
+from tasks.training import experiment1_task, paper_report_task, report_task  # noqa: E402
 
 
 @flow(name="brainstacks-pipeline", **lineage_hooks(data_inputs))
@@ -60,6 +61,8 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
         report = train_router(config_path=config_path, run_name="main", artifact_root=artifact_root)["report"]
     if profile.eval.enabled and profile.eval.tasks:
         report = evaluate(config_path=config_path, run_name="main", artifact_root=artifact_root).get("report", report)
+    with gpu_slot():  # after the evaluation (the paper's Table 4); measures the subspace figures on the base
+        report = paper_report_task(profile, runs)
     report = dict(report)
     report["data_counts"] = counts
     return report

@@ -122,6 +122,23 @@ def report_task(profile: Profile, run_names: list[str]) -> dict:
     return report
 
 
+@task(name="paper-tables", cache_policy=NO_CACHE)
+def paper_report_task(profile: Profile, run_names: list[str]) -> dict:
+    """The report's paper section (Tables 1-4, Figs. 4-10; its subspace figures are measured here, on the
+    worker, from the runs' frozen stacks); rebuilds the report and its artifact, and publishes the section
+    as its own markdown artifact, figures inline."""
+    from brainstacks_core.reporting.report import build_paper_report
+
+    report = build_paper_report(profile.context, run_names, Catalog.for_context(profile.context), run_ids(),
+                                setup=profile.training_setup)
+    report_artifact(profile.name, report)
+    paper = report["paper"]
+    markdown_artifact(artifact_key("paper-tables", profile.name), paper["markdown"], plots=paper["plots"],
+                      description=f"The paper's Tables 1-4 and Figs. 4-10 for profile {profile.name}, also in "
+                                  f"{report['path']}")
+    return report
+
+
 @task(name="run-summary", cache_policy=NO_CACHE)
 def run_summary_task(profile: Profile, run_name: str) -> dict:
     """One run's round table and forgetting matrix (markdown + PNGs), and a table artifact of its stacks."""

@@ -90,6 +90,7 @@ def training_section(ctx: StoreContext, run_names: list[str]) -> dict:
         Experiment 1 result's catalog version when there is one.
     """
     from brainstacks_core.reporting import plots
+    from brainstacks_core.reporting.paper import paper_section
 
     out_dir = ctx.store / "reports"
     manifests = {RUN_LABELS.get(r, r): _manifest(ctx, r) for r in run_names}
@@ -131,3 +132,25 @@ def build_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids:
 
     section = training_section(ctx, run_names)
     return publish_section(ctx, TRAINING, section["markdown"], section["plots"], section["inputs"], catalog, run_ids)
+
+
+def build_paper_report(ctx: StoreContext, run_names: list[str], catalog=None, run_ids: dict | None = None,
+                       setup=None) -> dict:
+    """The paper's tables and figures as the report's ``40-paper`` section; rebuilds ``report.md``.
+
+    Runs after routing and evaluation (Table 4 reads the evaluation). ``setup`` (the profile's
+    ``TrainingSetup``) lets it measure the subspace and expert figures
+    (:func:`~brainstacks_core.reporting.paper.paper_section`).
+
+    Returns:
+        :func:`~brainstacks_core.reporting.sections.assemble_report`'s dict plus ``paper``: the section's
+        ``{"markdown", "plots"}``.
+    """
+    from brainstacks_core.reporting.paper import paper_section
+    from brainstacks_core.reporting.sections import PAPER, publish_section
+
+    md, png = paper_section(ctx, run_names, setup=setup, catalog=catalog)
+    stacks = sorted({r["version"] for run in run_names for d in _manifest(ctx, run)["domains"].values()
+                     for r in d["rounds"] if r.get("version")})
+    report = publish_section(ctx, PAPER, md, png, stacks, catalog, run_ids)
+    return {**report, "paper": {"markdown": md, "plots": [str(p) for p in png]}}

@@ -39,7 +39,7 @@ from brainstacks_core.reporting.inline import place_images
 
 log = logging.getLogger(__name__)
 
-TRAINING, ROUTING, EVALUATION = "10-training", "20-routing", "30-evaluation"
+TRAINING, ROUTING, EVALUATION, PAPER = "10-training", "20-routing", "30-evaluation", "40-paper"
 """Section names of the stages (routing and evaluation add ``-<run>``: :func:`run_section`)."""
 _NAME = re.compile(r"^\d{2}-[a-z0-9][a-z0-9-]*$")
 
