@@ -1,0 +1,90 @@
+"""Stage boundaries of an object-store profile: publish a stage's immutable files, materialise a stage's inputs.
+
+When ``artifact_root`` is a URL, a worker's ``ctx.store`` is a local working copy in its
+cache folder (:attr:`~brainstacks_core.lineage.storage_config.RemoteStore.work_root`).
+After a stage, the files it wrote once (a dataset version's splits and manifest, a
+training run's stack files, a router) are published as a *tree*: every file a blob, then
+one JSON blob listing ``relative path -> sha256, size``. The stage then records its catalog
+rows naming blob URIs (never host paths), and last moves the pointer. Before a stage, the
+tree its input names is materialised into the local working copy at the same relative
+paths, each file verified by sha256; files already there and intact are kept.
+
+A tree is itself content-addressed, so publishing an unchanged folder again writes nothing
+and returns the same URI::
+
+    tree = publish_tree(store, ctx.store, [folder / "train.parquet", folder / "manifest.json"])
+    tree["uri"]  # s3://bucket/prefix/blobs/sha256/3f/3f...
+    materialise_tree(store, tree["uri"], other_ctx.store)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from brainstacks_core.files import sha256_file
+from brainstacks_core.lineage.blob_store import BlobIntegrityError, BlobStore
+from brainstacks_core.lineage.context import StoreContext
+
+log = logging.getLogger(__name__)
+
+TREE_FORMAT = "brainstacks.tree/1"
+
+
+def blob_store(ctx: StoreContext) -> BlobStore | None:
+    """The object store of a context whose ``artifact_root`` is a URL; None for a local folder."""
+    if ctx.remote is None:
+        return None
+    hint = f"brainstacks repair --config {ctx.source_path}" if ctx.source_path else "brainstacks repair"
+    return BlobStore(ctx.remote, repair_hint=hint)
+
+
+def publish_tree(store: BlobStore, root: Path, files: Iterable[Path]) -> dict:
+    """Upload ``files`` (under ``root``) as blobs, then the tree JSON naming them.
+
+    Args:
+        store: The object store.
+        root: The working copy the relative paths are taken from (``ctx.store``).
+        files: The files to publish; each must be under ``root``.
+
+    Returns:
+        ``{"uri": <tree blob URI>, "sha256": <tree sha256>, "files": {rel: {"sha256", "size", "uri"}}}``.
+    """
+    entries = {}
+    for f in sorted({Path(f) for f in files}):
+        rel = f.resolve().relative_to(Path(root).resolve()).as_posix()
+        sha = sha256_file(f)
+        entries[rel] = {"sha256": sha, "size": f.stat().st_size, "uri": store.put(f, sha)}
+    body = json.dumps({"format": TREE_FORMAT, "files": entries}, indent=2, sort_keys=True).encode("utf-8")
+    uri = store.put_bytes(body)
+    return {"uri": uri, "sha256": store.sha_of(uri), "files": entries}
+
+
+def read_tree(store: BlobStore, tree_uri: str) -> dict:
+    """The verified tree JSON a URI names."""
+    tree = json.loads(store.read_bytes(tree_uri))
+    if tree.get("format") != TREE_FORMAT:
+        raise BlobIntegrityError(f"{tree_uri} is not a brainstacks tree (format {tree.get('format')!r})")
+    return tree
+
+
+def materialise_tree(store: BlobStore, tree_uri: str, root: Path) -> dict:
+    """Write every file of a tree under ``root`` (its relative paths), each verified by sha256.
+
+    A file already there with the right sha256 is kept; any other is replaced atomically.
+
+    Returns:
+        The tree's ``files`` mapping.
+    """
+    tree = read_tree(store, tree_uri)
+    fetched = 0
+    for rel, entry in tree["files"].items():
+        dest = Path(root) / rel
+        if dest.is_file() and sha256_file(dest) == entry["sha256"]:
+            continue
+        store.get(entry["sha256"], dest)
+        fetched += 1
+    log.info("materialised %s: %d files (%d fetched) under %s", tree_uri, len(tree["files"]), fetched, root)
+    return tree["files"]
