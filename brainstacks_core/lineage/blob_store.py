@@ -96,6 +96,7 @@ class BlobStore:
         return (opts.get("client_kwargs") or {}).get("endpoint_url") or self.url
 
     def _key(self, rel: str) -> str:
+        self.fs  # noqa: B018 - opening the file system sets the root the keys are under
         return f"{self._root.rstrip('/')}/{rel}" if self._root else rel
 
     def check(self) -> None:

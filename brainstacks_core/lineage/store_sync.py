@@ -88,3 +88,11 @@ def materialise_tree(store: BlobStore, tree_uri: str, root: Path) -> dict:
         fetched += 1
     log.info("materialised %s: %d files (%d fetched) under %s", tree_uri, len(tree["files"]), fetched, root)
     return tree["files"]
+
+
+def check_store(ctx: StoreContext) -> None:
+    """Before a stage writes anything: raise ``StoreUnreachableError`` (naming the URL and the setting)
+    unless the context's object store answers; a local folder needs no check."""
+    store = blob_store(ctx)
+    if store is not None:
+        store.check()
