@@ -219,3 +219,46 @@ def test_a_writer_killed_before_its_pointer_leaves_nothing_visible(s3_env, tmp_p
         load_prepared(load_profile(_profile_dir(tmp_path / "B", url, with_data=False)).context, "chat",
                       shared_catalog)
     assert not os.environ.get("BRAINSTACKS_CATALOG_URL")
+
+
+@pytest.mark.slow
+def test_a_run_trained_on_one_worker_resumes_on_another_without_retraining(s3_env, pg_server, tmp_path,
+                                                                            monkeypatch):
+    """Worker A prepares and trains (stacks published, rows naming blob URIs, pointer last); worker B, in an
+    empty folder sharing only S3 + PostgreSQL, materialises the run and trains nothing."""
+    from test_training_run import _mini_profile
+
+    from brainstacks_core.data.pipeline import prepare_all
+    from brainstacks_core.lineage.catalog import Catalog
+    from brainstacks_core.profile import load_profile
+    from brainstacks_core.training.run import current_run_dir, train_profile
+
+    url = s3_env.make_bucket("runs") + "/bs"
+    monkeypatch.setenv("BRAINSTACKS_CATALOG_URL", pg_server.url)
+    profiles = []
+    for side in ("A", "B"):
+        cfg = _mini_profile(tmp_path / side) if (tmp_path / side).mkdir() is None else None
+        raw = yaml.safe_load(cfg.read_text())
+        raw.update(name="minis3", artifact_root=url, storage={"cache_dir": "cache"})
+        cfg.write_text(yaml.safe_dump(raw))
+        profiles.append(load_profile(cfg))
+    a, b = profiles
+    cat_a = Catalog.for_context(a.context)
+    prepare_all(a.context, a.data, catalog=cat_a)
+    first = train_profile(a.training_setup, catalog=cat_a)
+    stacks = cat_a.list_artifacts("stack")
+    assert stacks and all(r["path"].startswith(f"{url}/blobs/sha256/") for r in stacks)
+
+    cat_b = Catalog.for_context(b.context)
+    again = train_profile(b.training_setup, catalog=cat_b)
+    assert len(cat_b.list_artifacts("stack")) == len(stacks)  # nothing was retrained
+    frozen = lambda m: [(r["stack_id"], r["file_sha256"]) for d in m["domains"].values()  # noqa: E731
+                        for r in d["rounds"] if r["status"] == "frozen"]
+    assert frozen(again) == frozen(first)
+    folder_b = current_run_dir(b.context, "main")
+    assert folder_b.is_relative_to(b.store)
+    for r in (r for d in again["domains"].values() for r in d["rounds"] if r["status"] == "frozen"):
+        assert Path(r["file"]).is_relative_to(b.store) and sha256_file(r["file"]) == r["file_sha256"]
+    store = BlobStore(b.context.remote)
+    for key in store.fs.find("runs"):
+        assert str(tmp_path).encode() not in store.fs.cat_file(key), key  # no host path in the store

@@ -24,13 +24,27 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from brainstacks_core.files import sha256_file
+from brainstacks_core.files import atomic_write_bytes, sha256_bytes, sha256_file
 from brainstacks_core.lineage.blob_store import BlobIntegrityError, BlobStore
 from brainstacks_core.lineage.context import StoreContext
 
 log = logging.getLogger(__name__)
 
 TREE_FORMAT = "brainstacks.tree/1"
+STORE_TOKEN = "@brainstacks-store@"
+"""Stands for the working copy's absolute path inside published text files (``portable=True``)."""
+TEXT_SUFFIXES = (".json", ".jsonl", ".md")
+
+
+def _portable_bytes(f: Path, root: Path) -> bytes | None:
+    """A text file's bytes with the working copy's path replaced by :data:`STORE_TOKEN` (None: unchanged)."""
+    if f.suffix not in TEXT_SUFFIXES:
+        return None
+    data = f.read_bytes()
+    out = data
+    for r in {str(root), str(Path(root).resolve())}:
+        out = out.replace(r.encode("utf-8"), STORE_TOKEN.encode("utf-8"))
+    return out if out != data else None
 
 
 def blob_store(ctx: StoreContext) -> BlobStore | None:
@@ -41,13 +55,22 @@ def blob_store(ctx: StoreContext) -> BlobStore | None:
     return BlobStore(ctx.remote, repair_hint=hint)
 
 
-def publish_tree(store: BlobStore, root: Path, files: Iterable[Path]) -> dict:
+def put_file(store: BlobStore, f: Path, root: Path, portable: bool = True) -> str:
+    """Publish one file as a blob; a text file of the working copy without its host path (``portable``)."""
+    body = _portable_bytes(Path(f), Path(root)) if portable else None
+    return store.put(f) if body is None else store.put_bytes(body)
+
+
+def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: bool = False) -> dict:
     """Upload ``files`` (under ``root``) as blobs, then the tree JSON naming them.
 
     Args:
         store: The object store.
         root: The working copy the relative paths are taken from (``ctx.store``).
         files: The files to publish; each must be under ``root``.
+        portable: Text files (JSON, JSONL, markdown) are published with ``root``'s absolute path
+            replaced by :data:`STORE_TOKEN` (training manifests name their stack files by absolute
+            path): no host path leaves the worker; :func:`materialise_tree` puts the reader's own back.
 
     Returns:
         ``{"uri": <tree blob URI>, "sha256": <tree sha256>, "files": {rel: {"sha256", "size", "uri"}}}``.
@@ -55,8 +78,13 @@ def publish_tree(store: BlobStore, root: Path, files: Iterable[Path]) -> dict:
     entries = {}
     for f in sorted({Path(f) for f in files}):
         rel = f.resolve().relative_to(Path(root).resolve()).as_posix()
-        sha = sha256_file(f)
-        entries[rel] = {"sha256": sha, "size": f.stat().st_size, "uri": store.put(f, sha)}
+        body = _portable_bytes(f, Path(root)) if portable else None
+        if body is None:
+            sha = sha256_file(f)
+            entries[rel] = {"sha256": sha, "size": f.stat().st_size, "uri": store.put(f, sha)}
+        else:
+            entries[rel] = {"sha256": sha256_bytes(body), "size": len(body), "uri": store.put_bytes(body),
+                            "portable": True}
     body = json.dumps({"format": TREE_FORMAT, "files": entries}, indent=2, sort_keys=True).encode("utf-8")
     uri = store.put_bytes(body)
     return {"uri": uri, "sha256": store.sha_of(uri), "files": entries}
@@ -82,6 +110,13 @@ def materialise_tree(store: BlobStore, tree_uri: str, root: Path) -> dict:
     fetched = 0
     for rel, entry in tree["files"].items():
         dest = Path(root) / rel
+        if entry.get("portable"):  # the reader's own working-copy path back in place of the token
+            body = store.read_bytes(entry["sha256"]).replace(STORE_TOKEN.encode("utf-8"),
+                                                             str(Path(root).resolve()).encode("utf-8"))
+            if not (dest.is_file() and dest.read_bytes() == body):
+                atomic_write_bytes(dest, body)
+                fetched += 1
+            continue
         if dest.is_file() and sha256_file(dest) == entry["sha256"]:
             continue
         store.get(entry["sha256"], dest)
