@@ -102,6 +102,30 @@ def test_pointers_are_replaced_whole_and_absent_until_written(s3_env, tmp_path):
     assert _store(store.url, tmp_path / "o").read_pointer("demo", "dataset", "math") == {"version": "v2"}
 
 
+def test_a_published_folder_reaches_another_worker_with_its_own_paths_and_no_host_path(s3_env, tmp_path):
+    """publish_pointer / materialise_pointer (the routing folder, a training run): JSON naming the writer's
+    working copy is published with a token and materialised with the reader's path."""
+    from brainstacks_core.lineage.context import StoreContext
+    from brainstacks_core.lineage.store_sync import materialise_pointer, publish_pointer
+
+    url = s3_env.make_bucket("folders")
+    ctx = {side: StoreContext(name="p", store=tmp_path / side / "work", repo_root=tmp_path / side,
+                              remote=RemoteStore(url=url, cache_dir=tmp_path / side / "cache"))
+           for side in ("A", "B")}
+    out = ctx["A"].store / "routing" / "main"
+    out.mkdir(parents=True)
+    (out / "router.bin").write_bytes(b"\x00weights")
+    (out / "result.json").write_text(json.dumps({"router_folder": str(out / "router.bin")}))
+    assert materialise_pointer(ctx["B"], "routing", "main") is None  # nothing published yet
+    publish_pointer(ctx["A"], "routing", "main", list(out.iterdir()), key="k1")
+    assert materialise_pointer(ctx["B"], "routing", "main")["key"] == "k1"
+    mine = ctx["B"].store / "routing" / "main"
+    assert json.loads((mine / "result.json").read_text()) == {"router_folder": str((mine / "router.bin").resolve())}
+    assert (mine / "router.bin").read_bytes() == b"\x00weights"
+    store = BlobStore(ctx["B"].remote)
+    assert all(str(tmp_path).encode() not in store.fs.cat_file(k) for k in store.fs.find("folders"))
+
+
 def _profile_dir(root: Path, url: str, with_data: bool = True) -> Path:
     """A checkout-like folder: configs/p.yaml (artifact_root ``url``, cache in <root>/cache) and its data."""
     (root / "configs").mkdir(parents=True)

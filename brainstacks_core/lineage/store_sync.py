@@ -131,3 +131,28 @@ def check_store(ctx: StoreContext) -> None:
     store = blob_store(ctx)
     if store is not None:
         store.check()
+
+
+def publish_pointer(ctx: StoreContext, kind: str, name: str, files: Iterable[Path], **target) -> str | None:
+    """Publish ``files`` of the working copy as one portable tree, then move ``pointers/<profile>/<kind>/<name>``
+    to it (the last write of a stage); the pointer URI, or None for a local store."""
+    store = blob_store(ctx)
+    if store is None:
+        return None
+    tree = publish_tree(store, ctx.store, files, portable=True)
+    uri = store.write_pointer(ctx.name, kind, name, {"tree": tree["uri"], **target})
+    log.info("published %s %s/%s (%d files) as %s", kind, ctx.name, name, len(tree["files"]), tree["uri"])
+    return uri
+
+
+def materialise_pointer(ctx: StoreContext, kind: str, name: str) -> dict | None:
+    """Materialise the tree ``pointers/<profile>/<kind>/<name>`` names into the working copy.
+
+    Returns:
+        The pointer's target, or None for a local store or a pointer never written.
+    """
+    store = blob_store(ctx)
+    target = store.read_pointer(ctx.name, kind, name) if store is not None else None
+    if target is not None:
+        materialise_tree(store, target["tree"], ctx.store)
+    return target

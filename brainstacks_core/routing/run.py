@@ -28,6 +28,7 @@ import torch
 
 from brainstacks_core.files import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from brainstacks_core.lineage.context import StoreContext
+from brainstacks_core.lineage.store_sync import materialise_pointer, publish_pointer
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
 from brainstacks_core.routing.config import RoutingSetup
 from brainstacks_core.routing.cross_pairs import cross_domain_rows
@@ -36,6 +37,10 @@ from brainstacks_core.routing.pair_loss import answerable, routed_losses
 from brainstacks_core.routing.panels import panels_markdown, three_panels
 
 log = logging.getLogger(__name__)
+
+
+POINTER_KIND = "routing"
+"""``pointers/<profile>/routing/<run>.json``: the routing folder (router, oracle targets, report) of a run."""
 
 
 def routing_dir(ctx: StoreContext, run_name: str) -> Path:
@@ -52,11 +57,13 @@ def trained_router(setup: RoutingSetup, run_name: str, model, tokenizer, catalog
 
     if catalog is None:
         return None
-    art = catalog.latest(router_uri(setup.run.context.name, run_name))
+    ctx = setup.run.context
+    art = catalog.latest(router_uri(ctx.name, run_name))
     if art is None:
         return None
-    return load_trained_router(Path(art["path"]).parent, model, tokenizer, setup.router,
-                               expected_sha256=art["sha256"])
+    materialise_pointer(ctx, POINTER_KIND, run_name)  # an object store: the routing folder another worker published
+    folder = routing_dir(ctx, run_name) / "router" if "://" in str(art["path"]) else Path(art["path"]).parent
+    return load_trained_router(folder, model, tokenizer, setup.router, expected_sha256=art["sha256"])
 
 
 def stale_router_reason(router, stack_versions: dict[str, str], command: str) -> str | None:
@@ -198,6 +205,7 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
 
     cfg, ctx, curriculum = setup.router, setup.run.context, list(setup.run.curriculum)
     out_dir = routing_dir(ctx, run_name)
+    materialise_pointer(ctx, POINTER_KIND, run_name)  # an object store: what another worker routed already
     folder = current_run_dir(ctx, run_name)
     pointer = json.loads((folder.parent / "current.json").read_text())
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -320,6 +328,8 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
     plots = [fitted["heatmap"], str(heat)]
     atomic_write_json(out_dir / RESULT_FILE, {"key": key, "plots": plots, "router_folder": fitted["folder"],
                                               "records": [oracle_record, eval_record]})
+    publish_pointer(ctx, POINTER_KIND, run_name, [f for f in out_dir.rglob("*") if f.is_file()
+                                                  and not f.name.startswith(".")], key=key)  # last (no-op locally)
     return {"markdown": text, "plots": plots, "summary": summary, "table": table,
             "version": version, "router": router, "oracle": oracle, "combinations": combos}
 

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from brainstacks_core.lineage.context import StoreContext
-from brainstacks_core.lineage.store_sync import blob_store, materialise_tree, publish_tree
+from brainstacks_core.lineage.store_sync import materialise_pointer, publish_pointer
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +35,15 @@ def _referenced(manifest: dict, root: Path) -> list[Path]:
 
 def publish_run(ctx: StoreContext, run_name: str) -> str | None:
     """Publish the run's current folder and move its pointer; the pointer URI (None: a local store)."""
-    store = blob_store(ctx)
     pointer = ctx.store / "training" / run_name / "current.json"
-    if store is None or not pointer.is_file():
+    if ctx.remote is None or not pointer.is_file():
         return None
     current = json.loads(pointer.read_text())
     folder = Path(current["dir"])
-    root = ctx.store.resolve()
     files = [f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")]
     if (folder / "manifest.json").is_file():
-        files += _referenced(json.loads((folder / "manifest.json").read_text()), root)
-    tree = publish_tree(store, ctx.store, files + [pointer], portable=True)
-    uri = store.write_pointer(ctx.name, POINTER_KIND, run_name, {"tree": tree["uri"], "key": current["key"]})
-    log.info("published run %s/%s (%d files) as %s", ctx.name, run_name, len(tree["files"]), tree["uri"])
-    return uri
+        files += _referenced(json.loads((folder / "manifest.json").read_text()), ctx.store.resolve())
+    return publish_pointer(ctx, POINTER_KIND, run_name, files + [pointer], key=current["key"])
 
 
 def materialise_run(ctx: StoreContext, run_name: str) -> bool:
@@ -57,11 +52,4 @@ def materialise_run(ctx: StoreContext, run_name: str) -> bool:
     Returns:
         True when a published run was materialised; False for a local store or a run never published.
     """
-    store = blob_store(ctx)
-    if store is None:
-        return False
-    target = store.read_pointer(ctx.name, POINTER_KIND, run_name)
-    if target is None:
-        return False
-    materialise_tree(store, target["tree"], ctx.store)
-    return True
+    return materialise_pointer(ctx, POINTER_KIND, run_name) is not None
