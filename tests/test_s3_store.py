@@ -32,13 +32,22 @@ def s3_env(s3, monkeypatch):
     return s3
 
 
+@pytest.fixture(params=["s3", "file"])
+def new_url(request, tmp_path):
+    """A fresh store URL per call: a bucket on the moto server, or a file:// folder (the same suite on both)."""
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3_env")
+        return lambda name: s3.make_bucket(name)
+    return lambda name: f"file://{tmp_path / 'objects' / name}"
+
+
 def _store(url: str, cache: Path, budget: int = 10**9) -> BlobStore:
     return BlobStore(RemoteStore(url=url, cache_dir=cache, cache_bytes=budget),
                      repair_hint="brainstacks repair --config configs/p.yaml")
 
 
-def test_put_is_content_addressed_written_once_and_read_back_verified(s3_env, tmp_path):
-    url = s3_env.make_bucket("blobs-a") + "/team"
+def test_put_is_content_addressed_written_once_and_read_back_verified(new_url, tmp_path):
+    url = new_url("blobs-a") + "/team"
     store = _store(url, tmp_path / "cache")
     store.check()
     f = tmp_path / "f.bin"
@@ -52,8 +61,8 @@ def test_put_is_content_addressed_written_once_and_read_back_verified(s3_env, tm
     assert (tmp_path / "other-cache" / "blobs" / sha256_file(f)).is_file()
 
 
-def test_the_cache_keeps_its_byte_budget_evicting_the_least_recently_used(s3_env, tmp_path):
-    url = s3_env.make_bucket("blobs-b")
+def test_the_cache_keeps_its_byte_budget_evicting_the_least_recently_used(new_url, tmp_path):
+    url = new_url("blobs-b")
     writer = _store(url, tmp_path / "w")
     uris = []
     for i in range(3):
@@ -70,8 +79,8 @@ def test_the_cache_keeps_its_byte_budget_evicting_the_least_recently_used(s3_env
     assert cached == {reader.sha_of(uris[0]), reader.sha_of(uris[2])}  # uris[1] was the least recently used
 
 
-def test_a_damaged_cache_entry_is_caught_on_the_hit_and_fetched_again(s3_env, tmp_path):
-    store = _store(s3_env.make_bucket("blobs-c"), tmp_path / "c")
+def test_a_damaged_cache_entry_is_caught_on_the_hit_and_fetched_again(new_url, tmp_path):
+    store = _store(new_url("blobs-c"), tmp_path / "c")
     f = tmp_path / "f"
     f.write_bytes(b"x" * 64)
     uri = store.put(f)
@@ -81,12 +90,13 @@ def test_a_damaged_cache_entry_is_caught_on_the_hit_and_fetched_again(s3_env, tm
     assert entry.read_bytes() == b"x" * 64
 
 
-def test_a_blob_whose_bytes_differ_from_its_name_is_refused_with_the_repair_command(s3_env, tmp_path):
-    store = _store(s3_env.make_bucket("blobs-d"), tmp_path / "c")
+def test_a_blob_whose_bytes_differ_from_its_name_is_refused_with_the_repair_command(new_url, tmp_path):
+    store = _store(new_url("blobs-d"), tmp_path / "c")
     f = tmp_path / "f"
     f.write_bytes(b"good")
     uri = store.put(f)
-    store.fs.pipe_file(uri.removeprefix("s3://"), b"evil")  # the object changed behind the catalog's back
+    sha = store.sha_of(uri)
+    store.fs.pipe_file(store._key(f"blobs/sha256/{sha[:2]}/{sha}"), b"evil")  # changed behind the catalog's back
     reader = _store(store.url, tmp_path / "fresh")
     with pytest.raises(BlobIntegrityError, match="brainstacks repair --config configs/p.yaml") as err:
         reader.get(uri)
@@ -94,8 +104,8 @@ def test_a_blob_whose_bytes_differ_from_its_name_is_refused_with_the_repair_comm
     assert not list((tmp_path / "fresh" / "blobs").iterdir())  # nothing refused is kept
 
 
-def test_pointers_are_replaced_whole_and_absent_until_written(s3_env, tmp_path):
-    store = _store(s3_env.make_bucket("blobs-e"), tmp_path / "c")
+def test_pointers_are_replaced_whole_and_absent_until_written(new_url, tmp_path):
+    store = _store(new_url("blobs-e"), tmp_path / "c")
     assert store.read_pointer("demo", "dataset", "math") is None
     store.write_pointer("demo", "dataset", "math", {"version": "v1"})
     store.write_pointer("demo", "dataset", "math", {"version": "v2"})
