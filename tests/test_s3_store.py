@@ -221,6 +221,8 @@ def test_two_workers_in_empty_folders_share_prepared_data_through_s3_and_postgre
         manifest = (prof_b.store / train["metadata"]["manifest"]).read_text()
         assert str(a) not in manifest and str(b) not in manifest  # manifests hold no host path
 
+    events = (prof_a.store / "lineage" / "openlineage.jsonl").read_text()
+    assert '"COMPLETE"' in events and str(tmp_path) not in events  # OpenLineage events: no host path either
     secret = s3_env.secret
     assert secret not in out + capsys.readouterr().err + caplog.text
     assert not _secret_free(a, secret) and not _secret_free(b, secret)
