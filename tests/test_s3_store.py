@@ -272,13 +272,13 @@ def test_a_run_trained_on_one_worker_resumes_on_another_without_retraining(s3_en
     url = s3_env.make_bucket("runs") + "/bs"
     monkeypatch.setenv("BRAINSTACKS_CATALOG_URL", pg_server.url)
     profiles = []
-    for side in ("A", "B"):
+    for side in ("A", "B", "C"):
         cfg = _mini_profile(tmp_path / side) if (tmp_path / side).mkdir() is None else None
         raw = yaml.safe_load(cfg.read_text())
         raw.update(name="minis3", artifact_root=url, storage={"cache_dir": "cache"})
         cfg.write_text(yaml.safe_dump(raw))
         profiles.append(load_profile(cfg))
-    a, b = profiles
+    a, b, c = profiles
     cat_a = Catalog.for_context(a.context)
     prepare_all(a.context, a.data, catalog=cat_a)
     first = train_profile(a.training_setup, catalog=cat_a)
@@ -298,3 +298,15 @@ def test_a_run_trained_on_one_worker_resumes_on_another_without_retraining(s3_en
     store = BlobStore(b.context.remote)
     for key in store.fs.find("runs"):
         assert str(tmp_path).encode() not in store.fs.cat_file(key), key  # no host path in the store
+
+    # a stack object corrupted in the bucket: a third worker refuses it and names the repair command ...
+    from flows.cli import main
+
+    bad = frozen(first)[0][1]
+    store.fs.pipe_file(store._key(f"blobs/sha256/{bad[:2]}/{bad}"), b"not a stack")
+    with pytest.raises(BlobIntegrityError, match=r"brainstacks repair --config .*C/configs/mini.yaml"):
+        train_profile(c.training_setup, catalog=Catalog.for_context(c.context))
+    # ... a worker holding the verified file repairs it (re-publishes), and the third one then trains nothing
+    assert main(["repair", "--config", str(b.source_path), "--no-resume"]) == 0
+    third = train_profile(c.training_setup, catalog=Catalog.for_context(c.context))
+    assert frozen(third) == frozen(first) and len(cat_b.list_artifacts("stack")) == len(stacks)

@@ -232,7 +232,10 @@ def _rel(path: Path, ctx: StoreContext) -> str:
 
 
 def _portable(entries: list[dict], ctx: StoreContext) -> list[dict]:
-    """Source / eval-set records with their paths relative to the repository or the store."""
+    """Source / eval-set records with their paths relative to the repository or the store (an object
+    store; a local store keeps them as they are)."""
+    if ctx.remote is None:
+        return entries
     return [{**e, "path": remote.portable_path(e.get("path"), ctx)} if e.get("path") else e for e in entries]
 
 

@@ -137,14 +137,16 @@ class BlobStore:
         """Whether the store holds the blob."""
         return self.fs.exists(self._key(f"{BLOB_PREFIX}/{sha256[:2]}/{sha256}"))
 
-    def put(self, local_file: str | os.PathLike[str], sha256: str | None = None) -> str:
+    def put(self, local_file: str | os.PathLike[str], sha256: str | None = None, force: bool = False) -> str:
         """Upload a file as a blob (skipped when the store has it) and return its URI.
 
         The file is also placed in the local cache, so the writer reads it back without a download.
+        ``force`` uploads it again even when the key exists: ``brainstacks repair`` replaces a corrupt
+        object with the verified bytes of the same name.
         """
         sha = sha256 or sha256_file(local_file)
         key = self._key(f"{BLOB_PREFIX}/{sha[:2]}/{sha}")
-        if not self.fs.exists(key):
+        if force or not self.fs.exists(key):
             if self.url.startswith(("s3://", "gs://", "gcs://")):
                 self.fs.put_file(str(local_file), key)  # one PUT: atomic on the object store
             else:
@@ -156,12 +158,12 @@ class BlobStore:
         self._cache_insert(Path(local_file), sha)
         return self.blob_uri(sha)
 
-    def put_bytes(self, data: bytes) -> str:
+    def put_bytes(self, data: bytes, force: bool = False) -> str:
         """Upload bytes as a blob and return its URI."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "blob"
             path.write_bytes(data)
-            return self.put(path)
+            return self.put(path, force=force)
 
     def get(self, uri_or_sha: str, dest: str | os.PathLike[str] | None = None) -> Path:
         """The local file of a blob, read through the cache and verified; copied to ``dest`` when given.

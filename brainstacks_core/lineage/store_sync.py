@@ -61,7 +61,8 @@ def put_file(store: BlobStore, f: Path, root: Path, portable: bool = True) -> st
     return store.put(f) if body is None else store.put_bytes(body)
 
 
-def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: bool = False) -> dict:
+def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: bool = False,
+                 force: bool = False) -> dict:
     """Upload ``files`` (under ``root``) as blobs, then the tree JSON naming them.
 
     Args:
@@ -71,6 +72,7 @@ def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: 
         portable: Text files (JSON, JSONL, markdown) are published with ``root``'s absolute path
             replaced by :data:`STORE_TOKEN` (training manifests name their stack files by absolute
             path): no host path leaves the worker; :func:`materialise_tree` puts the reader's own back.
+        force: Upload every file again, even when its blob exists (repair of a corrupt object).
 
     Returns:
         ``{"uri": <tree blob URI>, "sha256": <tree sha256>, "files": {rel: {"sha256", "size", "uri"}}}``.
@@ -81,9 +83,9 @@ def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: 
         body = _portable_bytes(f, Path(root)) if portable else None
         if body is None:
             sha = sha256_file(f)
-            entries[rel] = {"sha256": sha, "size": f.stat().st_size, "uri": store.put(f, sha)}
+            entries[rel] = {"sha256": sha, "size": f.stat().st_size, "uri": store.put(f, sha, force=force)}
         else:
-            entries[rel] = {"sha256": sha256_bytes(body), "size": len(body), "uri": store.put_bytes(body),
+            entries[rel] = {"sha256": sha256_bytes(body), "size": len(body), "uri": store.put_bytes(body, force),
                             "portable": True}
     body = json.dumps({"format": TREE_FORMAT, "files": entries}, indent=2, sort_keys=True).encode("utf-8")
     uri = store.put_bytes(body)
@@ -98,10 +100,12 @@ def read_tree(store: BlobStore, tree_uri: str) -> dict:
     return tree
 
 
-def materialise_tree(store: BlobStore, tree_uri: str, root: Path) -> dict:
+def materialise_tree(store: BlobStore, tree_uri: str, root: Path, tolerant: bool = False) -> dict:
     """Write every file of a tree under ``root`` (its relative paths), each verified by sha256.
 
     A file already there with the right sha256 is kept; any other is replaced atomically.
+    ``tolerant`` (``brainstacks repair``): a blob that fails its check is logged and left out
+    (the repair then sees the file missing) instead of raising :class:`BlobIntegrityError`.
 
     Returns:
         The tree's ``files`` mapping.
@@ -119,7 +123,13 @@ def materialise_tree(store: BlobStore, tree_uri: str, root: Path) -> dict:
             continue
         if dest.is_file() and sha256_file(dest) == entry["sha256"]:
             continue
-        store.get(entry["sha256"], dest)
+        try:
+            store.get(entry["sha256"], dest)
+        except (BlobIntegrityError, FileNotFoundError) as exc:
+            if not tolerant:
+                raise
+            log.warning("left out %s: %s", rel, exc)
+            continue
         fetched += 1
     log.info("materialised %s: %d files (%d fetched) under %s", tree_uri, len(tree["files"]), fetched, root)
     return tree["files"]
@@ -133,19 +143,20 @@ def check_store(ctx: StoreContext) -> None:
         store.check()
 
 
-def publish_pointer(ctx: StoreContext, kind: str, name: str, files: Iterable[Path], **target) -> str | None:
+def publish_pointer(ctx: StoreContext, kind: str, name: str, files: Iterable[Path], force: bool = False,
+                    **target) -> str | None:
     """Publish ``files`` of the working copy as one portable tree, then move ``pointers/<profile>/<kind>/<name>``
     to it (the last write of a stage); the pointer URI, or None for a local store."""
     store = blob_store(ctx)
     if store is None:
         return None
-    tree = publish_tree(store, ctx.store, files, portable=True)
+    tree = publish_tree(store, ctx.store, files, portable=True, force=force)
     uri = store.write_pointer(ctx.name, kind, name, {"tree": tree["uri"], **target})
     log.info("published %s %s/%s (%d files) as %s", kind, ctx.name, name, len(tree["files"]), tree["uri"])
     return uri
 
 
-def materialise_pointer(ctx: StoreContext, kind: str, name: str) -> dict | None:
+def materialise_pointer(ctx: StoreContext, kind: str, name: str, tolerant: bool = False) -> dict | None:
     """Materialise the tree ``pointers/<profile>/<kind>/<name>`` names into the working copy.
 
     Returns:
@@ -154,5 +165,5 @@ def materialise_pointer(ctx: StoreContext, kind: str, name: str) -> dict | None:
     store = blob_store(ctx)
     target = store.read_pointer(ctx.name, kind, name) if store is not None else None
     if target is not None:
-        materialise_tree(store, target["tree"], ctx.store)
+        materialise_tree(store, target["tree"], ctx.store, tolerant=tolerant)
     return target

@@ -33,8 +33,11 @@ def _referenced(manifest: dict, root: Path) -> list[Path]:
     return out
 
 
-def publish_run(ctx: StoreContext, run_name: str) -> str | None:
-    """Publish the run's current folder and move its pointer; the pointer URI (None: a local store)."""
+def publish_run(ctx: StoreContext, run_name: str, force: bool = False) -> str | None:
+    """Publish the run's current folder and move its pointer; the pointer URI (None: a local store).
+
+    ``force`` (``brainstacks repair``) uploads every file again, replacing a corrupt object.
+    """
     pointer = ctx.store / "training" / run_name / "current.json"
     if ctx.remote is None or not pointer.is_file():
         return None
@@ -43,13 +46,14 @@ def publish_run(ctx: StoreContext, run_name: str) -> str | None:
     files = [f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")]
     if (folder / "manifest.json").is_file():
         files += _referenced(json.loads((folder / "manifest.json").read_text()), ctx.store.resolve())
-    return publish_pointer(ctx, POINTER_KIND, run_name, files + [pointer], key=current["key"])
+    return publish_pointer(ctx, POINTER_KIND, run_name, files + [pointer], force=force, key=current["key"])
 
 
-def materialise_run(ctx: StoreContext, run_name: str) -> bool:
-    """Fetch the published run the pointer names into ``ctx.store`` (kept where already intact).
+def materialise_run(ctx: StoreContext, run_name: str, tolerant: bool = False) -> bool:
+    """Fetch the published run the pointer names into ``ctx.store`` (kept where already intact;
+    ``tolerant``: a corrupt blob is left out instead of raising, for ``brainstacks repair``).
 
     Returns:
         True when a published run was materialised; False for a local store or a run never published.
     """
-    return materialise_pointer(ctx, POINTER_KIND, run_name) is not None
+    return materialise_pointer(ctx, POINTER_KIND, run_name, tolerant) is not None

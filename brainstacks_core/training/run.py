@@ -224,11 +224,13 @@ def run_dir(ctx: StoreContext, run_name: str, key: str) -> Path:
     return ctx.store / "training" / run_name / key
 
 
-def current_run_dir(ctx: StoreContext, run_name: str) -> Path:
-    """The folder of the run's latest inputs (written by :func:`train_profile`)."""
+def current_run_dir(ctx: StoreContext, run_name: str, fetch: bool = True) -> Path:
+    """The folder of the run's latest inputs (written by :func:`train_profile`); with an object store, first
+    materialised from the published run (``fetch``)."""
     import json
 
-    materialise_run(ctx, run_name)  # an object store: the published run the pointer names (no-op locally)
+    if fetch:
+        materialise_run(ctx, run_name)  # an object store: the published run the pointer names (no-op locally)
     pointer = ctx.store / "training" / run_name / "current.json"
     if not pointer.exists():
         raise FileNotFoundError(f"run {run_name!r} of profile {ctx.name!r} has not trained yet ({pointer} "
