@@ -310,3 +310,22 @@ def test_a_run_trained_on_one_worker_resumes_on_another_without_retraining(s3_en
     assert main(["repair", "--config", str(b.source_path), "--no-resume"]) == 0
     third = train_profile(c.training_setup, catalog=Catalog.for_context(c.context))
     assert frozen(third) == frozen(first) and len(cat_b.list_artifacts("stack")) == len(stacks)
+
+
+def test_a_dataset_row_whose_sha256_differs_from_its_blob_is_refused(s3_env, tmp_path):
+    import duckdb
+
+    from brainstacks_core.data.pipeline import load_prepared, prepare_all
+    from brainstacks_core.lineage.catalog import Catalog
+    from brainstacks_core.profile import load_profile
+
+    url = s3_env.make_bucket("rows") + "/p"
+    prof = load_profile(_profile_dir(tmp_path / "A", url))
+    shared = Catalog(tmp_path / "shared.duckdb")
+    prepare_all(prof.context, prof.data, catalog=shared)
+    reader = load_profile(_profile_dir(tmp_path / "B", url, with_data=False)).context
+    assert load_prepared(reader, "chat", shared).train_path.is_file()
+    with duckdb.connect(str(tmp_path / "shared.duckdb")) as con:
+        con.execute("UPDATE artifacts SET sha256 = ? WHERE uri = 'dataset://t/chat/train'", ["0" * 64])
+    with pytest.raises(BlobIntegrityError, match="refused. Repair: prepare again"):
+        load_prepared(reader, "chat", shared)

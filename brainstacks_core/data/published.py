@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from brainstacks_core.data.prepared import PreparedDataset
-from brainstacks_core.lineage.blob_store import BlobStore
+from brainstacks_core.lineage.blob_store import BlobIntegrityError, BlobStore
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.store_sync import materialise_tree, publish_tree
 
@@ -79,5 +79,9 @@ def materialise_dataset(store: BlobStore, ctx: StoreContext, art: dict) -> Path:
     if not meta.get("tree"):
         raise LookupError(f"{art['uri']} version {art['version']} was recorded without the object store "
                           f"(path {art.get('path')}); prepare it again with artifact_root {store.url}")
+    if art.get("sha256") and "://" in str(art.get("path")) and store.sha_of(art["path"]) != art["sha256"]:
+        raise BlobIntegrityError(f"{art['uri']} version {art['version']}: its catalog row says sha256 "
+                                 f"{art['sha256']} but names blob {art['path']}; refused. Repair: prepare again "
+                                 f"(brainstacks prepare --config {ctx.source_path}) on a worker with the data")
     materialise_tree(store, meta["tree"], ctx.store)
     return ctx.store / meta["manifest"]
