@@ -329,3 +329,41 @@ def test_a_dataset_row_whose_sha256_differs_from_its_blob_is_refused(s3_env, tmp
         con.execute("UPDATE artifacts SET sha256 = ? WHERE uri = 'dataset://t/chat/train'", ["0" * 64])
     with pytest.raises(BlobIntegrityError, match="refused. Repair: prepare again"):
         load_prepared(reader, "chat", shared)
+
+
+@pytest.mark.slow
+def test_a_router_trained_on_one_worker_serves_on_another(s3_env, pg_server, tmp_path, monkeypatch):
+    """A prepares, trains and routes; B (empty folder, S3 + PostgreSQL only) loads the same router through the
+    routing pointer and routes without an oracle forward (every oracle loss is in the shared catalog)."""
+    from test_route_flow import _profile
+
+    from brainstacks_core.data.pipeline import prepare_all
+    from brainstacks_core.lineage.catalog import Catalog
+    from brainstacks_core.profile import load_profile
+    from brainstacks_core.routing.run import route_profile, trained_router
+    from brainstacks_core.training.run import train_profile
+    from brainstacks_core.training.trained_run import load_run
+
+    url = s3_env.make_bucket("routers") + "/bs"
+    monkeypatch.setenv("BRAINSTACKS_CATALOG_URL", pg_server.url)
+    profiles = []
+    for side in ("A", "B"):
+        (tmp_path / side / "configs").mkdir(parents=True)
+        cfg = _profile(tmp_path / side / "configs")
+        raw = yaml.safe_load(cfg.read_text())
+        raw.update(name="routeds3", artifact_root=url, storage={"cache_dir": "cache"})
+        cfg.write_text(yaml.safe_dump(raw))
+        profiles.append(load_profile(cfg))
+    a, b = profiles
+    cat_a, cat_b = Catalog.for_context(a.context), Catalog.for_context(b.context)
+    prepare_all(a.context, a.data, catalog=cat_a)
+    train_profile(a.training_setup, catalog=cat_a)
+    first = route_profile(a.routing_setup, "main", cat_a, progress=False)
+    assert cat_a.latest("router://routeds3/main")["path"].startswith(f"{url}/blobs/sha256/")
+
+    run = load_run(b.training_setup, "main", cat_b)  # the run, materialised from A's published tree
+    router = trained_router(b.routing_setup, "main", run["model"], run["tokenizer"], cat_b)
+    assert router is not None and router.version == first["summary"]["router_version"]
+    again = route_profile(b.routing_setup, "main", cat_b, progress=False)
+    assert again["summary"]["oracle"]["forwards"] == 0
+    assert again["summary"]["router_version"] == first["summary"]["router_version"]

@@ -61,8 +61,13 @@ def trained_router(setup: RoutingSetup, run_name: str, model, tokenizer, catalog
     art = catalog.latest(router_uri(ctx.name, run_name))
     if art is None:
         return None
-    materialise_pointer(ctx, POINTER_KIND, run_name)  # an object store: the routing folder another worker published
-    folder = routing_dir(ctx, run_name) / "router" if "://" in str(art["path"]) else Path(art["path"]).parent
+    folder = Path(art["path"]).parent
+    if "://" in str(art["path"]):  # an object store: the routing folder another worker published, by version
+        from brainstacks_core.routing.router import META_FILE
+
+        materialise_pointer(ctx, POINTER_KIND, run_name)
+        folder = next((m.parent for m in sorted((routing_dir(ctx, run_name) / "router").glob(f"*/{META_FILE}"))
+                       if json.loads(m.read_text()).get("version") == art["version"]), folder)
     return load_trained_router(folder, model, tokenizer, setup.router, expected_sha256=art["sha256"])
 
 
