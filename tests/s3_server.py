@@ -11,6 +11,7 @@ tests run on a fresh machine, never skip. The server answers real S3 HTTP reques
 
 from __future__ import annotations
 
+import logging
 import secrets
 import socket
 
@@ -39,6 +40,7 @@ class S3Server:
         self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "bstestkey",
                     "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1"}
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access line per request otherwise
 
     def start(self) -> "S3Server":
         self._server.start()
