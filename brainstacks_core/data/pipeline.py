@@ -35,9 +35,9 @@ from pathlib import Path
 import pandas as pd
 
 from brainstacks_core.data import classifier_artifact
+from brainstacks_core.data import published as remote
 from brainstacks_core.data import steps as steps
 from brainstacks_core.data.config import DataConfig
-from brainstacks_core.data import published as remote
 from brainstacks_core.data.prepared import (
     _SPLIT_COLUMNS,
     TRAIN_COLUMNS,
