@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from brainstacks_core.base.config import BaseConfig
 from brainstacks_core.data.config import DataConfig
 from brainstacks_core.evaluation.config import EvalConfig, EvalSetup
 from brainstacks_core.lineage.config import CATALOG_URL_ENV, LineageConfig
 from brainstacks_core.lineage.context import StoreContext
+from brainstacks_core.lineage.storage_config import StorageConfig, is_store_url, resolve_remote
 from brainstacks_core.orchestration import OrchestrationConfig
 from brainstacks_core.routing.config import RouterConfig, RoutingSetup
 from brainstacks_core.stacks.config import MoELoRAConfig
@@ -51,8 +52,13 @@ class Profile(BaseModel):
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
                       description="Profile name; part of every artifact URI (stack://<name>/...).")
-    artifact_root: Path = Field(Path("artifacts"), description="Folder of the artifact store; relative paths "
-                                                               "resolve against the repository root.")
+    artifact_root: Path | str = Field(Path("artifacts"), description="Folder of the artifact store (relative "
+                                                                     "paths resolve against the repository root), "
+                                                                     "or an object-store URL: s3://bucket/prefix, "
+                                                                     "gs://bucket/prefix, file:///shared/folder.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store options, cache "
+                                                                              "folder and budget (URL "
+                                                                              "artifact_root only).")
     seed: int = Field(0, description="Global seed: data splits, initialisation, training.")
     data: DataConfig = Field(..., description="Domains, sources, lexicons, decontamination, split.")
     base: BaseConfig = Field(default_factory=BaseConfig, description="The base model stacks are trained on.")
@@ -106,10 +112,28 @@ class Profile(BaseModel):
         """Domains in training order: ``training.domains`` or the data section's order."""
         return list(self.training.domains or self.data.domains)
 
+    @field_validator("artifact_root", mode="before")
+    @classmethod
+    def _root_kind(cls, v: object) -> object:
+        if isinstance(v, str) and not is_store_url(v):
+            if "://" in v:
+                raise ValueError(f"artifact_root {v!r}: only s3://, gs://, file:// URLs or a local folder")
+            return Path(v)
+        return v.rstrip("/") if isinstance(v, str) else v
+
+    @property
+    def remote(self):
+        """The object store (a ``RemoteStore``) when ``artifact_root`` is a URL; None for a local folder."""
+        if not isinstance(self.artifact_root, str):
+            return None
+        return resolve_remote(self.artifact_root, self.storage, self.repo_root)
+
     @property
     def store(self) -> Path:
-        """Root of this profile's artifacts: ``<artifact_root>/<name>``."""
-        return self.artifact_root / self.name
+        """Root of this profile's artifacts: ``<artifact_root>/<name>``; for a URL ``artifact_root``, this
+        worker's working copy in its cache folder (``<cache_dir>/work/<hash of the URL>/<name>``)."""
+        remote = self.remote
+        return (remote.work_root if remote is not None else self.artifact_root) / self.name
 
     @property
     def catalog_path(self) -> Path:
@@ -125,7 +149,7 @@ class Profile(BaseModel):
     def context(self) -> StoreContext:
         """Name, store, catalog, seed and repository root: what every stage takes beside its section."""
         return StoreContext(name=self.name, store=self.store, seed=self.seed, repo_root=self.repo_root,
-                            source_path=self.source_path, catalog_url=self.catalog_url)
+                            source_path=self.source_path, catalog_url=self.catalog_url, remote=self.remote)
 
     @property
     def catalog_url(self):
@@ -200,10 +224,13 @@ def load_profile(path: str | Path, artifact_root: str | Path | None = None) -> P
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: a profile must be a YAML mapping, got {type(raw).__name__}")
     repo_root = path.resolve().parent.parent
-    if artifact_root is not None:
+    given = str(artifact_root) if artifact_root is not None else raw.get("artifact_root", "artifacts")
+    if is_store_url(given):
+        root = given  # an object store: this worker's working copy lives in storage.cache_dir
+    elif artifact_root is not None:
         root = Path(artifact_root).resolve()
     else:
-        root = Path(raw.get("artifact_root", "artifacts"))
+        root = Path(given)
         root = root if root.is_absolute() else repo_root / root
     raw["artifact_root"] = root
     data = raw.get("data")

@@ -170,6 +170,7 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int | None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``brainstacks`` console script."""
     from brainstacks_core.lineage.backends import CatalogUnavailableError
+    from brainstacks_core.lineage.blob_store import BlobIntegrityError, StoreUnreachableError
     from brainstacks_core.profile import ProfileError
 
     args = build_parser().parse_args(argv)
@@ -178,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileError as exc:  # names file and key already: no traceback
         print(f"brainstacks: invalid profile\n{exc}", file=sys.stderr)
         return 2
-    except CatalogUnavailableError as exc:  # names the masked URL and the setting: no traceback
-        print(f"brainstacks: {exc}", file=sys.stderr)
+    except (CatalogUnavailableError, StoreUnreachableError, BlobIntegrityError) as exc:  # names the URL and
+        print(f"brainstacks: {exc}", file=sys.stderr)  # the setting (or the repair command): no traceback
         return 2
     return int(code or 0)
 

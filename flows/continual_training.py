@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow  # noqa: E402
 
+from brainstacks_core.lineage.store_sync import check_store  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.evaluate import evaluate  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
@@ -44,6 +45,7 @@ def train_domain(config_path: ProfilePath, domain: DomainName, run_name: RunName
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     profile = load_profile(config_path, artifact_root)  # once: every task of the run reads this one
+    check_store(profile.context)  # an unreachable object store: one clear error first
     versions = {**resolve_data_task(profile), **(data_versions or {})}
     with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
         build_base_task(profile, versions)
@@ -73,6 +75,7 @@ def continual_training(config_path: ProfilePath = "configs/demo.yaml", run_name:
     """
 
     profile = load_profile(config_path, artifact_root)  # once: every task of the run reads this one
+    check_store(profile.context)  # an unreachable object store: one clear error first
     versions = resolve_data_task(profile)  # pinned once: every domain trains on the same data
     with gpu_slot():  # one run per GPU (global concurrency limit `gpu`, when it exists and CUDA is here)
         build_base_task(profile, versions)

@@ -26,6 +26,7 @@ from brainstacks_core.evaluation.protocol import check_protocols, protocol_confi
 from brainstacks_core.evaluation.record import counts_line  # noqa: E402
 from brainstacks_core.evaluation.suite import GROUPS, available, check_request  # noqa: E402
 from brainstacks_core.evaluation.task_data import BenchmarkFileError  # noqa: E402
+from brainstacks_core.lineage.store_sync import check_store  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
@@ -72,6 +73,7 @@ def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName =
             length). Empty: the profile's eval.protocols.
     """
     profile = load_profile(config_path, artifact_root)
+    check_store(profile.context)  # an unreachable object store: one clear error first
     protocols = check_protocol_request(profile, protocols, modes, tasks)  # fail before the task starts
     with gpu_slot():  # lm-eval runs the base on the GPU: one run per GPU (re-entrant inside a flow holding it)
         return evaluate_task(profile, run_name, modes or None, tasks or None, limit, protocols)

@@ -34,15 +34,20 @@ def cli_repair(args: argparse.Namespace) -> int:
     after it; then (unless ``--no-resume``) resume training, which retrains only what
     was dropped.
     """
+    from brainstacks_core.training.published_run import materialise_run, publish_run
     from brainstacks_core.training.repair import repair_run
     from brainstacks_core.training.run import current_run_dir
     from brainstacks_core.training.run_lock import run_lock
 
     profile = load_profile(args.config, args.artifact_root)
-    folder = current_run_dir(profile.context, args.run)
+    ctx = profile.context
+    materialise_run(ctx, args.run, tolerant=True)  # an object store: a corrupt blob is left out, then dropped
+    folder = current_run_dir(ctx, args.run, fetch=False)
     with run_lock(folder.parent, "wait", what=f"run {profile.name}/{args.run}",
-                  catalog=Catalog.for_context(profile.context), key=f"training/{args.run}"):
+                  catalog=Catalog.for_context(ctx), key=f"training/{args.run}"):
         report = repair_run(folder)
+        if publish_run(ctx, args.run, force=True):  # the verified files replace any corrupt object
+            print(f"re-published run {args.run} to {ctx.remote.url}")
     if report["broken"] is None:
         print(f"{folder}: every stack file matches the manifest; nothing to repair")
     else:

@@ -20,6 +20,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow  # noqa: E402
 
 from brainstacks_core.evaluation.suite import check_request  # noqa: E402
+from brainstacks_core.lineage.store_sync import check_store  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.continual_training import continual_training  # noqa: E402
 from flows.evaluate import evaluate  # noqa: E402
@@ -41,6 +42,7 @@ def brainstacks_pipeline(config_path: ProfilePath = "configs/demo.yaml", artifac
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     profile = load_profile(config_path, artifact_root)
+    check_store(profile.context)  # an unreachable object store: one clear error first
     if profile.eval.enabled:  # an unknown eval task fails now, not after training
         check_request(profile.eval.modes, profile.eval.tasks)
     # no data-changed event: this flow trains next (the event would start a competing retraining)

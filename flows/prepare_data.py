@@ -27,6 +27,7 @@ from prefect.events import emit_event  # noqa: E402
 
 from brainstacks_core.data.sources import check_sources  # noqa: E402
 from brainstacks_core.data.watch import move_partners  # noqa: E402
+from brainstacks_core.lineage.store_sync import check_store  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.params import ALL_DOMAINS, DomainNames, DomainOrAll, ProfilePath  # noqa: E402
 from tasks.data import PERMANENT_ERRORS, assign_task, finalize_task, ingest_task, register_task  # noqa: E402
@@ -58,6 +59,7 @@ def prepare_data(config_path: ProfilePath = "configs/demo.yaml", domain: DomainO
         Per-domain counts, version, paths and report by domain.
     """
     profile = load_profile(config_path, artifact_root)
+    check_store(profile.context)  # an unreachable object store: one clear error before anything is written
     cfg = profile.data
     one = [domain] if domain and domain != ALL_DOMAINS else list(cfg.domains)
     wanted = list(domains) if domains else one
@@ -143,6 +145,7 @@ def cli_prepare(args: argparse.Namespace) -> int:
     """
     try:
         profile = load_profile(args.config, getattr(args, "artifact_root", None))
+        check_store(profile.context)
         check_sources(profile.data)
     except PERMANENT_ERRORS as exc:
         print(f"prepare: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow  # noqa: E402
 
+from brainstacks_core.lineage.store_sync import check_store  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.oracle_fanout import run_oracle_fanout  # noqa: E402
@@ -38,6 +39,7 @@ def train_router(config_path: ProfilePath = "configs/demo.yaml", run_name: RunNa
         artifact_root: Override of the profile's artifact_root (empty: the profile's).
     """
     profile = load_profile(config_path, artifact_root)
+    check_store(profile.context)  # an unreachable object store: one clear error first
     # router.oracle_shards != 1: shards on Dask workers fill the oracle cache first (flows/oracle_fanout.py)
     run_oracle_fanout(profile, run_name, config_path, artifact_root)
     with gpu_slot():  # the oracle and features load the base: one run per GPU (re-entrant inside a flow holding it)

@@ -23,6 +23,7 @@ DuckDB catalog stays the record.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from prefect.logging.loggers import flow_run_logger
@@ -131,13 +132,26 @@ def _emit(flow, flow_run, state: str, error=None, assets: bool = False,  # noqa:
         inputs, outputs = (known_inputs(cat, inputs_fn(profile, params)) if inputs_fn else []), []
     else:
         inputs, outputs = run_datasets(cat, run_id)
-    emitter = OpenLineageEmitter(profile.lineage, profile.store, profile.name, cat.location)
+    location = cat.location
+    if profile.remote is not None:  # an object store: no host path in the events (parameters, DuckDB file)
+        params = {k: _portable(v, profile) for k, v in params.items()}
+        location = location if cat.shared else "catalog.duckdb"
+    emitter = OpenLineageEmitter(profile.lineage, profile.store, profile.name, location)
     emitter.emit(state, flow.name, run_id, inputs, outputs, parent=_parent(flow_run), error=error,
                  engine={"name": "prefect", "version": prefect.__version__}, parameters=params,
                  description=(flow.description or "").strip().split("\n")[0] or None, code_version=code_version())
     logger.info("openlineage %s: %d inputs, %d outputs -> %s", state, len(inputs), len(outputs), emitter.file)
     if assets and outputs:
         emit_asset_events(run_id, flow_run.name, inputs, outputs)
+
+
+def _portable(value, profile: Profile):  # noqa: ANN001 - any parameter value
+    """An absolute path parameter as a path relative to the checkout (else its file name); others unchanged."""
+    if not isinstance(value, str) or not Path(value).is_absolute():
+        return value
+    p = Path(value).resolve()
+    return p.relative_to(profile.repo_root.resolve()).as_posix() if p.is_relative_to(profile.repo_root.resolve()) \
+        else p.name
 
 
 def _parent(flow_run) -> dict | None:  # noqa: ANN001

@@ -35,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from brainstacks_core.data import classifier_artifact
+from brainstacks_core.data import published as remote
 from brainstacks_core.data import steps as steps
 from brainstacks_core.data.config import DataConfig
 from brainstacks_core.data.prepared import (
@@ -49,6 +50,7 @@ from brainstacks_core.data.steps import SPLITS
 from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.lineage.context import StoreContext
+from brainstacks_core.lineage.store_sync import blob_store
 from brainstacks_core.lineage.versioning import config_hash, content_hash, data_code_version
 
 log = logging.getLogger(__name__)
@@ -214,9 +216,9 @@ def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: d
         report["classifier"] = {"version": clf["version"], **clf["info"]}
     manifest = {"domain": domain, "version": version, "input_key": input_key, "counts": counts, "report": report,
                 "code_version": data_code_version(), "config_hash": config_hash(dcfg),
-                **{f"{s}_path": str(p) for s, p in paths.items()}, "quarantine_path": str(q_path),
-                "dropped_path": str(dropped_path), "moves_path": str(moves_path),
-                "sources": inputs, "eval_sets": evals, "classifier": clf,
+                **{f"{s}_path": _rel(p, ctx) for s, p in paths.items()}, "quarantine_path": _rel(q_path, ctx),
+                "dropped_path": _rel(dropped_path, ctx), "moves_path": _rel(moves_path, ctx),
+                "sources": _portable(inputs, ctx), "eval_sets": _portable(evals, ctx), "classifier": clf,
                 "sha256": {s: sha256_file(p) for s, p in paths.items()}}
     manifest_path = atomic_write_json(folder / "manifest.json", manifest)
     atomic_write_json(index_file, {"manifest": str(manifest_path), "version": version})
@@ -224,13 +226,36 @@ def finalize_domain(ctx: StoreContext, cfg: DataConfig, domain: str, ingested: d
     return from_manifest(manifest_path, cache_hit=False)
 
 
+def _rel(path: Path, ctx: StoreContext) -> str:
+    """A file of the store as the manifest names it: relative to the store (no host path)."""
+    return Path(path).resolve().relative_to(ctx.store.resolve()).as_posix()
+
+
+def _portable(entries: list[dict], ctx: StoreContext) -> list[dict]:
+    """Source / eval-set records with their paths relative to the repository or the store (an object
+    store; a local store keeps them as they are)."""
+    if ctx.remote is None:
+        return entries
+    return [{**e, "path": remote.portable_path(e.get("path"), ctx)} if e.get("path") else e for e in entries]
+
+
 def from_manifest(path: Path, cache_hit: bool) -> PreparedDataset:
-    m = json.loads(Path(path).read_text(encoding="utf-8"))
-    opt = {s: Path(m[f"{s}_path"]) if m.get(f"{s}_path") else None for s in ("test", "router")}
-    return PreparedDataset(domain=m["domain"], version=m["version"], train_path=Path(m["train_path"]),
-                           val_path=Path(m["val_path"]), quarantine_path=Path(m["quarantine_path"]),
-                           dropped_path=Path(m["dropped_path"]), moves_path=Path(m["moves_path"]),
-                           test_path=opt["test"], router_path=opt["router"], counts=m["counts"],
+    """The prepared dataset a manifest describes; its file paths resolve against the store holding it
+    (``<store>/datasets/<domain>/<version>/manifest.json``; older manifests hold absolute paths)."""
+    path = Path(path)
+    m = json.loads(path.read_text(encoding="utf-8"))
+    root = path.parents[3]
+
+    def at(key: str) -> Path | None:
+        if not m.get(key):
+            return None
+        p = Path(m[key])
+        return p if p.is_absolute() else root / p
+
+    return PreparedDataset(domain=m["domain"], version=m["version"], train_path=at("train_path"),
+                           val_path=at("val_path"), quarantine_path=at("quarantine_path"),
+                           dropped_path=at("dropped_path"), moves_path=at("moves_path"),
+                           test_path=at("test_path"), router_path=at("router_path"), counts=m["counts"],
                            report=m.get("report", {}), cache_hit=cache_hit)
 
 
@@ -249,6 +274,8 @@ def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], c
     cat = catalog or Catalog.for_context(ctx)
     out, seen = {}, set()
     last = list(prepared)[-1] if prepared else None
+    store = blob_store(ctx)  # an object store: blobs first, then the catalog rows, then the pointers
+    published = {d: remote.publish_dataset(store, ctx, p) for d, p in prepared.items()} if store else {}
     with cat.batch():
         for domain, p in prepared.items():
             m = json.loads((p.train_path.parent / "manifest.json").read_text(encoding="utf-8"))
@@ -258,13 +285,16 @@ def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], c
                 if s["version"] in seen:
                     continue
                 seen.add(s["version"])
-                cat.record_artifact(uri=s["uri"], version=s["version"], kind=s["kind"], path=s.get("path"),
+                cat.record_artifact(uri=s["uri"], version=s["version"], kind=s["kind"],
+                                    path=remote.portable_path(s.get("path"), ctx) if store else s.get("path"),
                                     sha256=s.get("sha256"), code_version=m["code_version"], config_hash=None,
                                     run_ids=run_ids)
             inputs = [s["version"] for s in m["sources"] + m["eval_sets"]]
             named = m.get("classifier") is not None
             if clf and clf["version"] not in seen:  # its upstream: the sources it learnt from; downstream: every dataset it decided moves for
-                cat.record_artifact(uri=clf["uri"], version=clf["version"], kind=clf["kind"], path=clf["path"],
+                cat.record_artifact(uri=clf["uri"], version=clf["version"], kind=clf["kind"],
+                                    path=store.put(clf["path"], clf["sha256"]) if store and clf.get("path")
+                                    and Path(clf["path"]).is_file() else clf["path"],
                                     sha256=clf["sha256"], code_version=m["code_version"], config_hash=None,
                                     inputs=clf["inputs"], metadata=clf["info"], run_ids=run_ids)
                 seen.add(clf["version"])
@@ -276,15 +306,20 @@ def register_prepared(ctx: StoreContext, prepared: dict[str, PreparedDataset], c
                     continue
                 fresh = cat.get(version) is None
                 cat.record_artifact(uri=f"dataset://{ctx.name}/{domain}/{split}", version=version,
-                                    kind="dataset", path=str(path), sha256=m["sha256"][split],
+                                    kind="dataset", path=remote.split_uri(published[domain], ctx, path) if store
+                                    else str(path), sha256=m["sha256"][split],
                                     code_version=m["code_version"], config_hash=m["config_hash"], inputs=inputs,
-                                    metadata={"dataset_version": p.version, "split": split, "counts": p.counts},
+                                    metadata={"dataset_version": p.version, "split": split, "counts": p.counts,
+                                              **({"tree": published[domain]["uri"],
+                                                  "manifest": published[domain]["manifest"]} if store else {})},
                                     run_ids=run_ids)
                 if fresh:
                     rows = pd.read_parquet(path, columns=["record_id", "source_uri", "source_version",
                                                           "source_row_key", "origin_domain"])
                     cat.record_members(version, rows.assign(split=split))
             out[domain] = dataclasses.replace(p, new_version=before is None or before["version"] != p.train_uri_version)
+    for domain, p in (prepared.items() if store else ()):  # last: readers follow the pointers
+        remote.write_dataset_pointer(store, ctx, p, published[domain])
     return out
 
 
@@ -331,7 +366,11 @@ def load_prepared(ctx: StoreContext, domain: str, catalog: Catalog | None = None
     """
     cat = catalog or Catalog.for_context(ctx)
     uri = f"dataset://{ctx.name}/{domain}/train"
-    if version is None:
+    store = blob_store(ctx)
+    if version is None and store is not None:  # an object store: the pointer names the current version
+        pointer = store.read_pointer(ctx.name, remote.POINTER_KIND, domain)
+        art = cat.get(pointer["version"]) if pointer else None
+    elif version is None:
         art = cat.latest(uri)
     else:
         art = cat.get(version if version.endswith("-train") else f"{version}-train")
@@ -340,6 +379,8 @@ def load_prepared(ctx: StoreContext, domain: str, catalog: Catalog | None = None
     if art is None:
         what = f"version {version} of " if version else ""
         raise LookupError(f"no prepared dataset for {what}{ctx.name}/{domain}; run `brainstacks prepare`")
+    if store is not None:
+        return from_manifest(remote.materialise_dataset(store, ctx, art), cache_hit=True)
     return from_manifest(Path(art["path"]).parent / "manifest.json", cache_hit=True)
 
 

@@ -100,6 +100,7 @@ class Catalog(CacheTables):
         self.timeout_s = timeout_s
         self._batch = None
         self._fence: tuple[str, int] | None = None
+        self.publish_path = None  # an object-store profile: local path -> blob URI (lineage.publisher)
         if url and not is_postgres_url(url):
             raise ValueError(f"catalog url {mask_url(url)}: only postgresql:// URLs are supported "
                              "(leave lineage.catalog_url unset for the DuckDB file)")
@@ -117,8 +118,15 @@ class Catalog(CacheTables):
         if url:
             from brainstacks_core.lineage.pg_backend import schema_name
 
-            return cls(ctx.catalog_path, timeout_s, url=url, pg_schema=schema_name(ctx.name))
-        return cls(ctx.catalog_path, timeout_s)
+            cat = cls(ctx.catalog_path, timeout_s, url=url, pg_schema=schema_name(ctx.name))
+        else:
+            cat = cls(ctx.catalog_path, timeout_s)
+        if getattr(ctx, "remote", None) is not None:  # rows name blob URIs, never this worker's paths
+            from brainstacks_core.lineage.publisher import PathPublisher
+            from brainstacks_core.lineage.store_sync import blob_store
+
+            cat.publish_path = PathPublisher(blob_store(ctx), ctx.store, ctx.repo_root)
+        return cat
 
     @property
     def shared(self) -> bool:
@@ -232,6 +240,8 @@ class Catalog(CacheTables):
             run_ids: ``{"flow_run_id": ..., "task_run_id": ...}`` under Prefect.
         """
         run_ids = run_ids or {}
+        if self.publish_path is not None:  # the blob first, then the row that names it
+            path = self.publish_path(path)
         now = _now()
         meta = json.dumps(metadata, sort_keys=True, default=str) if metadata is not None else None
         with self._transaction() as con:

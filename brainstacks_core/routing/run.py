@@ -28,6 +28,7 @@ import torch
 
 from brainstacks_core.files import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from brainstacks_core.lineage.context import StoreContext
+from brainstacks_core.lineage.store_sync import materialise_pointer, publish_pointer
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
 from brainstacks_core.reporting.sections import ROUTING, publish_section, run_section
 from brainstacks_core.routing.config import RoutingSetup
@@ -37,6 +38,10 @@ from brainstacks_core.routing.pair_loss import answerable, routed_losses
 from brainstacks_core.routing.panels import panels_markdown, three_panels
 
 log = logging.getLogger(__name__)
+
+
+POINTER_KIND = "routing"
+"""``pointers/<profile>/routing/<run>.json``: the routing folder (router, oracle targets, report) of a run."""
 
 
 def routing_dir(ctx: StoreContext, run_name: str) -> Path:
@@ -53,11 +58,18 @@ def trained_router(setup: RoutingSetup, run_name: str, model, tokenizer, catalog
 
     if catalog is None:
         return None
-    art = catalog.latest(router_uri(setup.run.context.name, run_name))
+    ctx = setup.run.context
+    art = catalog.latest(router_uri(ctx.name, run_name))
     if art is None:
         return None
-    return load_trained_router(Path(art["path"]).parent, model, tokenizer, setup.router,
-                               expected_sha256=art["sha256"])
+    folder = Path(art["path"]).parent
+    if "://" in str(art["path"]):  # an object store: the routing folder another worker published, by version
+        from brainstacks_core.routing.router import META_FILE
+
+        materialise_pointer(ctx, POINTER_KIND, run_name)
+        folder = next((m.parent for m in sorted((routing_dir(ctx, run_name) / "router").glob(f"*/{META_FILE}"))
+                       if json.loads(m.read_text()).get("version") == art["version"]), folder)
+    return load_trained_router(folder, model, tokenizer, setup.router, expected_sha256=art["sha256"])
 
 
 def stale_router_reason(router, stack_versions: dict[str, str], command: str) -> str | None:
@@ -139,6 +151,7 @@ def routing_is_current(setup: RoutingSetup, run_name: str) -> bool:
     shard; :func:`cached_routing` still verifies every file before the results are reused.
     """
     try:
+        materialise_pointer(setup.run.context, POINTER_KIND, run_name)
         pointer, manifest, _ = run_pointer(setup, run_name)
         saved = json.loads((routing_dir(setup.run.context, run_name) / RESULT_FILE).read_text())
     except (OSError, ValueError):
@@ -240,6 +253,7 @@ def route_profile(setup: RoutingSetup, run_name: str = "main", catalog=None, run
         (``report``: the rebuilt report, ``assemble_report``'s dict).
     """
     ctx = setup.run.context
+    materialise_pointer(ctx, POINTER_KIND, run_name)  # an object store: what another worker routed already
     pointer, manifest, data_versions = run_pointer(setup, run_name)
     key = routing_key(setup, manifest, pointer)
     out = cached_routing(setup, run_name, key, manifest, catalog, run_ids)
@@ -368,6 +382,8 @@ def _route(setup: RoutingSetup, run_name: str, catalog, run_ids: dict | None,
     plots = [fitted["heatmap"], str(heat)]
     atomic_write_json(out_dir / RESULT_FILE, {"key": key, "plots": plots, "router_folder": fitted["folder"],
                                               "records": [oracle_record, eval_record]})
+    publish_pointer(ctx, POINTER_KIND, run_name, [f for f in out_dir.rglob("*") if f.is_file()
+                                                  and not f.name.startswith(".")], key=key)  # last (no-op locally)
     return {"markdown": text, "plots": plots, "summary": summary, "table": table,
             "version": version, "router": router, "oracle": oracle, "combinations": combos}
 

@@ -6,7 +6,8 @@ chains exactly that into one key per domain; a domain whose key matches a finish
 domain of another folder of the same run is not retrained: its stack files and
 null-space basis are hard-linked into the new folder (a copy across file systems)
 and its manifest entry and forgetting rows are copied, so a change in domain k
-retrains k and the domains after it only.
+retrains k and the domains after it only. With an object store (``reference=True``) nothing
+is linked: the new manifest names the older folder's stack files, which are blobs already.
 
 Idempotent: a folder that already has a manifest is left as it is, links that
 exist with the right content are kept, and the manifest is written last
@@ -77,7 +78,7 @@ def _link(src: Path, dst: Path, sha: str | None) -> None:
 
 
 def seed_run(new_dir: Path, order: list[str], keys: dict[str, str], base_fingerprint: str, cfg_hash: str,
-             profile: str, run_name: str) -> list[str]:
+             profile: str, run_name: str, reference: bool = False) -> list[str]:
     """Link the longest reusable prefix of another folder of the run into ``new_dir``.
 
     Args:
@@ -88,6 +89,9 @@ def seed_run(new_dir: Path, order: list[str], keys: dict[str, str], base_fingerp
         cfg_hash: ``continual.run_config_hash`` of the run.
         profile: profile name (manifest field).
         run_name: run name (manifest field).
+        reference: keep the reused stack files where they are and name them from the new manifest
+            (``reused_from``) instead of linking them in (an object store: a file is a blob, published
+            once; ``training.published_run`` publishes the referenced files with the run).
 
     Returns:
         The reused domains (empty when nothing matched or ``new_dir`` already has a manifest).
@@ -104,12 +108,12 @@ def seed_run(new_dir: Path, order: list[str], keys: dict[str, str], base_fingerp
     for d in prefix:
         e = json.loads(json.dumps(m["domains"][d]))
         for r in e["rounds"]:
-            if r.get("file"):
+            if r.get("file") and not reference:
                 dst = new_dir / Path(r["file"]).relative_to(src)
                 _link(Path(r["file"]), dst, r.get("file_sha256"))
                 r["file"] = str(dst)
         ns = e.get("null_space")
-        if ns and Path(ns["file"]).exists():
+        if ns and Path(ns["file"]).exists() and not reference:
             dst = new_dir / Path(ns["file"]).relative_to(src)
             _link(Path(ns["file"]), dst, None)
             ns["file"] = str(dst)

@@ -29,6 +29,7 @@ from brainstacks_core.base.config import BaseConfig, TinyBaseConfig
 from brainstacks_core.base.loading import default_device_map, load_base
 from brainstacks_core.base.tiny_base import BASE_MANIFEST, BaseModelInfo, build_tiny_base, corpus_hash
 from brainstacks_core.data.pipeline import load_prepared
+from brainstacks_core.training.published_run import materialise_run, publish_run
 from brainstacks_core.files import sha256_tree
 from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.lineage.context import StoreContext
@@ -223,10 +224,13 @@ def run_dir(ctx: StoreContext, run_name: str, key: str) -> Path:
     return ctx.store / "training" / run_name / key
 
 
-def current_run_dir(ctx: StoreContext, run_name: str) -> Path:
-    """The folder of the run's latest inputs (written by :func:`train_profile`)."""
+def current_run_dir(ctx: StoreContext, run_name: str, fetch: bool = True) -> Path:
+    """The folder of the run's latest inputs (written by :func:`train_profile`); with an object store, first
+    materialised from the published run (``fetch``)."""
     import json
 
+    if fetch:
+        materialise_run(ctx, run_name)  # an object store: the published run the pointer names (no-op locally)
     pointer = ctx.store / "training" / run_name / "current.json"
     if not pointer.exists():
         raise FileNotFoundError(f"run {run_name!r} of profile {ctx.name!r} has not trained yet ({pointer} "
@@ -290,7 +294,9 @@ def train_profile(setup: TrainingSetup, run_name: str = "main", null_space: bool
         keys = domain_keys(info.fingerprint, cfg_hash, every)
         key = keys[every[-1].domain][:12]
         folder = run_dir(ctx, run_name, key)
-        seed_run(folder, list(setup.curriculum), keys, info.fingerprint, cfg_hash, ctx.name, run_name)
+        materialise_run(ctx, run_name)  # an object store: resume what another worker published
+        seed_run(folder, list(setup.curriculum), keys, info.fingerprint, cfg_hash, ctx.name, run_name,
+                 reference=ctx.remote is not None)
         if catalog is not None and not isinstance(lease, Path):
             catalog.fenced(lease).check_fence()  # a stale holder never moves the current pointer
         atomic_write_json(folder.parent / "current.json", {
@@ -301,11 +307,12 @@ def train_profile(setup: TrainingSetup, run_name: str = "main", null_space: bool
                          lock_timeout_s=orch.lock_timeout_seconds, store=ctx)
         try:
             done = finished_run(data, cfg, setup.moe, run)  # nothing to train: no model is loaded
-            if done is not None:
-                return done
-            model, tok = load_model(setup, info)
-            torch.manual_seed(ctx.seed)
-            return run_continual(model, tok, data, cfg, setup.moe, run)
+            if done is None:
+                model, tok = load_model(setup, info)
+                torch.manual_seed(ctx.seed)
+                done = run_continual(model, tok, data, cfg, setup.moe, run)
+            publish_run(ctx, run_name)  # an object store: the run's files, then its pointer (no-op locally)
+            return done
         except RunInconsistentError as exc:
             raise RunInconsistentError(exc.run_dir, exc.domain, exc.round, exc.problem, repair_hint=(
                 f"brainstacks repair --config {ctx.source_path} --run {run_name}")) from None
