@@ -1,4 +1,4 @@
-"""Atomic file writes and checksums.
+"""Atomic file writes, checksums and canonical safetensors bytes.
 
 Every artifact the pipeline writes goes through :func:`atomic_write` (temp file in
 the same directory, fsync, ``os.replace``), so a reader never sees a half-written
@@ -91,6 +91,50 @@ def replace_dir(tmp: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
     os.replace(tmp, dst)
     shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+def _canonical_header(raw: bytes) -> bytes:
+    """A safetensors JSON header with sorted keys, compact, space-padded to a multiple of 8 bytes."""
+    text = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a serialized safetensors file) with its header in one canonical order.
+
+    safetensors writes ``__metadata__`` from a hash map whose order changes from process to
+    process, so the same tensors and metadata give different bytes (and sha256) in two
+    processes: a router trained identically on two hosts would get two versions. Sorting
+    the header's keys makes the bytes a function of the content; readers do not care
+    about the order.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = _canonical_header(data[8:8 + n])
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+
+
+def canonicalize_safetensors(path: str | os.PathLike[str]) -> None:
+    """:func:`canonical_safetensors` in place on a file (normally a temporary one before its rename).
+
+    The header is rewritten where it is (the same length in practice: only the key order
+    changes); otherwise the tensors are copied after the new header in chunks (never the
+    whole file in memory: a Gemma-3-12B stack is ~538 MB).
+    """
+    path = Path(path)
+    with open(path, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = _canonical_header(fh.read(n))
+        if len(header) == n:
+            fh.seek(8)
+            fh.write(header)
+            return
+    tmp = path.with_name(path.name + ".canonical")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        src.seek(8 + n)
+        dst.write(len(header).to_bytes(8, "little") + header)
+        while chunk := src.read(_CHUNK):
+            dst.write(chunk)
+    os.replace(tmp, path)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -236,3 +236,29 @@ def test_thawed_stack_equals_frozen_and_trains(tmp_path, input_ids):
     # thawing a stack that is frozen in the same model replaces the frozen copy
     thaw_stack(model, load_stack(path))
     assert all(l.active_id == "chat-r1" and "chat-r1" not in l.frozen for l in layers.values())
+
+
+def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path):
+    """safetensors orders ``__metadata__`` by a per-process hash map: the same content written by two
+    processes must still be the same bytes (a router trained identically on two hosts, one version)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from safetensors.torch import save_file; "
+            "from brainstacks_core.files import canonicalize_safetensors; "
+            "p = sys.argv[1]; md = {k: k * 3 for k in 'abcdefghijklmnop'}; "
+            "save_file({'w': torch.arange(6.0).reshape(2, 3), 'b': torch.ones(3)}, p, metadata=md); "
+            "canonicalize_safetensors(p) if sys.argv[2] == '1' else None")
+    raw = set()
+    canon = set()
+    for i in range(6):
+        for flag, out in (("0", raw), ("1", canon)):
+            f = tmp_path / f"{flag}-{i}.safetensors"
+            subprocess.run([sys.executable, "-c", code, str(f), flag], check=True)
+            out.add(f.read_bytes())
+    assert len(canon) == 1  # canonical: one byte string whatever the process
+    assert len(raw) > 1  # without it, processes disagree (16 metadata keys: a hash map's order varies)
+    from safetensors.torch import load_file
+
+    t = load_file(tmp_path / "1-0.safetensors")
+    assert t["w"].tolist() == [[0, 1, 2], [3, 4, 5]]

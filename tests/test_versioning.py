@@ -13,6 +13,9 @@ CONTENT_NEUTRAL = {"brainstacks_core/files.py", "brainstacks_core/profile.py", "
                    "brainstacks_core/lineage/cache_tables.py",  # the catalog's eval/oracle cache tables
                    # where the catalog's tables live (DuckDB file / PostgreSQL), not what a dataset holds
                    "brainstacks_core/lineage/backends.py", "brainstacks_core/lineage/pg_backend.py",
+                   # where the files live (a local folder / an object store), verified by sha256 on every read
+                   "brainstacks_core/lineage/blob_store.py", "brainstacks_core/lineage/publisher.py",
+                   "brainstacks_core/lineage/storage_config.py", "brainstacks_core/lineage/store_sync.py",
                    "brainstacks_core/__init__.py", "brainstacks_core/lineage/__init__.py",
                    # other stages' sections, imported by profile.py; the data section is hashed as step config
                    *(f"brainstacks_core/{pkg}/config.py" for pkg in ("base", "stacks", "training", "routing",

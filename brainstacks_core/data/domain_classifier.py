@@ -40,7 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from brainstacks_core.data.config import ClassifierConfig
-from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
+from brainstacks_core.files import atomic_write, atomic_write_json, canonicalize_safetensors, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class DomainClassifier:
                    "intercept": self.intercept.astype(np.float32)}
         with atomic_write(folder / "model.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
+            canonicalize_safetensors(tmp)  # the same bytes in every process
         terms = [""] * len(self.vocabulary)
         for t, i in self.vocabulary.items():
             terms[i] = t

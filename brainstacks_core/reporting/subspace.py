@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from brainstacks_core.files import atomic_write
+from brainstacks_core.files import atomic_write, canonicalize_safetensors
 from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.versioning import content_hash
 from brainstacks_core.stacks.config import NullSpaceConfig
@@ -182,6 +182,7 @@ def measure_run(setup, run_name: str, catalog=None) -> dict[str, Path]:
             with atomic_write(path) as tmp:
                 save_file(tensors, str(tmp), metadata={"domain": dom, "run": run_name, "version": version,
                                                        "stack_ids": json.dumps(ids)})
+                canonicalize_safetensors(tmp)  # the same bytes in every process
             log.info("subspace %s/%s: %d layers measured -> %s", run_name, dom, len(tensors) // 3, path)
         del run, model
     return {d: w[2] for d, w in wanted.items()}

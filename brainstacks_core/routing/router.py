@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
+from brainstacks_core.files import atomic_write, atomic_write_json, canonical_safetensors, sha256_file
 from brainstacks_core.lineage.versioning import code_version, config_hash, content_hash
 from brainstacks_core.routing.config import RouterConfig
 from brainstacks_core.routing.features import prompt_features
@@ -153,7 +153,7 @@ def save_router(folder: str | Path, net: MetaRouter, domains: Sequence[str], cfg
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     header = {"feature_dim": str(net.feature_dim), "domains": json.dumps(list(domains))}
-    data = save(tensors, metadata=header)
+    data = canonical_safetensors(save(tensors, metadata=header))  # the same bytes in every process
     path = folder / WEIGHTS_FILE
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)

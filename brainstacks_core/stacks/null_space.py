@@ -46,7 +46,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from brainstacks_core.files import atomic_write
+from brainstacks_core.files import atomic_write, canonicalize_safetensors
 from brainstacks_core.stacks.config import NullSpaceConfig
 from brainstacks_core.stacks.inject import only_stacks, stacked_layers
 from brainstacks_core.stacks.stack_io import tensor_checksum
@@ -284,6 +284,7 @@ def save_bases(path: str | Path, bases: dict[str, torch.Tensor], metadata: dict[
     checksum = tensor_checksum(tensors)
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata={**metadata, "tensor_sha256": checksum})
+        canonicalize_safetensors(tmp)  # the same bytes in every process
     return checksum
 
 

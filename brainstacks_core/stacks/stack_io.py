@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from brainstacks_core.files import atomic_write, blake3_bytes, sha256_bytes
+from brainstacks_core.files import atomic_write, blake3_bytes, canonicalize_safetensors, sha256_bytes
 from brainstacks_core.stacks.inject import stacked_layers
 from brainstacks_core.stacks.moe_lora import MoELoRAConfig, project_out
 from brainstacks_core.stacks.stacked_layer import FrozenStackWeights
@@ -146,6 +146,7 @@ def save_stack(path: str | Path, model: nn.Module, stack_id: str, *, domain: str
     }
     with atomic_write(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        canonicalize_safetensors(tmp)  # the same bytes in every process
         written_b3 = blake3_bytes(Path(tmp).read_bytes())
     log.info("saved stack %s (%d tensors) to %s", stack_id, len(tensors), path)
     sf = load_stack(path, base_fingerprint=base_fingerprint)
