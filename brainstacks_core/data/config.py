@@ -162,6 +162,11 @@ class ClassifierConfig(BaseModel):
     ngram_max: int = Field(1, ge=1, le=3, description="Longest word n-gram of the TF-IDF (2: +1.5 points of "
                            "held-out recall on the shared data for ~3x the fit time).")
     min_df: int = Field(2, ge=1, description="Rows a term must occur in to enter the vocabulary.")
+    char_ngrams: tuple[int, int] | None = Field(None, description="Also character n-grams within word boundaries "
+                                                "(``char_wb``) of these lengths, e.g. [2, 4] (null: words only).")
+    fragments: int = Field(0, ge=0, le=4, description="Short views (1-3 consecutive sentences or lines) of each "
+                           "training row added as training examples of its domain (0: whole rows only).")
+    char_max_features: int = Field(30_000, ge=100, description="Vocabulary size of the character n-grams.")
     max_chars: int = Field(500, ge=50, description="Characters of the prompt, and of the response, the "
                                                     "classifier reads (bounds its cost on long rows).")
     train_rows_per_domain: int = Field(1000, ge=10, description="Training rows per domain (hash order; a cap keeps "
