@@ -187,6 +187,9 @@ class ClassifierConfig(BaseModel):
     keyword_free_probability: float = Field(0.9, gt=0.0, le=1.0, description="Probability at which the "
                                             "classifier moves a row of a mixed source with no keyword of the target "
                                             "domain (below it, and above the threshold, one target keyword is needed).")
+    keyword_target: bool = Field(False, description="A row of a mixed source that the classifier puts in a "
+                                 "foreign domain without one keyword of it (p < keyword_free_probability) moves "
+                                 "instead to the one foreign domain whose keywords beat every other, own included.")
     C: float = Field(4.0, gt=0.0, description="Inverse L2 regularisation strength of the logistic regression.")
     max_iter: int = Field(300, ge=10, description="Iterations of the logistic-regression solver (lbfgs).")
 
