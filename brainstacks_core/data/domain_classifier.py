@@ -45,7 +45,7 @@ from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-FORMAT = "brainstacks-domain-classifier/1"
+FORMAT = "brainstacks-domain-classifier/2"
 _TOKEN = r"[a-z_][a-z0-9_]*|0+|[^\sa-z0-9_]{1,3}"
 _DIGIT = re.compile(r"\d")
 
@@ -214,7 +214,7 @@ class DomainClassifier:
             raise ClassifierFileError(f"{st_path}: sha256 differs from {meta_path} (file changed or corrupt)")
         t = load_file(str(st_path))
         vocab = {term: i for i, term in enumerate(meta["terms"])}
-        chars = {term: i for i, term in enumerate(meta.get("char_terms", []))}
+        chars = {term: i for i, term in enumerate(meta["char_terms"])}
         k, c, f = t["coef"].shape
         if f != len(vocab) + len(chars) or t["idf"].shape != (f,) or c != len(meta["classes"]) or t["intercept"].shape != (k, c):
             raise ClassifierFileError(f"{st_path}: shapes {t['coef'].shape} / {t['idf'].shape} do not match "
