@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from brainstacks_core.data.config import ClassifierConfig
-from brainstacks_core.data.decontamination import decontaminate
-from brainstacks_core.data.domain_classifier import ClassifierFileError, DomainClassifier, fit, labelled_rows, row_texts
+from brainstacks_core.data.decontamination import ClassifierEvidence, decontaminate
+from brainstacks_core.data.domain_classifier import (ClassifierFileError, DomainClassifier, fit, fragments,
+                                                     labelled_rows, row_texts)
 from brainstacks_core.data.generators import generate
 from brainstacks_core.data.sources import normalise_source
 from brainstacks_core.data.steps import classifier_evidence, fit_classifier, identify, keyword_step, strip_records
@@ -104,6 +105,45 @@ def test_classifier_moves_a_foreign_mixed_row_that_keywords_miss(model):
     assert m["evidence"] == "classifier" and m["probability"] >= model.threshold and "p(code)=" in m["reason"]
     assert "clf-x" in m["reason"] and m["own_probability"] < m["probability"]
     assert not (moves["source_uri"] != MIXED).any()  # rows of single-domain sources never move on it alone
+
+
+def test_fragments_are_short_views_of_their_own_row_and_trained_on():
+    texts = ["How many apples? She has 3.\nThen 2 more: 5 in all. Done!", "one segment only"]
+    rows, frags = fragments(texts, ["a", "b"], 2, seed=0)
+    assert rows.tolist() == [0, 0] and frags == fragments(texts, ["a", "b"], 2, seed=0)[1]  # deterministic
+    assert all(0 < len(f) < len(texts[0]) and all(w in texts[0] for w in f.split()) for f in frags)
+    rows_ = labelled_rows(_generated(60), set(), ["chat", "code", "math", "medical"])
+    with_f = fit(rows_, ClassifierConfig(min_df=1, fragments=1), seed=0)
+    without = fit(rows_, ClassifierConfig(min_df=1, fragments=0), seed=0)
+    assert with_f.info["fragments"] > 0.5 * sum(with_f.info["train_rows"].values()) and without.info["fragments"] == 0
+    assert not np.array_equal(with_f.coef, without.coef)
+
+
+def test_character_ngrams_are_stored_and_reloaded(tmp_path):
+    m = fit(labelled_rows(_generated(40), set(), ["chat", "code", "math", "medical"]),
+            ClassifierConfig(min_df=1, char_ngrams=(2, 3)), seed=0)
+    assert len(m.char_vocabulary) > 0 and m.coef.shape[2] == len(m.vocabulary) + len(m.char_vocabulary)
+    m.save(tmp_path / "m")
+    texts = row_texts(_generated(5)["prompt"], _generated(5)["response"], 500)
+    assert np.array_equal(m.predict_proba(texts), DomainClassifier.load(tmp_path / "m").predict_proba(texts))
+
+
+@pytest.mark.parametrize("keyword_target", [True, False])
+def test_foreign_verdict_without_a_target_keyword_goes_where_the_keywords_point(keyword_target):
+    rows = pd.DataFrame([{"record_id": "r0", "domain": "chat", "source_uri": MIXED, "source_row_key": "element:0",
+                          "prompt": "Use the data to calculate the median, how many are above it?",
+                          "response": "The median is 7.", "system": None, "source_version": "v"}])
+    lex = {"chat": ["poem"], "code": ["python"], "math": ["calculate the", "how many", "median"]}
+    clf = ClassifierEvidence(classes=["chat", "code", "math"], threshold=0.6, version="clf-x", sure=0.9,
+                             score=lambda r: np.tile([0.2, 0.75, 0.05], (len(r), 1)), keyword_target=keyword_target)
+    _, moves, _, flagged = decontaminate(rows, lex, ["chat", "code", "math"], 3, 4, {MIXED}, 9, clf)
+    if keyword_target:  # the classifier says "not chat" (0.80), no code keyword, three math keywords
+        m = moves.iloc[0]
+        assert len(moves) == 1 and m["to_domain"] == "math" and m["evidence"] == "both"
+        assert m["probability"] == pytest.approx(0.05) and "p(not chat)=0.80" in m["reason"]
+        assert m["top_keywords"] == "calculate the, how many, median"
+    else:
+        assert moves.empty and flagged.iloc[0]["to_domain"] == "code"
 
 
 @pytest.mark.slow
