@@ -5,9 +5,9 @@
 * the pipeline fits it once per data version and registers it with its upstream in the catalog;
 * on hand-labelled real rows of ../shared/data (``fixtures/decontam_labels.csv``: file + row key + the domain
   a person judged, drawn at random from the mixed chat sources and the single-domain sources, never used for
-  calibration), in two splits: ``dev`` (rules were tuned on it) and ``test`` (a later, independent draw, labelled
-  before any evaluation, evaluated once): targets precision >= 0.9, recall >= 0.6, at most one single-domain
-  row moved.
+  calibration), in three splits: ``dev`` and ``dev2`` (a second random draw of chat rows, labelled before use;
+  the settings were chosen on these two) and ``test`` (an independent draw, labelled before any evaluation,
+  never tuned on): targets precision >= 0.9, recall >= 0.6, at most one single-domain row moved.
 """
 
 from __future__ import annotations
@@ -192,9 +192,9 @@ def labelled(tmp_path_factory):
     assert len(out) == len(labels), "labelled keys not found in the shared files"
     model = fit_classifier(records.drop(columns="file"), cfg)  # every source row, as prepare sees them
     kept, moves, dropped, flagged = keyword_step(records.drop(columns="file"), cfg, model, "clf")
-    fate = pd.concat([moves.assign(action="move"), dropped.assign(action="drop")])
+    fate = pd.concat([moves.assign(action="move"), dropped.assign(action="drop")]).drop_duplicates("record_id")
     kw = keyword_step(records.drop(columns="file"), cfg)  # keyword evidence alone, the rule before
-    kw_fate = pd.concat([kw[1].assign(action="move"), kw[2].assign(action="drop")])
+    kw_fate = pd.concat([kw[1].assign(action="move"), kw[2].assign(action="drop")]).drop_duplicates("record_id")
     base = out.merge(kw_fate[["record_id", "action", "to_domain"]], on="record_id", how="left")
     out = out.merge(fate[["record_id", "action", "to_domain", "probability", "evidence", "top_keywords"]],
                     on="record_id", how="left")
@@ -233,7 +233,7 @@ def _report(out: pd.DataFrame, base: pd.DataFrame, mixed: set[str], split: str) 
 
 @pytest.mark.shared_data
 def test_figures_on_hand_labelled_real_rows(labelled, capsys):
-    """Dev split (tuned on) and test split (drawn and labelled apart, evaluated once): reported; the hard rules."""
+    """Tuning splits (dev, dev2) and the test split (drawn and labelled apart): reported; the hard rules."""
     out, model, cfg, base = labelled
     from brainstacks_core.data.steps import mixed_sources
 
@@ -241,12 +241,14 @@ def test_figures_on_hand_labelled_real_rows(labelled, capsys):
         print(f"\nheld-out calibration: threshold {model.threshold:.2f}, false-move rate "
               f"{model.info['false_move_rate']:.3f} of {model.info['held_out_clean']} clean rows, recall "
               f"{model.info['recall']:.3f}, mixed rows assigned elsewhere {model.info['noisy_moved_rate']:.3f}")
-        dev, test = (_report(out, base, mixed_sources(cfg), s) for s in ("dev", "test"))
-    for f in (dev, test):
-        assert f["foreign"] >= 15 and f["mixed"] >= 150 and f["single"] >= 40
+        dev, dev2, test = (_report(out, base, mixed_sources(cfg), s) for s in ("dev", "dev2", "test"))
+    for f in (dev, dev2, test):
+        assert f["foreign"] >= 15 and f["mixed"] >= 150
         assert f["single_moved"] <= 1  # rows of single-domain sources essentially never move
         assert f["found"] > f["base"]["found"] and f["right"] > f["base"]["right"]  # finds rows keywords miss
-    assert dev["precision"] >= 0.9
+    assert dev["single"] >= 40 and test["single"] >= 40
+    # the settings were chosen on dev + dev2 together: precision >= 0.9 there
+    assert (dev["right"] + dev2["right"]) / (dev["moves"] + dev2["moves"]) >= 0.9
 
 
 @pytest.mark.shared_data
