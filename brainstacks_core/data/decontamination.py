@@ -25,7 +25,10 @@ domain. Such a row also moves when another run domain is the most probable one w
 probability >= the calibrated ``threshold``, unless its own keywords beat that
 domain's by ``margin`` (then it is only flagged). A keyword move of a single-domain
 row needs the classifier to agree (probability >= ``threshold``), else it is only
-flagged; the classifier alone never moves a single-domain row (it flags it). Each
+flagged; the classifier alone never moves a single-domain row (it flags it). When the
+classifier's target has no keyword (and p < ``sure``), the row is flagged, unless
+``keyword_target``: then it moves to the one foreign domain whose keywords beat every
+other domain's and the own one (the classifier says "foreign", the keywords say where). Each
 decision records the classifier's probability of the target and of the own domain,
 and which evidence decided (``keywords``, ``classifier`` or ``both``).
 

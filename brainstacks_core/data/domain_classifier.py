@@ -17,7 +17,9 @@ safetensors file's sha256. Probabilities are computed here from those arrays
 (``softmax(tfidf(x) @ W.T + b)``), so a fitted and a reloaded model give
 identical numbers.
 
-The decision threshold is calibrated on a held-out share of the labelled rows
+Each training row also gives a short fragment of itself, trained as its domain
+(``fragments``, in ``classifier_examples`` with the other helpers that turn rows into
+examples). The decision threshold is calibrated on a held-out share of the labelled rows
 (``calibration_fraction``, by hash, never trained on): the lowest probability at
 which at most ``max_false_move_rate`` of held-out single-domain rows would be
 assigned to another domain (``calibrate``).
@@ -25,7 +27,6 @@ assigned to another domain (``calibrate``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -40,6 +41,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from brainstacks_core.data.classifier_examples import fold_of, fragments, row_texts, unit
 from brainstacks_core.data.config import ClassifierConfig
 from brainstacks_core.files import atomic_write, atomic_write_json, sha256_file
 
@@ -56,48 +58,6 @@ class ClassifierFileError(ValueError):
 
 def _preprocess(text: str) -> str:
     return _DIGIT.sub("0", text.lower())
-
-
-def row_texts(prompts: pd.Series, responses: pd.Series, max_chars: int) -> list[str]:
-    """What the classifier reads of each row: the prompt, then the response, each cut at ``max_chars``."""
-    return [f"{p[:max_chars]}\n{r[:max_chars]}" for p, r in zip(prompts.tolist(), responses.tolist())]
-
-
-def _unit(seed: int, salt: str, rid: str) -> float:
-    return int(hashlib.sha256(f"{seed}:{salt}:{rid}".encode()).hexdigest()[:12], 16) / float(16 ** 12)
-
-
-_SEGMENT = re.compile(r"(?<=[.?!:;])\s+|\n+")
-
-
-def fragments(texts: list[str], record_ids: list[str], per_row: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Short views of labelled rows, each labelled as its row: one to three consecutive sentences or lines.
-
-    A row of a domain is long and in its source's format (a GSM8K word problem with
-    its worked answer); the rows that stray into a mixed source are often one short
-    request. Training on fragments too teaches the domain's vocabulary apart from
-    its source's length and layout. Deterministic: windows are chosen by hash.
-
-    Returns:
-        ``[M]`` index (into ``texts``) of each fragment's row, and the ``M`` fragments
-        (rows with a single segment give none).
-    """
-    rows, out = [], []
-    for i, (t, rid) in enumerate(zip(texts, record_ids)):
-        segs = [x for x in _SEGMENT.split(t) if len(x.strip()) > 1]
-        if len(segs) < 2:
-            continue
-        for j in range(per_row):
-            width = 1 + int(_unit(seed, f"fragw{j}", rid) * 3)
-            start = int(_unit(seed, f"frag{j}", rid) * max(len(segs) - width + 1, 1))
-            rows.append(i)
-            out.append(" ".join(segs[start:start + width]))
-    return np.array(rows, dtype=np.int64), out
-
-
-def fold_of(record_ids: list[str], folds: int, seed: int) -> np.ndarray:
-    """The cross-fitting fold of each record (by hash): ``[N]`` ints in ``[0, folds)``."""
-    return np.array([min(int(_unit(seed, "fold", r) * folds), folds - 1) for r in record_ids], dtype=np.int64)
 
 
 def _vectorizer(settings: ClassifierConfig, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
@@ -297,9 +257,9 @@ def fit(labelled: pd.DataFrame, settings: ClassifierConfig, seed: int) -> Domain
     if len(classes) < 2:
         raise ValueError(f"the decontamination classifier needs labelled rows of >= 2 domains, got {classes}")
     rids = labelled["record_id"].tolist()
-    u = np.array([_unit(seed, "calib", r) for r in rids])
+    u = np.array([unit(seed, "calib", r) for r in rids])
     held = u < settings.calibration_fraction
-    order = np.argsort([_unit(seed, "cap", r) for r in rids], kind="stable")
+    order = np.argsort([unit(seed, "cap", r) for r in rids], kind="stable")
     train = np.zeros(len(labelled), dtype=bool)
     cal = np.zeros(len(labelled), dtype=bool)
     per_class_train: dict[str, int] = {}
