@@ -5,9 +5,9 @@
 * the pipeline fits it once per data version and registers it with its upstream in the catalog;
 * on hand-labelled real rows of ../shared/data (``fixtures/decontam_labels.csv``: file + row key + the domain
   a person judged, drawn at random from the mixed chat sources and the single-domain sources, never used for
-  calibration), in two splits: ``dev`` (rules were tuned on it) and ``test`` (a later, independent draw, labelled
-  before any evaluation, evaluated once): targets precision >= 0.9, recall >= 0.6, at most one single-domain
-  row moved.
+  calibration), in three splits: ``dev`` and ``dev2`` (a second random draw of chat rows, labelled before use;
+  the settings were chosen on these two) and ``test`` (an independent draw, labelled before any evaluation,
+  never tuned on): targets precision >= 0.9, recall >= 0.6, at most one single-domain row moved.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from brainstacks_core.data.config import ClassifierConfig
-from brainstacks_core.data.decontamination import decontaminate
-from brainstacks_core.data.domain_classifier import ClassifierFileError, DomainClassifier, fit, labelled_rows, row_texts
+from brainstacks_core.data.decontamination import ClassifierEvidence, decontaminate
+from brainstacks_core.data.domain_classifier import (ClassifierFileError, DomainClassifier, fit, fragments,
+                                                     labelled_rows, row_texts)
 from brainstacks_core.data.generators import generate
 from brainstacks_core.data.sources import normalise_source
 from brainstacks_core.data.steps import classifier_evidence, fit_classifier, identify, keyword_step, strip_records
@@ -106,6 +107,45 @@ def test_classifier_moves_a_foreign_mixed_row_that_keywords_miss(model):
     assert not (moves["source_uri"] != MIXED).any()  # rows of single-domain sources never move on it alone
 
 
+def test_fragments_are_short_views_of_their_own_row_and_trained_on():
+    texts = ["How many apples? She has 3.\nThen 2 more: 5 in all. Done!", "one segment only"]
+    rows, frags = fragments(texts, ["a", "b"], 2, seed=0)
+    assert rows.tolist() == [0, 0] and frags == fragments(texts, ["a", "b"], 2, seed=0)[1]  # deterministic
+    assert all(0 < len(f) < len(texts[0]) and all(w in texts[0] for w in f.split()) for f in frags)
+    rows_ = labelled_rows(_generated(60), set(), ["chat", "code", "math", "medical"])
+    with_f = fit(rows_, ClassifierConfig(min_df=1, fragments=1), seed=0)
+    without = fit(rows_, ClassifierConfig(min_df=1, fragments=0), seed=0)
+    assert with_f.info["fragments"] > 0.5 * sum(with_f.info["train_rows"].values()) and without.info["fragments"] == 0
+    assert not np.array_equal(with_f.coef, without.coef)
+
+
+def test_character_ngrams_are_stored_and_reloaded(tmp_path):
+    m = fit(labelled_rows(_generated(40), set(), ["chat", "code", "math", "medical"]),
+            ClassifierConfig(min_df=1, char_ngrams=(2, 3)), seed=0)
+    assert len(m.char_vocabulary) > 0 and m.coef.shape[2] == len(m.vocabulary) + len(m.char_vocabulary)
+    m.save(tmp_path / "m")
+    texts = row_texts(_generated(5)["prompt"], _generated(5)["response"], 500)
+    assert np.array_equal(m.predict_proba(texts), DomainClassifier.load(tmp_path / "m").predict_proba(texts))
+
+
+@pytest.mark.parametrize("keyword_target", [True, False])
+def test_foreign_verdict_without_a_target_keyword_goes_where_the_keywords_point(keyword_target):
+    rows = pd.DataFrame([{"record_id": "r0", "domain": "chat", "source_uri": MIXED, "source_row_key": "element:0",
+                          "prompt": "Use the data to calculate the median, how many are above it?",
+                          "response": "The median is 7.", "system": None, "source_version": "v"}])
+    lex = {"chat": ["poem"], "code": ["python"], "math": ["calculate the", "how many", "median"]}
+    clf = ClassifierEvidence(classes=["chat", "code", "math"], threshold=0.6, version="clf-x", sure=0.9,
+                             score=lambda r: np.tile([0.2, 0.75, 0.05], (len(r), 1)), keyword_target=keyword_target)
+    _, moves, _, flagged = decontaminate(rows, lex, ["chat", "code", "math"], 3, 4, {MIXED}, 9, clf)
+    if keyword_target:  # the classifier says "not chat" (0.80), no code keyword, three math keywords
+        m = moves.iloc[0]
+        assert len(moves) == 1 and m["to_domain"] == "math" and m["evidence"] == "both"
+        assert m["probability"] == pytest.approx(0.05) and "p(not chat)=0.80" in m["reason"]
+        assert m["top_keywords"] == "calculate the, how many, median"
+    else:
+        assert moves.empty and flagged.iloc[0]["to_domain"] == "code"
+
+
 @pytest.mark.slow
 def test_pipeline_fits_once_and_registers_lineage(tmp_path):
     cfg = tmp_path / "p.yaml"
@@ -152,9 +192,9 @@ def labelled(tmp_path_factory):
     assert len(out) == len(labels), "labelled keys not found in the shared files"
     model = fit_classifier(records.drop(columns="file"), cfg)  # every source row, as prepare sees them
     kept, moves, dropped, flagged = keyword_step(records.drop(columns="file"), cfg, model, "clf")
-    fate = pd.concat([moves.assign(action="move"), dropped.assign(action="drop")])
+    fate = pd.concat([moves.assign(action="move"), dropped.assign(action="drop")]).drop_duplicates("record_id")
     kw = keyword_step(records.drop(columns="file"), cfg)  # keyword evidence alone, the rule before
-    kw_fate = pd.concat([kw[1].assign(action="move"), kw[2].assign(action="drop")])
+    kw_fate = pd.concat([kw[1].assign(action="move"), kw[2].assign(action="drop")]).drop_duplicates("record_id")
     base = out.merge(kw_fate[["record_id", "action", "to_domain"]], on="record_id", how="left")
     out = out.merge(fate[["record_id", "action", "to_domain", "probability", "evidence", "top_keywords"]],
                     on="record_id", how="left")
@@ -193,7 +233,7 @@ def _report(out: pd.DataFrame, base: pd.DataFrame, mixed: set[str], split: str) 
 
 @pytest.mark.shared_data
 def test_figures_on_hand_labelled_real_rows(labelled, capsys):
-    """Dev split (tuned on) and test split (drawn and labelled apart, evaluated once): reported; the hard rules."""
+    """Tuning splits (dev, dev2) and the test split (drawn and labelled apart): reported; the hard rules."""
     out, model, cfg, base = labelled
     from brainstacks_core.data.steps import mixed_sources
 
@@ -201,18 +241,21 @@ def test_figures_on_hand_labelled_real_rows(labelled, capsys):
         print(f"\nheld-out calibration: threshold {model.threshold:.2f}, false-move rate "
               f"{model.info['false_move_rate']:.3f} of {model.info['held_out_clean']} clean rows, recall "
               f"{model.info['recall']:.3f}, mixed rows assigned elsewhere {model.info['noisy_moved_rate']:.3f}")
-        dev, test = (_report(out, base, mixed_sources(cfg), s) for s in ("dev", "test"))
-    for f in (dev, test):
-        assert f["foreign"] >= 15 and f["mixed"] >= 150 and f["single"] >= 40
+        dev, dev2, test = (_report(out, base, mixed_sources(cfg), s) for s in ("dev", "dev2", "test"))
+    for f in (dev, dev2, test):
+        assert f["foreign"] >= 15 and f["mixed"] >= 150
         assert f["single_moved"] <= 1  # rows of single-domain sources essentially never move
         assert f["found"] > f["base"]["found"] and f["right"] > f["base"]["right"]  # finds rows keywords miss
-    assert dev["precision"] >= 0.9
+    assert dev["single"] >= 40 and test["single"] >= 40
+    # the settings were chosen on dev + dev2 together: precision >= 0.9 there
+    assert (dev["right"] + dev2["right"]) / (dev["moves"] + dev2["moves"]) >= 0.9
 
 
 @pytest.mark.shared_data
-@pytest.mark.xfail(strict=False, reason="issue 19 item 2 targets (precision >= 0.9, recall >= 0.6) not reached on "
-                   "the untuned test split: 0.87 (13/15) and 0.54 (13/24); math rows unlike GSM8K (short "
-                   "arithmetic, unit conversion, non-English) are not recognised; see README, decontamination")
+@pytest.mark.xfail(strict=False, reason="issue 19 item 2 recall target (>= 0.6) not reached on the untuned test "
+                   "split: precision 0.92 (12/13), recall 0.50 (12/24), 0/40 single-domain rows moved; missed rows "
+                   "are non-English requests, instruction-style math and short health questions, which no "
+                   "single-domain source resembles; see README, decontamination")
 def test_targets_on_the_untuned_test_split(labelled):
     out, _, cfg, _ = labelled
     from brainstacks_core.data.steps import mixed_sources

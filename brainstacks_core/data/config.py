@@ -138,6 +138,9 @@ class ClassifierConfig(BaseModel):
         max_features: Vocabulary size of the TF-IDF (most frequent word n-grams).
         ngram_max: Longest word n-gram.
         min_df: Rows a term must occur in to enter the vocabulary.
+        char_ngrams: Lengths of character n-grams added to the words (null: words only).
+        fragments: Short views (1-3 sentences or lines) of each training row, trained as its domain.
+        char_max_features: Vocabulary size of the character n-grams.
         max_chars: Characters of the prompt, and of the response, the classifier reads.
         train_rows_per_domain: Training rows per domain (hash order; the rest unused).
         calibration_fraction: Share of the labelled rows (by hash) held out for calibration.
@@ -148,6 +151,9 @@ class ClassifierConfig(BaseModel):
             still computed and recorded).
         folds: Cross-fitting folds for the rows of mixed sources.
         clean_rounds: Rounds of label cleaning of the mixed rows (out-of-fold foreign rows left out, refit).
+        keyword_free_probability: Probability at which a classifier move needs no keyword of its target.
+        keyword_target: Below that, a row the classifier calls foreign moves to the one foreign domain
+            its keywords name (when they name exactly one, beating the own domain).
         C: Inverse regularisation strength of the logistic regression.
         max_iter: Iterations of the logistic regression solver.
     """
@@ -162,9 +168,14 @@ class ClassifierConfig(BaseModel):
     ngram_max: int = Field(1, ge=1, le=3, description="Longest word n-gram of the TF-IDF (2: +1.5 points of "
                            "held-out recall on the shared data for ~3x the fit time).")
     min_df: int = Field(2, ge=1, description="Rows a term must occur in to enter the vocabulary.")
+    char_ngrams: tuple[int, int] | None = Field(None, description="Also character n-grams within word boundaries "
+                                                "(``char_wb``) of these lengths, e.g. [2, 4] (null: words only).")
+    fragments: int = Field(1, ge=0, le=4, description="Short views (1-3 consecutive sentences or lines) of each "
+                           "training row added as training examples of its domain (0: whole rows only).")
+    char_max_features: int = Field(30_000, ge=100, description="Vocabulary size of the character n-grams.")
     max_chars: int = Field(500, ge=50, description="Characters of the prompt, and of the response, the "
                                                     "classifier reads (bounds its cost on long rows).")
-    train_rows_per_domain: int = Field(1000, ge=10, description="Training rows per domain (hash order; a cap keeps "
+    train_rows_per_domain: int = Field(700, ge=10, description="Training rows per domain (hash order; a cap keeps "
                                        "classes balanced and the fit cheap).")
     calibration_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Share of the labelled rows (by hash) "
                                         "held out, never trained on, to calibrate the threshold.")
@@ -182,6 +193,9 @@ class ClassifierConfig(BaseModel):
     keyword_free_probability: float = Field(0.9, gt=0.0, le=1.0, description="Probability at which the "
                                             "classifier moves a row of a mixed source with no keyword of the target "
                                             "domain (below it, and above the threshold, one target keyword is needed).")
+    keyword_target: bool = Field(True, description="A row of a mixed source that the classifier puts in a "
+                                 "foreign domain without one keyword of it (p < keyword_free_probability) moves "
+                                 "instead to the one foreign domain whose keywords beat every other, own included.")
     C: float = Field(4.0, gt=0.0, description="Inverse L2 regularisation strength of the logistic regression.")
     max_iter: int = Field(300, ge=10, description="Iterations of the logistic-regression solver (lbfgs).")
 

@@ -25,7 +25,10 @@ domain. Such a row also moves when another run domain is the most probable one w
 probability >= the calibrated ``threshold``, unless its own keywords beat that
 domain's by ``margin`` (then it is only flagged). A keyword move of a single-domain
 row needs the classifier to agree (probability >= ``threshold``), else it is only
-flagged; the classifier alone never moves a single-domain row (it flags it). Each
+flagged; the classifier alone never moves a single-domain row (it flags it). When the
+classifier's target has no keyword (and p < ``sure``), the row is flagged, unless
+``keyword_target``: then it moves to the one foreign domain whose keywords beat every
+other domain's and the own one (the classifier says "foreign", the keywords say where). Each
 decision records the classifier's probability of the target and of the own domain,
 and which evidence decided (``keywords``, ``classifier`` or ``both``).
 
@@ -81,6 +84,8 @@ class ClassifierEvidence:
         score: Rows (``prompt``, ``response``, ``record_id``, ``source_uri``) -> ``[N, C]`` probabilities.
         version: The classifier's artifact version (written into each reason).
         sure: Probability at which the classifier moves a row without one keyword of the target.
+        keyword_target: When the classifier's foreign target has no keyword (and p < ``sure``), move
+            the row to the one foreign domain whose keywords beat all others, own included.
     """
 
     classes: list[str]
@@ -88,6 +93,7 @@ class ClassifierEvidence:
     score: Callable[[pd.DataFrame], np.ndarray]
     version: str = ""
     sure: float = 0.9
+    keyword_target: bool = False
 
 
 class KeywordMatcher:
@@ -183,6 +189,22 @@ def decide(matcher: KeywordMatcher, text: str, domain: str, run_domains: set[str
     return Decision("drop", target, own, best, kw, own_kw, why + f"; {target} is not part of this run")
 
 
+def _keyword_target(scores: np.ndarray, matcher: KeywordMatcher, domain: str, own_score: int,
+                    run_domains: set[str], classes: dict[str, int]) -> str | None:
+    """The one foreign run domain whose distinct keywords beat every other domain's (own included), if any."""
+    best, second, name = 0, 0, None
+    for i, d in enumerate(matcher.domains):
+        if d == domain:
+            continue
+        if scores[i] > best:
+            best, second, name = int(scores[i]), best, d
+        elif scores[i] > second:
+            second = int(scores[i])
+    if name is None or best <= max(second, own_score) or name not in run_domains or name not in classes:
+        return None
+    return name
+
+
 def combine(x: Decision, p: np.ndarray, clf: ClassifierEvidence, matcher: KeywordMatcher, text: str, domain: str,
             run_domains: set[str], margin: int, mixed: bool) -> Decision:
     """Join a keyword decision with the classifier's probabilities ``p`` ``[C]`` for the same row.
@@ -230,6 +252,16 @@ def combine(x: Decision, p: np.ndarray, clf: ClassifierEvidence, matcher: Keywor
     o_score = int(scores[oi]) if oi is not None else 0
     why = (f"{note(target)}; keywords {target}: {kw or '-'}; own {domain}: {own_kw or '-'}")
     unsupported = t_score == 0 and p[top] < clf.sure
+    if unsupported and mixed and clf.keyword_target:
+        alt = _keyword_target(scores, matcher, domain, o_score, run_domains, idx)
+        if alt is not None:  # the classifier says "not chat", the keywords say where
+            ai = matcher._index[alt]
+            a_kw = ", ".join(sorted(found[ai]))
+            return Decision("move", alt, o_score, int(scores[ai]), a_kw, own_kw,
+                            f"classifier {clf.version + ' ' if clf.version else ''}p(not {domain})="
+                            f"{1 - (own_p or 0):.2f} (top {target} {p[top]:.2f} >= threshold {clf.threshold:.2f} "
+                            f"has no keyword); keywords {alt}: {a_kw}; own {domain}: {own_kw or '-'}",
+                            prob(alt), own_p, "both")
     if not mixed or o_score >= t_score + margin or unsupported:
         reason = ("single-domain source" if not mixed else f"{o_score} own keywords beat {t_score} by >= {margin}"
                   if not unsupported else f"no {target} keyword and p < {clf.sure:.2f}")

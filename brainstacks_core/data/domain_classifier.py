@@ -17,7 +17,9 @@ safetensors file's sha256. Probabilities are computed here from those arrays
 (``softmax(tfidf(x) @ W.T + b)``), so a fitted and a reloaded model give
 identical numbers.
 
-The decision threshold is calibrated on a held-out share of the labelled rows
+Each training row also gives a short fragment of itself, trained as its domain
+(``fragments``, in ``classifier_examples`` with the other helpers that turn rows into
+examples). The decision threshold is calibrated on a held-out share of the labelled rows
 (``calibration_fraction``, by hash, never trained on): the lowest probability at
 which at most ``max_false_move_rate`` of held-out single-domain rows would be
 assigned to another domain (``calibrate``).
@@ -25,7 +27,6 @@ assigned to another domain (``calibrate``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -34,17 +35,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from brainstacks_core.data.classifier_examples import fold_of, fragments, row_texts, unit
 from brainstacks_core.data.config import ClassifierConfig
 from brainstacks_core.files import atomic_write, atomic_write_json, canonicalize_safetensors, sha256_file
 
 log = logging.getLogger(__name__)
 
-FORMAT = "brainstacks-domain-classifier/1"
+FORMAT = "brainstacks-domain-classifier/2"
 _TOKEN = r"[a-z_][a-z0-9_]*|0+|[^\sa-z0-9_]{1,3}"
 _DIGIT = re.compile(r"\d")
 
@@ -57,23 +60,16 @@ def _preprocess(text: str) -> str:
     return _DIGIT.sub("0", text.lower())
 
 
-def row_texts(prompts: pd.Series, responses: pd.Series, max_chars: int) -> list[str]:
-    """What the classifier reads of each row: the prompt, then the response, each cut at ``max_chars``."""
-    return [f"{p[:max_chars]}\n{r[:max_chars]}" for p, r in zip(prompts.tolist(), responses.tolist())]
-
-
-def _unit(seed: int, salt: str, rid: str) -> float:
-    return int(hashlib.sha256(f"{seed}:{salt}:{rid}".encode()).hexdigest()[:12], 16) / float(16 ** 12)
-
-
-def fold_of(record_ids: list[str], folds: int, seed: int) -> np.ndarray:
-    """The cross-fitting fold of each record (by hash): ``[N]`` ints in ``[0, folds)``."""
-    return np.array([min(int(_unit(seed, "fold", r) * folds), folds - 1) for r in record_ids], dtype=np.int64)
-
-
 def _vectorizer(settings: ClassifierConfig, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
     return TfidfVectorizer(preprocessor=_preprocess, lowercase=False, token_pattern=_TOKEN,
                            ngram_range=(1, settings.ngram_max), max_features=settings.max_features,
+                           min_df=1 if vocabulary is not None else settings.min_df, sublinear_tf=True,
+                           vocabulary=vocabulary, dtype=np.float32)
+
+
+def _char_vectorizer(settings: ClassifierConfig, vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(preprocessor=_preprocess, lowercase=False, analyzer="char_wb",
+                           ngram_range=tuple(settings.char_ngrams), max_features=settings.char_max_features,
                            min_df=1 if vocabulary is not None else settings.min_df, sublinear_tf=True,
                            vocabulary=vocabulary, dtype=np.float32)
 
@@ -84,12 +80,13 @@ class DomainClassifier:
 
     Attributes:
         classes: Domains, in the order of the probability columns.
-        vocabulary: Term -> feature index.
-        idf: ``[F]`` inverse document frequencies.
+        vocabulary: Word term -> feature index (``[0, F_w)``).
+        idf: ``[F]`` inverse document frequencies (``F = F_w + F_c``: words, then character n-grams).
         coef: ``[K, C, F]`` logistic-regression weights, one set per fold.
         intercept: ``[K, C]`` biases.
         settings: The settings it was fitted with.
         info: Training and calibration figures (rows per class, threshold, held-out metrics).
+        char_vocabulary: Character n-gram -> index within its block (``[0, F_c)``; empty: words only).
     """
 
     classes: list[str]
@@ -99,10 +96,16 @@ class DomainClassifier:
     intercept: np.ndarray
     settings: ClassifierConfig
     info: dict = field(default_factory=dict)
+    char_vocabulary: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        n_words = len(self.vocabulary)
         self._vec = _vectorizer(self.settings, self.vocabulary)
-        self._vec.idf_ = self.idf.astype(np.float64)
+        self._vec.idf_ = self.idf[:n_words].astype(np.float64)
+        self._char = None
+        if self.char_vocabulary:
+            self._char = _char_vectorizer(self.settings, self.char_vocabulary)
+            self._char.idf_ = self.idf[n_words:].astype(np.float64)
 
     @property
     def threshold(self) -> float:
@@ -110,8 +113,9 @@ class DomainClassifier:
         return float(self.info["threshold"])
 
     def transform(self, texts: list[str]):
-        """TF-IDF rows: a sparse ``[N, F]`` matrix (l2-normalised)."""
-        return self._vec.transform(texts)
+        """TF-IDF rows: a sparse ``[N, F]`` matrix (each block, words and characters, l2-normalised)."""
+        x = self._vec.transform(texts)
+        return x if self._char is None else sp.hstack([x, self._char.transform(texts)], format="csr")
 
     def predict_proba(self, texts: list[str], folds: np.ndarray | None = None) -> np.ndarray:
         """Domain probabilities ``[N, C]`` (columns: ``classes``).
@@ -140,11 +144,15 @@ class DomainClassifier:
         with atomic_write(folder / "model.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
             canonicalize_safetensors(tmp)  # the same bytes in every process
-        terms = [""] * len(self.vocabulary)
-        for t, i in self.vocabulary.items():
-            terms[i] = t
+        def ordered(vocabulary: dict[str, int]) -> list[str]:
+            terms = [""] * len(vocabulary)
+            for t, i in vocabulary.items():
+                terms[i] = t
+            return terms
+
         atomic_write_json(folder / "model.json", {
-            "format": FORMAT, "classes": self.classes, "terms": terms,
+            "format": FORMAT, "classes": self.classes, "terms": ordered(self.vocabulary),
+            "char_terms": ordered(self.char_vocabulary),
             "settings": self.settings.model_dump(mode="json"), "info": self.info,
             "safetensors_sha256": sha256_file(folder / "model.safetensors")})
         return folder / "model.safetensors"
@@ -167,12 +175,14 @@ class DomainClassifier:
             raise ClassifierFileError(f"{st_path}: sha256 differs from {meta_path} (file changed or corrupt)")
         t = load_file(str(st_path))
         vocab = {term: i for i, term in enumerate(meta["terms"])}
+        chars = {term: i for i, term in enumerate(meta["char_terms"])}
         k, c, f = t["coef"].shape
-        if f != len(vocab) or t["idf"].shape != (f,) or c != len(meta["classes"]) or t["intercept"].shape != (k, c):
+        if f != len(vocab) + len(chars) or t["idf"].shape != (f,) or c != len(meta["classes"]) or t["intercept"].shape != (k, c):
             raise ClassifierFileError(f"{st_path}: shapes {t['coef'].shape} / {t['idf'].shape} do not match "
-                                      f"{len(vocab)} terms and {len(meta['classes'])} classes in {meta_path}")
+                                      f"{len(vocab)} + {len(chars)} terms and {len(meta['classes'])} classes in {meta_path}")
         return cls(classes=meta["classes"], vocabulary=vocab, idf=t["idf"], coef=t["coef"],
-                   intercept=t["intercept"], settings=ClassifierConfig(**meta["settings"]), info=meta["info"])
+                   intercept=t["intercept"], settings=ClassifierConfig(**meta["settings"]), info=meta["info"],
+                   char_vocabulary=chars)
 
 
 def labelled_rows(records: pd.DataFrame, mixed_sources: set[str], domains: list[str]) -> pd.DataFrame:
@@ -248,9 +258,9 @@ def fit(labelled: pd.DataFrame, settings: ClassifierConfig, seed: int) -> Domain
     if len(classes) < 2:
         raise ValueError(f"the decontamination classifier needs labelled rows of >= 2 domains, got {classes}")
     rids = labelled["record_id"].tolist()
-    u = np.array([_unit(seed, "calib", r) for r in rids])
+    u = np.array([unit(seed, "calib", r) for r in rids])
     held = u < settings.calibration_fraction
-    order = np.argsort([_unit(seed, "cap", r) for r in rids], kind="stable")
+    order = np.argsort([unit(seed, "cap", r) for r in rids], kind="stable")
     train = np.zeros(len(labelled), dtype=bool)
     cal = np.zeros(len(labelled), dtype=bool)
     per_class_train: dict[str, int] = {}
@@ -265,39 +275,48 @@ def fit(labelled: pd.DataFrame, settings: ClassifierConfig, seed: int) -> Domain
             train[i] = True
             per_class_train[c] = per_class_train.get(c, 0) + 1
     texts = np.array(row_texts(labelled["prompt"], labelled["response"], settings.max_chars), dtype=object)
-    vec = _vectorizer(settings)
-    x_train = vec.fit_transform(texts[train].tolist())
     noisy = labelled["noisy"].to_numpy(bool)
     folds = fold_of(rids, settings.folds, seed)
     y = np.array([classes.index(c) for c in labels])
+    # training examples: each training row, then its fragments (same label, fold and noisiness)
+    rows = np.flatnonzero(train)
+    frag_rows, frag_texts = fragments(texts[rows].tolist(), [rids[i] for i in rows], settings.fragments, seed)
+    src = np.concatenate([rows, rows[frag_rows]]).astype(np.int64)  # [T] the labelled row of each example
+    ex_texts = texts[rows].tolist() + frag_texts
+    vec = _vectorizer(settings)
+    x_train = vec.fit_transform(ex_texts)
+    idf, chars = vec.idf_, {}
+    if settings.char_ngrams:
+        cvec = _char_vectorizer(settings)
+        x_train = sp.hstack([x_train, cvec.fit_transform(ex_texts)], format="csr")
+        idf, chars = np.concatenate([vec.idf_, cvec.idf_]), {t: int(i) for t, i in cvec.vocabulary_.items()}
     coef = np.zeros((settings.folds, len(classes), x_train.shape[1]), dtype=np.float32)
     intercept = np.zeros((settings.folds, len(classes)), dtype=np.float32)
-    train_idx = np.flatnonzero(train)
-    use = np.ones(len(train_idx), dtype=bool)
+    ex_noisy, ex_fold, ex_y = noisy[src], folds[src], y[src]
+    use = np.ones(len(src), dtype=bool)
     n_cleaned = 0
     for rnd in range(1 + settings.clean_rounds):
         if rnd:  # noisy rows their out-of-fold model assigns to another domain leave the training set
-            x_n = x_train[np.flatnonzero(noisy[train_idx])]
-            rows = train_idx[noisy[train_idx]]
-            logits = np.stack([x_n @ coef[k].T + intercept[k] for k in range(settings.folds)])[folds[rows],
-                                                                                                np.arange(len(rows))]
-            foreign = logits.argmax(axis=1) != y[rows]
-            use = np.ones(len(train_idx), dtype=bool)
-            use[np.flatnonzero(noisy[train_idx])[foreign]] = False
-            n_cleaned = int(foreign.sum())
+            first = np.flatnonzero(ex_noisy[:len(rows)])  # judged on the whole row, fragments follow it
+            logits = np.stack([x_train[first] @ coef[k].T + intercept[k] for k in range(settings.folds)])[
+                ex_fold[first], np.arange(len(first))]
+            foreign = set(src[first[logits.argmax(axis=1) != ex_y[first]]].tolist())
+            use = ~np.isin(src, list(foreign))
+            n_cleaned = len(foreign)
         for k in range(settings.folds):
-            sel = use & ~(noisy[train_idx] & (folds[train_idx] == k))  # a fold's noisy rows never train its model
+            sel = use & ~(ex_noisy & (ex_fold == k))  # a fold's noisy rows never train its model
             lr = LogisticRegression(C=settings.C, max_iter=settings.max_iter, class_weight="balanced")
             with threadpool_limits(1):  # BLAS threads on a sparse lbfgs fit: 7x slower on 2 busy cores
-                lr.fit(x_train[sel], y[train_idx][sel])
+                lr.fit(x_train[sel], ex_y[sel])
             coef[k], intercept[k] = lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32)
     vocab = {t: int(i) for t, i in vec.vocabulary_.items()}
-    model = DomainClassifier(classes=classes, vocabulary=vocab, idf=vec.idf_.astype(np.float32), coef=coef,
-                             intercept=intercept, settings=settings,
+    model = DomainClassifier(classes=classes, vocabulary=vocab, idf=idf.astype(np.float32), coef=coef,
+                             intercept=intercept, settings=settings, char_vocabulary=chars,
                              info={"train_rows": {c: int(n) for c, n in sorted(per_class_train.items())},
                                    "calibration_rows": {c: int(n) for c, n in sorted(per_class_cal.items())},
-                                   "noisy_classes": sorted(set(labels[noisy])), "features": len(vocab),
-                                   "noisy_rows_left_out": n_cleaned})
+                                   "noisy_classes": sorted(set(labels[noisy])), "features": len(vocab) + len(chars),
+                                   "noisy_rows_left_out": n_cleaned,
+                                   "fragments": len(frag_texts)})
     cal_idx = np.flatnonzero(cal)
     if len(cal_idx):
         p = model.predict_proba(texts[cal_idx].tolist(), folds[cal_idx])

@@ -167,7 +167,7 @@ def classifier_evidence(model: DomainClassifier, seed: int, version: str = "") -
                                    fold_of(rows["record_id"].tolist(), st.folds, seed))
 
     return ClassifierEvidence(classes=list(model.classes), threshold=model.threshold, score=score, version=version,
-                              sure=st.keyword_free_probability)
+                              sure=st.keyword_free_probability, keyword_target=st.keyword_target)
 
 
 def keyword_step(records: pd.DataFrame, cfg: DataConfig, classifier: DomainClassifier | None = None,
