@@ -144,6 +144,7 @@ class DomainClassifier:
         with atomic_write(folder / "model.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
             canonicalize_safetensors(tmp)  # the same bytes in every process
+
         def ordered(vocabulary: dict[str, int]) -> list[str]:
             terms = [""] * len(vocabulary)
             for t, i in vocabulary.items():
