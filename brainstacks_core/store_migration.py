@@ -120,7 +120,8 @@ class _RowRewriter:
         """The rows of ``table`` as the target holds them (only ``artifacts`` changes)."""
         if table != "artifacts":
             return rows
-        return [tuple(self(dict(zip(cols, r)))[c] for c in cols) for r in rows]
+        out = [self(dict(zip(cols, r))) for r in rows]
+        return [tuple(row[c] for c in cols) for row in out]
 
 
 def _current_datasets(source: Catalog, name: str) -> dict[str, dict]:

@@ -14,10 +14,7 @@ def cli_plan(args: argparse.Namespace) -> int:
     """``brainstacks plan --config PATH [--run NAME]``: one line per domain (reuse / train and why)."""
     from brainstacks_core.training.plan import format_plan, plan_run
 
-    from brainstacks_core.training.published_run import materialise_run
-
     profile = load_profile(args.config, args.artifact_root)
-    materialise_run(profile.context, args.run)  # an object store: the published run the plan compares against
     try:
         rows = plan_run(profile.training_setup, args.run, Catalog.for_context(profile.context))
     except LookupError as exc:

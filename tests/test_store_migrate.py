@@ -134,3 +134,50 @@ def test_a_local_store_moves_into_s3_and_postgres_without_losing_a_row(s3_env, p
     assert main(["plan", "--config", str(url_cfg)]) == 0
     plan = capsys.readouterr().out
     assert "0 of 2 domains would train" in plan, plan
+
+
+def test_routing_folders_get_their_pointer_and_a_gone_file_keeps_its_row_without_a_path(pg_server, tmp_path,
+                                                                                         monkeypatch):
+    """The routing pointer (a folder whose JSON names the old folder by absolute path) and a row whose file is
+    gone, on a file:// store: no training needed."""
+    import json
+
+    from pydantic import SecretStr
+
+    from brainstacks_core.files import sha256_file
+    from brainstacks_core.lineage.catalog import Catalog
+    from brainstacks_core.lineage.migrate import table_counts
+    from brainstacks_core.lineage.store_sync import materialise_pointer
+    from brainstacks_core.profile import load_profile
+    from brainstacks_core.store_migration import migrate_store
+
+    monkeypatch.delenv("BRAINSTACKS_CATALOG_URL", raising=False)
+    src = load_profile(_profile(tmp_path / "A", None)).context
+    folder = src.store / "routing" / "main"
+    (folder / "router" / "v1").mkdir(parents=True)
+    router = folder / "router" / "v1" / "router.safetensors"
+    router.write_bytes(b"router weights")
+    (folder / "router" / "v1" / "meta.json").write_text(json.dumps({"version": "r1", "file": str(router)}))
+    (folder / "result.json").write_text(json.dumps({"key": "k1", "router_folder": str(router.parent)}))
+    cat = Catalog(src.catalog_path)
+    cat.record_artifact(uri="router://moved/main", version="r1", kind="router", path=str(router),
+                        sha256=sha256_file(router), code_version="t", config_hash=None)
+    gone = src.store / "reports" / "gone.md"
+    cat.record_artifact(uri="report://moved/old", version="g1", kind="report", path=str(gone), sha256=None,
+                        code_version="t", config_hash=None, inputs=["r1"])
+
+    url = f"file://{tmp_path / 'objects'}"
+    target = load_profile(_profile(tmp_path / "B", url)).context
+    target = target.model_copy(update={"catalog_url": SecretStr(pg_server.url)})
+    report = migrate_store(src, target)
+    assert report["pointers"] == {"dataset": [], "training": [], "routing": ["main"]}
+    assert len(report["missing"]) == 1 and str(gone) in report["missing"][0]
+    shared = Catalog.for_context(target)
+    assert table_counts(shared) == table_counts(cat)
+    assert shared.get("r1")["path"].startswith(f"{url}/blobs/sha256/") and shared.get("g1")["path"] is None
+
+    assert materialise_pointer(target, "routing", "main")["key"] == "k1"
+    got = target.store / "routing" / "main"
+    assert (got / "router" / "v1" / "router.safetensors").read_bytes() == b"router weights"
+    assert json.loads((got / "router" / "v1" / "meta.json").read_text())["file"] == \
+        str((got / "router" / "v1" / "router.safetensors").resolve())  # the reader's own path
