@@ -132,10 +132,11 @@ def _current_datasets(source: Catalog, name: str) -> dict[str, dict]:
 
 
 def _write_pointers(ctx: StoreContext, rewriter: _RowRewriter, source: Catalog) -> dict[str, list[str]]:
+    """Last: each domain's current dataset version, each training run, each routing folder."""
     store, out = rewriter.store, {"dataset": [], "training": [], "routing": []}
     for domain, art in _current_datasets(source, ctx.name).items():
-        folder = Path(art["path"]).parent
-        if not (folder / "manifest.json").is_file():
+        folder = Path(art["path"]).parent if art.get("path") else None
+        if folder is None or not (folder / "manifest.json").is_file():
             log.warning("dataset %s/%s: %s is gone; no pointer", ctx.name, domain, folder)
             continue
         d = rewriter.dataset(folder)

@@ -31,14 +31,15 @@ def s3_env(s3, monkeypatch):
     return s3
 
 
-def _profile(root: Path, artifact_root: str | None) -> Path:
-    """The mini training profile (tests/test_training_run.py) without its RL stages, named ``moved``."""
+def _profile(root: Path, artifact_root: str | None, name: str = "moved") -> Path:
+    """The mini training profile (tests/test_training_run.py) without its RL stages, named ``name`` (its own
+    PostgreSQL schema)."""
     from test_training_run import _mini_profile
 
     root.mkdir(parents=True)
     cfg = _mini_profile(root)
     raw = yaml.safe_load(cfg.read_text())
-    raw["name"] = "moved"
+    raw["name"] = name
     raw["training"].pop("rl", None)
     if artifact_root is not None:
         raw.update(artifact_root=artifact_root, storage={"cache_dir": "cache"})
@@ -152,7 +153,7 @@ def test_routing_folders_get_their_pointer_and_a_gone_file_keeps_its_row_without
     from brainstacks_core.store_migration import migrate_store
 
     monkeypatch.delenv("BRAINSTACKS_CATALOG_URL", raising=False)
-    src = load_profile(_profile(tmp_path / "A", None)).context
+    src = load_profile(_profile(tmp_path / "A", None, "movedroutes")).context
     folder = src.store / "routing" / "main"
     (folder / "router" / "v1").mkdir(parents=True)
     router = folder / "router" / "v1" / "router.safetensors"
@@ -160,14 +161,14 @@ def test_routing_folders_get_their_pointer_and_a_gone_file_keeps_its_row_without
     (folder / "router" / "v1" / "meta.json").write_text(json.dumps({"version": "r1", "file": str(router)}))
     (folder / "result.json").write_text(json.dumps({"key": "k1", "router_folder": str(router.parent)}))
     cat = Catalog(src.catalog_path)
-    cat.record_artifact(uri="router://moved/main", version="r1", kind="router", path=str(router),
+    cat.record_artifact(uri="router://movedroutes/main", version="r1", kind="router", path=str(router),
                         sha256=sha256_file(router), code_version="t", config_hash=None)
     gone = src.store / "reports" / "gone.md"
-    cat.record_artifact(uri="report://moved/old", version="g1", kind="report", path=str(gone), sha256=None,
+    cat.record_artifact(uri="report://movedroutes/old", version="g1", kind="report", path=str(gone), sha256=None,
                         code_version="t", config_hash=None, inputs=["r1"])
 
     url = f"file://{tmp_path / 'objects'}"
-    target = load_profile(_profile(tmp_path / "B", url)).context
+    target = load_profile(_profile(tmp_path / "B", url, "movedroutes")).context
     target = target.model_copy(update={"catalog_url": SecretStr(pg_server.url)})
     report = migrate_store(src, target)
     assert report["pointers"] == {"dataset": [], "training": [], "routing": ["main"]}
