@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                        "prepare only the changed domains"),
     "catalog": ("flows.maintenance:cli_catalog", "catalog upkeep: prune cached evaluation scores of models no "
                                                  "current run uses (catalog prune [--dry-run]); copy the DuckDB "
-                                                 "catalog into PostgreSQL (catalog migrate)"),
+                                                 "catalog into PostgreSQL (catalog migrate; --store-to s3://... "
+                                                 "also moves the local store's files into an object store)"),
     "config": ("flows.config:cli_config", "validate a profile (config check PATH) or print its JSON Schema "
                                           "(config schema)"),
 }
