@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                        "prepare only the changed domains"),
     "catalog": ("flows.maintenance:cli_catalog", "catalog upkeep: prune cached evaluation scores of models no "
                                                  "current run uses (catalog prune [--dry-run]); copy the DuckDB "
-                                                 "catalog into PostgreSQL (catalog migrate)"),
+                                                 "catalog into PostgreSQL (catalog migrate; --store-to s3://... "
+                                                 "also moves the local store's files into an object store)"),
     "config": ("flows.config:cli_config", "validate a profile (config check PATH) or print its JSON Schema "
                                           "(config schema)"),
 }
@@ -144,13 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
                                     "one transaction, adding only rows it does not hold yet.",
                         epilog="Example: BRAINSTACKS_CATALOG_URL=postgresql://bs@db:5432/brainstacks "
                                "brainstacks catalog migrate --config configs/demo.yaml (prefer the variable, or "
-                               "PGPASSWORD, to a password on the command line)")
+                               "PGPASSWORD, to a password on the command line); with the store: brainstacks catalog "
+                               "migrate --config configs/demo.yaml --to postgresql://... --store-to s3://bucket/bs")
     _add_common(c)
     c.add_argument("--to", metavar="URL", default=None,
                    help="postgresql://user@host:port/db (default: $BRAINSTACKS_CATALOG_URL, else "
                         "lineage.catalog_url)")
     c.add_argument("--from", dest="source", metavar="PATH", default=None,
                    help="the DuckDB file to copy (default: <store>/catalog.duckdb)")
+    c.add_argument("--store-to", metavar="URL", default=None,
+                   help="also move the local store into this object store (s3://bucket/prefix, gs://..., "
+                        "file://...): every file a row names is published as a blob or tree, the rows name "
+                        "blob URIs, then the dataset, training and routing pointers are written; the local "
+                        "folder and catalog.duckdb are left as they were")
     p = sub.add_parser("config", help=COMMANDS["config"][1], description=COMMANDS["config"][1],
                        epilog="Example: brainstacks config check configs/demo.yaml")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

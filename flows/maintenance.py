@@ -92,6 +92,8 @@ def _migrate(profile, args: argparse.Namespace) -> int:
         print("catalog migrate: no target: pass --to postgresql://... or set $BRAINSTACKS_CATALOG_URL "
               "(or lineage.catalog_url)", file=sys.stderr)
         return 2
+    if getattr(args, "store_to", None):
+        return _migrate_store(profile, args, url)
     source = args.source or profile.catalog_path
     target = Catalog(profile.catalog_path, url=url, pg_schema=schema_name(profile.name))
     try:
@@ -101,4 +103,32 @@ def _migrate(profile, args: argparse.Namespace) -> int:
         return 2
     print(f"# {source} -> {target.location}")
     print(format_migration(report))
+    return 0
+
+
+def _migrate_store(profile, args: argparse.Namespace, url: str) -> int:
+    """``catalog migrate --store-to URL``: the local store's files, rows and pointers into the URL store."""
+    from pydantic import SecretStr
+
+    from brainstacks_core.lineage.blob_store import StoreUnreachableError
+    from brainstacks_core.lineage.migrate import format_migration
+    from brainstacks_core.store_migration import migrate_store
+
+    if args.source:
+        print("catalog migrate: --from and --store-to do not go together: --store-to moves <store>/catalog.duckdb "
+              "with the store it describes", file=sys.stderr)
+        return 2
+    target = load_profile(args.config, args.store_to).context.model_copy(update={"catalog_url": SecretStr(url)})
+    try:
+        report = migrate_store(profile.context, target)
+    except (FileNotFoundError, ValueError, StoreUnreachableError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"# {profile.store} -> {report['url']}; {profile.catalog_path} -> {Catalog.for_context(target).location}")
+    print(format_migration(report["tables"]))
+    for kind, names in report["pointers"].items():
+        print(f"pointers {kind}: {', '.join(names) or '-'}")
+    for line in report["missing"]:
+        print(f"gone (row kept without a path): {line}")
+    print(f"next: set artifact_root: {report['url']} (and the catalog URL) in {args.config}")
     return 0

@@ -91,7 +91,8 @@ LAYERS = {
     "brainstacks_core.lineage": 1, "brainstacks_core.stacks": 1,
     "brainstacks_core.data": 2, "data_contracts": 2, "brainstacks_core.base": 2,
     "brainstacks_core.training": 3, "brainstacks_core.reporting": 4, "brainstacks_core.routing": 5,
-    "brainstacks_core.evaluation": 6, "brainstacks_core.profile": 7, "brainstacks_core": 8,
+    "brainstacks_core.evaluation": 6, "brainstacks_core.profile": 7, "brainstacks_core.store_migration": 7,
+    "brainstacks_core": 8,
     "tasks": 9, "flows": 10,
 }
 # The contracts guard the data steps and reuse text_cleaning's chat-token check (module graph stays acyclic).

@@ -45,13 +45,17 @@ def dataset_files(p: PreparedDataset) -> list[Path]:
                                  p.train_path.parent / "manifest.json"] if f is not None and f.is_file()]
 
 
-def publish_dataset(store: BlobStore, ctx: StoreContext, p: PreparedDataset) -> dict:
+def publish_dataset(store: BlobStore, ctx: StoreContext, p: PreparedDataset,
+                    overrides: dict[Path, bytes] | None = None) -> dict:
     """Publish a prepared version's files as one tree (blobs first; nothing in the catalog yet).
+
+    ``overrides``: bytes to publish instead of some files' own (see
+    :func:`~brainstacks_core.lineage.store_sync.publish_tree`).
 
     Returns:
         ``{"uri": tree URI, "manifest": manifest path relative to the store, "files": {rel: {"uri", ...}}}``.
     """
-    tree = publish_tree(store, ctx.store, dataset_files(p))
+    tree = publish_tree(store, ctx.store, dataset_files(p), overrides=overrides)
     manifest = (p.train_path.parent / "manifest.json").resolve().relative_to(ctx.store.resolve()).as_posix()
     log.info("%s: dataset %s published as %s", p.domain, p.version, tree["uri"])
     return {**tree, "manifest": manifest}

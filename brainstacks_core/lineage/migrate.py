@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 
@@ -28,12 +29,17 @@ def table_counts(cat: Catalog) -> dict[str, int]:
     return out
 
 
-def migrate_catalog(source: str | Path, target: Catalog) -> dict[str, dict[str, int]]:
+def migrate_catalog(source: str | Path, target: Catalog,
+                    rewrite: Callable[[str, list[str], list[tuple]], list[tuple]] | None = None
+                    ) -> dict[str, dict[str, int]]:
     """Copy every table of the DuckDB file ``source`` into the PostgreSQL catalog ``target``.
 
     Args:
         source: The DuckDB catalog file (opened read-only).
         target: A PostgreSQL :class:`Catalog` (its schema is created if missing).
+        rewrite: ``(table, columns, rows) -> rows`` applied to every table's rows after they are
+            read and before the target's transaction opens (``brainstacks_core.store_migration``
+            publishes the files the artifact rows name and rewrites their paths to blob URIs).
 
     Returns:
         ``{table: {"source": rows in the file, "added": rows inserted now, "target": rows after}}``.
@@ -48,29 +54,33 @@ def migrate_catalog(source: str | Path, target: Catalog) -> dict[str, dict[str, 
     if not target.shared:
         raise ValueError(f"catalog migrate: the target {target.location} is not a postgresql:// catalog")
     src = duckdb.connect(str(source), read_only=True)
-    report: dict[str, dict[str, int]] = {}
+    tables: dict[str, tuple[list[str], list[tuple]]] = {}
     try:
         present = {r[0] for r in src.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        with target._transaction() as con:
-            for table in TABLES:
-                if table not in present:
-                    report[table] = {"source": 0, "added": 0}
-                    continue
-                cur = src.execute(f"SELECT * FROM {table}")
-                cols = [d[0] for d in cur.description]
-                rows = cur.fetchall()
-                tmp = f"migrate_{table}"
-                con.execute(f"DROP TABLE IF EXISTS pg_temp.{tmp}")
-                con.execute(f"CREATE TEMP TABLE {tmp} (LIKE {table})")
-                con.copy_rows(tmp, cols, rows)
-                names = ", ".join(cols)
-                added = con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {tmp} EXCEPT ALL "
-                                    f"SELECT {names} FROM {table} ON CONFLICT DO NOTHING").rowcount
-                con.execute(f"DROP TABLE pg_temp.{tmp}")
-                report[table] = {"source": len(rows), "added": int(added)}
-                log.info("migrate %s: %d rows in %s, %d added", table, len(rows), source, added)
+        for table in (t for t in TABLES if t in present):
+            cur = src.execute(f"SELECT * FROM {table}")
+            tables[table] = ([d[0] for d in cur.description], cur.fetchall())
     finally:
         src.close()
+    if rewrite is not None:
+        tables = {t: (cols, rewrite(t, cols, rows)) for t, (cols, rows) in tables.items()}
+    report: dict[str, dict[str, int]] = {}
+    with target._transaction() as con:
+        for table in TABLES:
+            if table not in tables:
+                report[table] = {"source": 0, "added": 0}
+                continue
+            cols, rows = tables[table]
+            tmp = f"migrate_{table}"
+            con.execute(f"DROP TABLE IF EXISTS pg_temp.{tmp}")
+            con.execute(f"CREATE TEMP TABLE {tmp} (LIKE {table})")
+            con.copy_rows(tmp, cols, rows)
+            names = ", ".join(cols)
+            added = con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {tmp} EXCEPT ALL "
+                                f"SELECT {names} FROM {table} ON CONFLICT DO NOTHING").rowcount
+            con.execute(f"DROP TABLE pg_temp.{tmp}")
+            report[table] = {"source": len(rows), "added": int(added)}
+            log.info("migrate %s: %d rows in %s, %d added", table, len(rows), source, added)
     for table, n in table_counts(target).items():
         report[table]["target"] = n
     return report

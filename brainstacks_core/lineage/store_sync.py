@@ -62,7 +62,7 @@ def put_file(store: BlobStore, f: Path, root: Path, portable: bool = True) -> st
 
 
 def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: bool = False,
-                 force: bool = False) -> dict:
+                 force: bool = False, overrides: dict[Path, bytes] | None = None) -> dict:
     """Upload ``files`` (under ``root``) as blobs, then the tree JSON naming them.
 
     Args:
@@ -73,6 +73,8 @@ def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: 
             replaced by :data:`STORE_TOKEN` (training manifests name their stack files by absolute
             path): no host path leaves the worker; :func:`materialise_tree` puts the reader's own back.
         force: Upload every file again, even when its blob exists (repair of a corrupt object).
+        overrides: Bytes to publish for some of ``files`` instead of what they hold on disk (a store
+            migration publishes a local manifest in the form an object-store profile writes it).
 
     Returns:
         ``{"uri": <tree blob URI>, "sha256": <tree sha256>, "files": {rel: {"sha256", "size", "uri"}}}``.
@@ -80,7 +82,8 @@ def publish_tree(store: BlobStore, root: Path, files: Iterable[Path], portable: 
     entries = {}
     for f in sorted({Path(f) for f in files}):
         rel = f.resolve().relative_to(Path(root).resolve()).as_posix()
-        body = _portable_bytes(f, Path(root)) if portable else None
+        body = (overrides or {}).get(f)
+        body = _portable_bytes(f, Path(root)) if body is None and portable else body
         if body is None:
             sha = sha256_file(f)
             entries[rel] = {"sha256": sha, "size": f.stat().st_size, "uri": store.put(f, sha, force=force)}
