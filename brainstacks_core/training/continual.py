@@ -362,7 +362,9 @@ def _bases_for(model, tokenizer, previous: list[DomainData], domain: str, cfg: T
         ctx.catalog.record_artifact(uri=f"nullspace://{ctx.profile}/{ctx.run_name}/{domain}", version=version,
                                     kind="null_space", path=str(path), sha256=sha256_file(path),
                                     code_version=code_version(), config_hash=config_hash(cfg.basis),
-                                    inputs=inputs, metadata=entry["null_space"], run_ids=ctx.run_ids)
+                                    inputs=inputs, run_ids=ctx.run_ids,  # the file is the row's path (a URI
+                                    # on an object store): no host path in the metadata
+                                    metadata={k: v for k, v in entry["null_space"].items() if k != "file"})
     return bases, version
 
 
