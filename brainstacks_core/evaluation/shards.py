@@ -72,7 +72,7 @@ def _harness_tasks(task_dict: dict) -> list:
         return list(task_dict["tasks"].values())
     out = []
     for value in task_dict.values():
-        out += _harness_tasks(value) if isinstance(value, dict) else [value] if hasattr(value, "instances") else []
+        out += _harness_tasks(value) if isinstance(value, dict) else [value] if hasattr(value, "build_all_requests") else []
     return out
 
 

@@ -1,0 +1,180 @@
+"""Evaluation fan-out (issue 20 item 4): shards of (task, mode, document range) units fill the score cache
+with the one-process run's keys; the parent computes nothing and writes the same results; on a real Dask
+cluster a worker killed mid-evaluation loses at most K forwards and leaves no duplicate."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_eval_flow import _profile as eval_profile
+
+from brainstacks_core.data.pipeline import prepare_all
+from brainstacks_core.evaluation.shards import doc_range, evaluation_is_current, run_eval_shard
+from brainstacks_core.lineage.catalog import Catalog
+from brainstacks_core.profile import load_profile
+from brainstacks_core.training.run import train_profile
+
+K, B = 2, 4  # eval.flush_forwards, eval.batch_size
+
+
+def _keys(cat: Catalog, kind: str | None = None) -> list[str]:
+    where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
+    return [r[0] for r in cat._query(f"SELECT key FROM eval_scores {where}", params)]
+
+
+def _close(a, b, path: str = "") -> None:
+    """``a == b`` with floats equal to 1e-6 (recursively), naming the first path that differs."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b)), (path, a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), (path, a.keys(), b.keys())
+        for k in a:
+            _close(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), (path, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}/{i}")
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The evaluation tests' tiny two-domain profile, trained, its meta-router trained, 1-shot demo_math
+    (each document's shots come from one seeded random stream), K = 2, batch 4, eval.shards 2; the
+    catalog as it is before any evaluation is kept beside it (``trained.duckdb``)."""
+    from brainstacks_core.routing.run import route_profile
+
+    tmp = tmp_path_factory.mktemp("evalfanout")
+    cfg = eval_profile(tmp)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["eval"].update(num_fewshot={"demo_math": 1}, max_gen_toks=8, flush_forwards=K, batch_size=B, shards=2)
+    cfg.write_text(yaml.safe_dump(raw))
+    profile = load_profile(cfg, artifact_root=tmp / "art")
+    cat = Catalog(profile.catalog_path)
+    prepare_all(profile.context, profile.data, catalog=cat)
+    train_profile(profile.training_setup, catalog=cat)
+    route_profile(profile.routing_setup, "main", cat, progress=False)
+    shutil.copy(profile.catalog_path, tmp / "trained.duckdb")
+    return cfg, profile, tmp
+
+
+def _cold(profile, tmp: Path) -> Catalog:
+    """The trained catalog with no evaluation in it, and no evaluation files in the store."""
+    shutil.copy(tmp / "trained.duckdb", profile.catalog_path)
+    shutil.rmtree(profile.context.store / "eval", ignore_errors=True)
+    return Catalog(profile.catalog_path)
+
+
+def test_document_ranges_partition_every_task():
+    for n in range(0, 23):
+        for shards in range(1, 6):
+            ranges = [doc_range(n, s, shards) for s in range(shards)]
+            assert [i for a, b in ranges for i in range(a, b)] == list(range(n))  # all, once, in order
+            assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1  # balanced
+
+
+class CountingCatalog(Catalog):
+    """A real catalog that remembers how many score rows (not routing rows) each write carried."""
+
+    writes: list[int] = []
+
+    def record_eval_scores(self, rows, models=None):
+        type(self).writes.append(int((rows["kind"] != "route").sum()))
+        super().record_eval_scores(rows, models)
+
+
+@pytest.mark.slow
+def test_shards_fill_the_cache_and_the_parent_computes_nothing(trained):
+    from brainstacks_core.evaluation.run import evaluate_profile
+
+    cfg, profile, tmp = trained
+    setup = profile.eval_setup
+    cat = _cold(profile, tmp)
+    before = set(_keys(cat))
+    ref_path = tmp / "reference.duckdb"
+    shutil.copy(profile.catalog_path, ref_path)
+    ref = Catalog(ref_path)
+    one = evaluate_profile(setup, "main", ref, progress=False)  # the one-process evaluation
+    assert set(one["per_mode"]) == {"base", "ungated", "routed"} and not one["skipped"]
+    ref_results = Path(one["results"]).read_bytes()
+    ref_keys = set(_keys(ref)) - before
+    assert one["computed"] == len(set(_keys(ref, "loglikelihood")) | set(_keys(ref, "generate_until"))) > 0
+
+    CountingCatalog.writes = []
+    counting = CountingCatalog(profile.catalog_path)
+    outs = [run_eval_shard(setup, "main", s, 2, counting) for s in range(2)]
+    print("DEBUG", one["computed"], one["reused"], one["per_mode"], [(o["computed"], o["reused"], o["requests"], o["forwards"], o["writes"]) for o in outs])
+    assert all(o["computed"] > 0 for o in outs)
+    assert sum(o["computed"] for o in outs) == one["computed"]  # the shards split the requests, no overlap
+    assert set(_keys(cat)) - before == ref_keys  # the same cache keys as the one-process run (routing too)
+    units = sorted(tuple(u) for o in outs for u in o["units"])
+    assert len(units) == 2 * 3 * 2  # 2 shards x 3 modes x 2 tasks: one document range each
+    assert max(CountingCatalog.writes) <= K * B  # at most K forwards of rows per write
+    assert sum(o["forwards"] for o in outs) <= sum(o["writes"] for o in outs) * K
+    assert evaluation_is_current(setup, "main", ref) and not evaluation_is_current(setup, "main", cat)
+
+    out = evaluate_profile(setup, "main", cat, progress=False)
+    assert out["computed"] == 0 and out["reused"] == one["computed"] + one["reused"]
+    assert all(c["computed"] == 0 and c["routes_computed"] == 0 for c in out["per_mode"].values())
+    assert out["version"] == one["version"]
+    got = Path(out["results"]).read_bytes()
+    _close(json.loads(got), json.loads(ref_results))  # the same results (to 1e-6; byte-equal when deterministic)
+    assert evaluation_is_current(setup, "main", cat)
+
+
+def _worker_pids(client) -> dict[str, int]:
+    return client.run(os.getpid)
+
+
+@pytest.mark.slow
+def test_evaluate_flow_fans_out_on_dask_and_survives_a_killed_worker(trained, harness, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    from flows.evaluate import evaluate
+
+    cfg, profile, tmp = trained
+    cat = _cold(profile, tmp)
+    before = set(_keys(cat))
+    ref_path = tmp / "reference-kill.duckdb"
+    shutil.copy(profile.catalog_path, ref_path)
+    expected = run_eval_shard(profile.eval_setup, "main", 0, 1, Catalog(ref_path))
+    ref_keys = set(_keys(Catalog(ref_path))) - before
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        monkeypatch.setenv("BRAINSTACKS_DASK_ADDRESS", cluster.scheduler_address)
+        killed: dict = {}
+
+        def kill_mid_eval() -> None:  # SIGKILL one worker once the shards have flushed some scores
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                n = len(_keys(cat)) - len(before)
+                busy = [w for w, tasks in client.processing().items() if tasks]
+                if 0 < n < len(ref_keys) and busy:
+                    pid = _worker_pids(client)[busy[0]]
+                    killed.update(pid=pid, rows_at_kill=n)
+                    os.kill(pid, signal.SIGKILL)
+                    return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_mid_eval, daemon=True)
+        killer.start()
+        out = evaluate(config_path=str(cfg), artifact_root=str(tmp / "art"))
+        killer.join(timeout=5)
+
+    assert killed, "no worker was killed mid-evaluation"
+    keys = _keys(cat)
+    assert len(keys) == len(set(keys))  # no duplicate key
+    assert set(keys) - before == ref_keys  # every score (and routing decision) once
+    assert len(keys) - len(before) == len(ref_keys) and expected["computed"] > 0
+    assert out["computed"] == 0 and all(c["routes_computed"] == 0 for c in out["per_mode"].values())
