@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from eval_helpers import VERSIONS, stacked
+from lm_eval.api.model import LM
+from test_eval_cache import _gsm8k_files
 from test_eval_flow import _profile as eval_profile
 
 from brainstacks_core.data.pipeline import prepare_all
@@ -83,6 +86,98 @@ def test_document_ranges_partition_every_task():
             assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1  # balanced
 
 
+class Recorder(LM):
+    """A harness model that answers nothing useful and records every request it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple] = []
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self.seen += [("loglikelihood", r.doc_id, r.args) for r in requests]
+        return [(0.0, False) for _ in requests]
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        self.seen += [("generate_until", r.doc_id, r.args[0], json.dumps(r.args[1], sort_keys=True)) for r in requests]
+        return ["" for _ in requests]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError
+
+
+def test_shard_requests_are_the_one_process_requests_few_shot_included(tmp_path):
+    """GSM8K 5-shot (shots from its train split) and demo_math 2-shot (from its test split): the shards'
+    requests, contexts with their shots included, are exactly the one-process evaluation's, split with no
+    overlap; lm-eval's own ``samples=`` slicing would give other contexts (one random stream of shots)."""
+    from lm_eval import evaluator
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from brainstacks_core.evaluation.config import EvalConfig
+    from brainstacks_core.evaluation.harness import seeded
+    from brainstacks_core.evaluation.shards import owned, score_requests, task_requests
+    from brainstacks_core.evaluation.suite import task_specs
+
+    cfg = EvalConfig(tasks=("gsm8k", "demo_math"), num_fewshot={"demo_math": 2}, demo_items=9, max_gen_toks=4)
+    manager = TaskManager(include_defaults=False)
+    for spec in task_specs(cfg, cfg.tasks, _gsm8k_files(tmp_path), tmp_path / "converted"):
+        whole = Recorder()
+        evaluator.evaluate(whole, seeded(get_task_dict([spec.config], manager)), limit=7, bootstrap_iters=0)
+        parts = []
+        for shard in range(3):
+            lm = Recorder()
+            mine, (start, stop) = owned(task_requests(spec, 7, manager), shard, 3)
+            score_requests(lm, mine)
+            assert {r[1] for r in lm.seen} == set(range(start, stop)), spec.name
+            parts.append(lm.seen)
+        assert sorted(r for p in parts for r in p) == sorted(whole.seen), spec.name  # the same, each once
+        sliced = Recorder()  # the naive split: lm-eval builds only shard 2's documents
+        docs = sorted({r[1] for r in parts[2]})
+        evaluator.evaluate(sliced, seeded(get_task_dict([spec.config], manager)), samples={spec.name: docs},
+                           bootstrap_iters=0)
+        assert sorted(sliced.seen) != sorted(parts[2]), spec.name  # other shots: other contexts, other keys
+
+
+def test_scores_are_flushed_every_k_forwards_and_a_crash_loses_at_most_k(tmp_path, monkeypatch):
+    """``flush_forwards`` K: each write carries the rows of at most K forwards; a call that dies after two
+    flushes leaves them in the catalog, and the retry computes only the rest, with the same values."""
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from brainstacks_core.evaluation.config import EvalConfig
+    from brainstacks_core.evaluation.model import BrainstacksLM
+    from brainstacks_core.evaluation.shards import task_requests
+    from brainstacks_core.evaluation.suite import task_specs
+
+    _, model, tok = stacked()
+    spec = task_specs(EvalConfig(demo_items=12), ["demo_math"], tmp_path, tmp_path / "converted")[0]
+    reqs = task_requests(spec, None, TaskManager(include_defaults=False))  # 12 docs x 4 choices
+    kw = dict(mode="ungated", base_fingerprint="b", stack_versions=VERSIONS, batch_size=B, request_bars=False)
+    plain = BrainstacksLM(model, tok, catalog=Catalog(tmp_path / "plain.duckdb"), **kw).loglikelihood(reqs)
+
+    CountingCatalog.writes = []
+    cat = CountingCatalog(tmp_path / "flushed.duckdb")
+    real, calls = HFLM.loglikelihood, []
+
+    def dies_on_the_third_chunk(self, requests, disable_tqdm=False):
+        calls.append(len(requests))
+        if len(calls) == 3:
+            raise RuntimeError("worker killed")
+        return real(self, requests, disable_tqdm=disable_tqdm)
+
+    monkeypatch.setattr(HFLM, "loglikelihood", dies_on_the_third_chunk)
+    with pytest.raises(RuntimeError):
+        BrainstacksLM(model, tok, catalog=cat, flush_forwards=K, **kw).loglikelihood(reqs)
+    assert calls[:2] == [K * B, K * B] and CountingCatalog.writes == [K * B, K * B]  # two flushes survive
+    assert len(_keys(cat)) == 2 * K * B
+    monkeypatch.setattr(HFLM, "loglikelihood", real)
+    lm = BrainstacksLM(model, tok, catalog=cat, flush_forwards=K, **kw)
+    again = lm.loglikelihood(reqs)
+    assert (lm.computed, lm.reused) == (len(reqs) - 2 * K * B, 2 * K * B)
+    assert max(CountingCatalog.writes) <= K * B and lm.forwards <= K * lm.writes
+    for (a, x), (b, y) in zip(again, plain):
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5) and x == y
+
+
 class CountingCatalog(Catalog):
     """A real catalog that remembers how many score rows (not routing rows) each write carried."""
 
@@ -113,9 +208,9 @@ def test_shards_fill_the_cache_and_the_parent_computes_nothing(trained):
     CountingCatalog.writes = []
     counting = CountingCatalog(profile.catalog_path)
     outs = [run_eval_shard(setup, "main", s, 2, counting) for s in range(2)]
-    print("DEBUG", one["computed"], one["reused"], one["per_mode"], [(o["computed"], o["reused"], o["requests"], o["forwards"], o["writes"]) for o in outs])
     assert all(o["computed"] > 0 for o in outs)
     assert sum(o["computed"] for o in outs) == one["computed"]  # the shards split the requests, no overlap
+    assert sum(o["reused"] for o in outs) == one["reused"]
     assert set(_keys(cat)) - before == ref_keys  # the same cache keys as the one-process run (routing too)
     units = sorted(tuple(u) for o in outs for u in o["units"])
     assert len(units) == 2 * 3 * 2  # 2 shards x 3 modes x 2 tasks: one document range each
