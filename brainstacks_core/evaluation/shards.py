@@ -72,7 +72,10 @@ def _harness_tasks(task_dict: dict) -> list:
         return list(task_dict["tasks"].values())
     out = []
     for value in task_dict.values():
-        out += _harness_tasks(value) if isinstance(value, dict) else [value] if hasattr(value, "build_all_requests") else []
+        if isinstance(value, dict):
+            out += _harness_tasks(value)
+        elif hasattr(value, "build_all_requests"):
+            out.append(value)
     return out
 
 
@@ -146,9 +149,8 @@ def run_eval_shard(setup: EvalSetup, run_name: str, shard: int, n_shards: int, c
                     score_requests(lm, reqs)
                     units.append([p, mode, name, start, stop])
                     counts["requests"] += len(reqs)
-                for k, attr in (("computed", "computed"), ("reused", "reused"), ("forwards", "forwards"),
-                                ("writes", "writes"), ("routes_computed", "routes_computed")):
-                    counts[k] += getattr(lm, attr)
+                for k in ("computed", "reused", "forwards", "writes", "routes_computed"):
+                    counts[k] += getattr(lm, k)
     out = {"shard": shard, "n_shards": n_shards, "units": units, **counts, "skipped": skipped,
            "load_seconds": round(load_s, 3), "seconds": round(time.perf_counter() - t0, 3)}
     log.info("eval shard %d/%d: %d units, %d requests, %d computed, %d reused, %d forwards in %d writes "
