@@ -53,14 +53,17 @@ def _close(a, b, path: str = "") -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The evaluation tests' tiny two-domain profile, trained, its meta-router trained, 1-shot demo_math
-    (each document's shots come from one seeded random stream), K = 2, batch 4, eval.shards 2; the
-    catalog as it is before any evaluation is kept beside it (``trained.duckdb``)."""
+    (each document's shots come from one seeded random stream), the paper protocol beside lm-eval's,
+    K = 2, batch 4, eval.shards 2; the catalog as it is before any evaluation is kept beside it
+    (``trained.duckdb``)."""
     from brainstacks_core.routing.run import route_profile
 
     tmp = tmp_path_factory.mktemp("evalfanout")
     cfg = eval_profile(tmp)
     raw = yaml.safe_load(cfg.read_text())
-    raw["eval"].update(num_fewshot={"demo_math": 1}, max_gen_toks=8, flush_forwards=K, batch_size=B, shards=2)
+    raw["eval"].update(num_fewshot={"demo_math": 1}, max_gen_toks=8, flush_forwards=K, batch_size=B, shards=2,
+                       protocols=["lm-eval", "paper"],
+                       paper={"tasks": ["demo_math"], "modes": ["base", "routed"], "limit": 4})
     cfg.write_text(yaml.safe_dump(raw))
     profile = load_profile(cfg, artifact_root=tmp / "art")
     cat = Catalog(profile.catalog_path)
@@ -200,30 +203,34 @@ def test_shards_fill_the_cache_and_the_parent_computes_nothing(trained):
     shutil.copy(profile.catalog_path, ref_path)
     ref = Catalog(ref_path)
     one = evaluate_profile(setup, "main", ref, progress=False)  # the one-process evaluation
+    assert list(one["protocols"]) == ["lm-eval", "paper"]
     assert set(one["per_mode"]) == {"base", "ungated", "routed"} and not one["skipped"]
-    ref_results = Path(one["results"]).read_bytes()
+    ref_results = {p: Path(o["results"]).read_bytes() for p, o in one["protocols"].items()}
     ref_keys = set(_keys(ref)) - before
-    assert one["computed"] == len(set(_keys(ref, "loglikelihood")) | set(_keys(ref, "generate_until"))) > 0
+    computed = sum(o["computed"] for o in one["protocols"].values())
+    reused = sum(o["reused"] for o in one["protocols"].values())
+    assert computed == len(set(_keys(ref, "loglikelihood")) | set(_keys(ref, "generate_until"))) > 0
 
     CountingCatalog.writes = []
     counting = CountingCatalog(profile.catalog_path)
     outs = [run_eval_shard(setup, "main", s, 2, counting) for s in range(2)]
     assert all(o["computed"] > 0 for o in outs)
-    assert sum(o["computed"] for o in outs) == one["computed"]  # the shards split the requests, no overlap
-    assert sum(o["reused"] for o in outs) == one["reused"]
+    assert sum(o["computed"] for o in outs) == computed  # the shards split the requests, no overlap
+    assert sum(o["reused"] for o in outs) == reused
     assert set(_keys(cat)) - before == ref_keys  # the same cache keys as the one-process run (routing too)
     units = sorted(tuple(u) for o in outs for u in o["units"])
-    assert len(units) == 2 * 3 * 2  # 2 shards x 3 modes x 2 tasks: one document range each
+    assert len(units) == 2 * (3 * 2 + 2 * 1)  # 2 shards x (lm-eval: 3 modes x 2 tasks; paper: 2 x 1)
     assert max(CountingCatalog.writes) <= K * B  # at most K forwards of rows per write
     assert sum(o["forwards"] for o in outs) <= sum(o["writes"] for o in outs) * K
     assert evaluation_is_current(setup, "main", ref) and not evaluation_is_current(setup, "main", cat)
 
     out = evaluate_profile(setup, "main", cat, progress=False)
-    assert out["computed"] == 0 and out["reused"] == one["computed"] + one["reused"]
-    assert all(c["computed"] == 0 and c["routes_computed"] == 0 for c in out["per_mode"].values())
-    assert out["version"] == one["version"]
-    got = Path(out["results"]).read_bytes()
-    _close(json.loads(got), json.loads(ref_results))  # the same results (to 1e-6; byte-equal when deterministic)
+    for p, o in out["protocols"].items():
+        assert o["computed"] == 0 and o["version"] == one["protocols"][p]["version"]
+        assert all(c["computed"] == 0 and c.get("routes_computed", 0) == 0 for c in o["per_mode"].values())
+        got = Path(o["results"]).read_bytes()  # the same results (to 1e-6; byte-equal when deterministic)
+        _close(json.loads(got), json.loads(ref_results[p]))
+    assert sum(o["reused"] for o in out["protocols"].values()) == computed + reused
     assert evaluation_is_current(setup, "main", cat)
 
 
@@ -272,4 +279,5 @@ def test_evaluate_flow_fans_out_on_dask_and_survives_a_killed_worker(trained, ha
     assert len(keys) == len(set(keys))  # no duplicate key
     assert set(keys) - before == ref_keys  # every score (and routing decision) once
     assert len(keys) - len(before) == len(ref_keys) and expected["computed"] > 0
-    assert out["computed"] == 0 and all(c["routes_computed"] == 0 for c in out["per_mode"].values())
+    for o in out["protocols"].values():
+        assert o["computed"] == 0 and all(c["routes_computed"] == 0 for c in o["per_mode"].values())
