@@ -21,8 +21,8 @@ harness's code. It adds two things around HFLM's ``loglikelihood`` and
   worker loses at most K forwards (the evaluation fan-out's shards rely on it).
 * **A routing cache.** In ``routed`` mode each distinct context's domain weights
   are stored under (router version, domain -> stacks map, context) in the same
-  table (kind ``route``),
-  so a re-run does not run the router's feature forwards either.
+  table (kind ``route``), so a re-run does not run the router's feature forwards
+  either (with ``flush_forwards`` K, written every K x batch size contexts).
 * **Retention.** Each stored row names its identity (the effective model, or the
   router version for a routing decision), and ``eval_models`` records what each
   identity is made of (base fingerprint, stack versions on; the router version), so
@@ -91,7 +91,8 @@ class BrainstacksLM(HFLM):
         flush_forwards: computed scores are written to the catalog after at most this many
             forwards (K; ``eval.flush_forwards``): each call's cache misses run as HFLM calls of at
             most K x ``batch_size`` requests, each stored as soon as it returns, so a worker killed
-            mid-call loses at most K forwards. ``None``: one write at the end of each call.
+            mid-call loses at most K forwards (routing decisions likewise, every K x ``batch_size``
+            contexts). ``None``: one write at the end of each call.
 
     Attributes:
         computed: requests actually run through the model (cache misses) since construction.
@@ -143,11 +144,15 @@ class BrainstacksLM(HFLM):
         stored = self.catalog.eval_scores(list(keys.values())) if self.catalog is not None else {}
         routed = {c: json.loads(stored[keys[c]]) for c in unique if keys[c] in stored}
         todo = [c for c in unique if c not in routed]
-        routed.update(zip(todo, stack_weights(self.router, self.domain_stacks, todo)))
-        if self.catalog is not None and todo:
-            self.catalog.record_eval_scores(pd.DataFrame(
-                {"key": [keys[c] for c in todo], "kind": "route", "value": [json.dumps(routed[c]) for c in todo],
-                 "identity": self.router.version}), models={self.router.version: [self.router.version]})
+        size = max(1, self.flush_forwards * int(self.batch_size) if self.flush_forwards else len(todo))
+        for start in range(0, len(todo), size):  # like scores: written every K x batch_size contexts
+            chunk = todo[start:start + size]
+            routed.update(zip(chunk, stack_weights(self.router, self.domain_stacks, chunk)))
+            if self.catalog is not None:
+                self.catalog.record_eval_scores(pd.DataFrame(
+                    {"key": [keys[c] for c in chunk], "kind": "route",
+                     "value": [json.dumps(routed[c]) for c in chunk], "identity": self.router.version}),
+                    models={self.router.version: [self.router.version]})
         self.routes_computed += len(todo)
         self.routes_reused += len(unique) - len(todo)
         return [{s: w for s, w in routed[c].items() if w != 0.0} for c in contexts]
