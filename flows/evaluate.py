@@ -13,30 +13,24 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow  # noqa: E402
-from pydantic import Field  # noqa: E402
 
-from brainstacks_core.evaluation.config import MODES, PROTOCOLS  # noqa: E402
 from brainstacks_core.evaluation.protocol import check_protocols, protocol_config  # noqa: E402
 from brainstacks_core.evaluation.record import counts_line  # noqa: E402
-from brainstacks_core.evaluation.suite import GROUPS, available, check_request  # noqa: E402
+from brainstacks_core.evaluation.suite import check_request  # noqa: E402
 from brainstacks_core.evaluation.task_data import BenchmarkFileError  # noqa: E402
 from brainstacks_core.lineage.store_sync import check_store  # noqa: E402
 from brainstacks_core.profile import load_profile  # noqa: E402
+from flows.eval_fanout import run_eval_fanout  # noqa: E402
+from flows.eval_params import EvalMode, EvalProtocol, EvalTask, ItemLimit  # noqa: E402
 from flows.gpu import gpu_slot  # noqa: E402
 from flows.params import ProfilePath, RunName  # noqa: E402
 from tasks.evaluation import evaluate_task  # noqa: E402
 from tasks.lineage import eval_inputs, lineage_hooks  # noqa: E402
-
-# Choices the Prefect form offers (the core names an unknown one: check_request).
-EvalMode = Annotated[str, Field(json_schema_extra={"enum": list(MODES)})]
-EvalTask = Annotated[str, Field(json_schema_extra={"enum": [*available(), *GROUPS]})]
-EvalProtocol = Annotated[str, Field(json_schema_extra={"enum": list(PROTOCOLS)})]
 
 
 def check_protocol_request(profile, protocols: list[str] | None, modes: list[str] | None,
@@ -54,7 +48,7 @@ def check_protocol_request(profile, protocols: list[str] | None, modes: list[str
 @flow(name="evaluate", **lineage_hooks(eval_inputs))
 def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName = "main",
              modes: list[EvalMode] | None = None, tasks: list[EvalTask] | None = None,
-             limit: Annotated[int, Field(ge=1)] | None = None, artifact_root: str | None = None,
+             limit: ItemLimit | None = None, artifact_root: str | None = None,
              protocols: list[EvalProtocol] | None = None) -> dict:
     """Score a trained run on lm-evaluation-harness in base, ungated and routed modes.
 
@@ -75,6 +69,8 @@ def evaluate(config_path: ProfilePath = "configs/demo.yaml", run_name: RunName =
     profile = load_profile(config_path, artifact_root)
     check_store(profile.context)  # an unreachable object store: one clear error first
     protocols = check_protocol_request(profile, protocols, modes, tasks)  # fail before the task starts
+    # eval.shards != 1: shards on Dask workers fill the score cache first (flows/eval_fanout.py)
+    run_eval_fanout(profile, run_name, config_path, artifact_root, modes or None, tasks or None, limit, protocols)
     with gpu_slot():  # lm-eval runs the base on the GPU: one run per GPU (re-entrant inside a flow holding it)
         return evaluate_task(profile, run_name, modes or None, tasks or None, limit, protocols)
 

@@ -81,3 +81,22 @@ def evaluate_task(profile: Profile, run_name: str = "main",
             "skipped", "report")
     return {**{k: out[k] for k in keep if k in out},
             "protocols": {p: {k: o[k] for k in keep if k in o} for p, o in by_protocol.items()}}
+
+
+@task(name="eval-shard", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_request_error,
+      cache_policy=NO_CACHE)
+def eval_shard_task(profile: Profile, run_name: str, shard: int, n_shards: int, modes: list[str] | None = None,
+                    tasks: list[str] | None = None, limit: int | None = None,
+                    protocols: list[str] | None = None) -> dict:
+    """One shard of a run's benchmark evaluation (its (mode, task, document range) units' request scores into
+    the shared catalog); see ``brainstacks_core.evaluation.shards``. Retried on failure; Dask re-runs it on
+    another worker when its worker dies, and the retry reuses every score the dead one flushed."""
+    from brainstacks_core.evaluation.shards import run_eval_shard
+
+    out = run_eval_shard(profile.eval_setup, run_name, shard, n_shards, Catalog.for_context(profile.context),
+                         modes=modes, tasks=tasks, limit=limit, protocols=protocols)
+    get_run_logger().info("eval shard %d/%d: %d units, %d requests, %d computed, %d reused, %d forwards in %d "
+                          "writes, load %.1f s of %.1f s", shard, n_shards, len(out["units"]), out["requests"],
+                          out["computed"], out["reused"], out["forwards"], out["writes"], out["load_seconds"],
+                          out["seconds"])
+    return out

@@ -81,6 +81,13 @@ class EvalConfig(BaseModel):
     power: float = Field(0.8, gt=0, lt=1, description="Power at which the minimum detectable difference is "
                                                       "computed.")
     demo_items: int = Field(60, ge=4, description="Items per generated demo task.")
+    flush_forwards: int = Field(8, ge=1, description="Computed request scores are written to the catalog after "
+                                                     "at most this many forwards (K), so a worker killed "
+                                                     "mid-evaluation loses at most K forwards of work.")
+    shards: int = Field(1, ge=0, description="Evaluation fan-out: the (task, mode, document range) units of one "
+                                             "evaluation run as shards on a Dask cluster (prefect-dask; "
+                                             "router.dask_address), each loading the run once; 1: no fan-out; "
+                                             "0: one per worker of the cluster.")
     protocols: tuple[Protocol, ...] = Field(("lm-eval",), description="Evaluation protocols run, each with its "
                                                                       "own results, artifact and table: "
                                                                       "lm-eval (the standard, the default) "

@@ -16,11 +16,13 @@ harness's code. It adds two things around HFLM's ``loglikelihood`` and
   request kind and its arguments. Keys already in the catalog's ``eval_scores``
   table are returned without a forward pass; only unseen requests are computed.
   So a re-run scores nothing, and a changed stack re-scores exactly the requests
-  whose effective model contains it.
+  whose effective model contains it. With ``flush_forwards`` (K) the misses run in
+  chunks of K x batch size requests, each written as soon as it is scored: a killed
+  worker loses at most K forwards (the evaluation fan-out's shards rely on it).
 * **A routing cache.** In ``routed`` mode each distinct context's domain weights
   are stored under (router version, domain -> stacks map, context) in the same
-  table (kind ``route``),
-  so a re-run does not run the router's feature forwards either.
+  table (kind ``route``), so a re-run does not run the router's feature forwards
+  either (with ``flush_forwards`` K, written every K x batch size contexts).
 * **Retention.** Each stored row names its identity (the effective model, or the
   router version for a routing decision), and ``eval_models`` records what each
   identity is made of (base fingerprint, stack versions on; the router version), so
@@ -86,10 +88,17 @@ class BrainstacksLM(HFLM):
         per_row_batches: routed requests with different weights share HFLM's batches through
             per-row stack weights (:mod:`~brainstacks_core.evaluation.row_plan`); False: one HFLM
             call per distinct weight vector (the reference the parity test compares with).
+        flush_forwards: computed scores are written to the catalog after at most this many
+            forwards (K; ``eval.flush_forwards``): each call's cache misses run as HFLM calls of at
+            most K x ``batch_size`` requests, each stored as soon as it returns, so a worker killed
+            mid-call loses at most K forwards (routing decisions likewise, every K x ``batch_size``
+            contexts). ``None``: one write at the end of each call.
 
     Attributes:
         computed: requests actually run through the model (cache misses) since construction.
         reused: requests answered from the cache.
+        forwards: batches run through the model (HFLM ``_model_call`` / ``_model_generate`` calls).
+        writes: score writes to the catalog (one per flush).
         routes_computed: distinct contexts the router was run on (routed mode; cache misses).
         routes_reused: distinct contexts whose routing came from the cache.
     """
@@ -98,7 +107,7 @@ class BrainstacksLM(HFLM):
                  stack_versions: Mapping[str, str] | None = None, router: Router | None = None,
                  domain_stacks: Mapping[str, Sequence[str]] | None = None, catalog=None, batch_size: int = 8,
                  max_length: int | None = None, device: str | None = None, request_bars: bool = True,
-                 per_row_batches: bool = True) -> None:
+                 per_row_batches: bool = True, flush_forwards: int | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "routed" and (router is None or domain_stacks is None):
@@ -116,7 +125,11 @@ class BrainstacksLM(HFLM):
         self.request_bars = request_bars
         self.per_row_batches = per_row_batches
         self._row_plan: RowPlan | None = None
+        if flush_forwards is not None and flush_forwards < 1:
+            raise ValueError(f"flush_forwards must be >= 1 or None, got {flush_forwards}")
+        self.flush_forwards = flush_forwards
         self.computed = self.reused = self.routes_computed = self.routes_reused = 0
+        self.forwards = self.writes = 0
 
     # ------------------------------------------------------------ identity
     def weights_for(self, contexts: Sequence[str]) -> list[dict[str, float]]:
@@ -131,11 +144,15 @@ class BrainstacksLM(HFLM):
         stored = self.catalog.eval_scores(list(keys.values())) if self.catalog is not None else {}
         routed = {c: json.loads(stored[keys[c]]) for c in unique if keys[c] in stored}
         todo = [c for c in unique if c not in routed]
-        routed.update(zip(todo, stack_weights(self.router, self.domain_stacks, todo)))
-        if self.catalog is not None and todo:
-            self.catalog.record_eval_scores(pd.DataFrame(
-                {"key": [keys[c] for c in todo], "kind": "route", "value": [json.dumps(routed[c]) for c in todo],
-                 "identity": self.router.version}), models={self.router.version: [self.router.version]})
+        size = max(1, self.flush_forwards * int(self.batch_size) if self.flush_forwards else len(todo))
+        for start in range(0, len(todo), size):  # like scores: written every K x batch_size contexts
+            chunk = todo[start:start + size]
+            routed.update(zip(chunk, stack_weights(self.router, self.domain_stacks, chunk)))
+            if self.catalog is not None:
+                self.catalog.record_eval_scores(pd.DataFrame(
+                    {"key": [keys[c] for c in chunk], "kind": "route",
+                     "value": [json.dumps(routed[c]) for c in chunk], "identity": self.router.version}),
+                    models={self.router.version: [self.router.version]})
         self.routes_computed += len(todo)
         self.routes_reused += len(unique) - len(todo)
         return [{s: w for s, w in routed[c].items() if w != 0.0} for c in contexts]
@@ -165,42 +182,72 @@ class BrainstacksLM(HFLM):
         stored = self.catalog.eval_scores(keys) if self.catalog is not None else {}
         out: list = [decode(stored[k]) if k in stored else None for k in keys]
         todo = [i for i, k in enumerate(keys) if k not in stored]
-        groups: dict[str, list[int]] = {}
-        for i in todo:
-            groups.setdefault(json.dumps(sorted(weights[i].items())), []).append(i)
-        new_rows = []
-        plan = None
-        if len(groups) > 1 and self.per_row_batches:
-            planner = plan_generation if kind == "generate_until" else plan_loglikelihood
-            plan = planner(self, [requests[i] for i in todo], [weights[i] for i in todo], stack_ids(self.model))
-        if plan is not None:  # one HFLM call: every batch carries its rows' own weights
-            self._row_plan = plan
-            try:
-                with weighted(self.model, {}):
-                    batches = [todo]
-                    results = compute([requests[i] for i in todo], disable_tqdm or not self.request_bars)
-            finally:
-                self._row_plan = None
-        else:
-            batches, results = list(groups.values()), []
-            for group in batches:
-                with weighted(self.model, weights[group[0]]):
-                    results += compute([requests[i] for i in group], disable_tqdm or not self.request_bars)
-        for i, res in zip([i for b in batches for i in b], results):
-            out[i] = res
-            new_rows.append({"key": keys[i], "kind": kind, "value": encode(res), "identity": idents[i]})
-        if self.catalog is not None and new_rows:
-            models = {idents[i]: self.depends(weights[i]) for i in todo}
-            self.catalog.record_eval_scores(pd.DataFrame(new_rows).drop_duplicates("key"), models=models)
+        # at most K forwards between two writes: the misses run in chunks of K x batch_size requests
+        size = max(1, self.flush_forwards * int(self.batch_size) if self.flush_forwards else len(todo))
+        pending: list[int] = []
+        n_groups, shared = 0, False
+        for start in range(0, len(todo), size):
+            pieces, groups = self._pieces(kind, requests, todo[start:start + size], weights)
+            n_groups, shared = max(n_groups, groups), shared or pieces[0][1] is not None
+            for piece, plan in pieces:
+                for i, res in zip(piece, self._compute(requests, piece, plan, weights, compute, disable_tqdm)):
+                    out[i] = res
+                pending += piece
+                if self.flush_forwards:
+                    self._store(kind, pending, keys, idents, weights, out, encode)
+                    pending = []
+        self._store(kind, pending, keys, idents, weights, out, encode)
         self.computed += len(todo)
         self.reused += len(requests) - len(todo)
         log.info("%s %s: %d requests, %d computed, %d from cache, %d routing groups%s", self.mode, kind,
-                 len(requests), len(todo), len(requests) - len(todo), len(groups),
-                 " in shared batches (per-row weights)" if plan is not None else "")
+                 len(requests), len(todo), len(requests) - len(todo), n_groups,
+                 " in shared batches (per-row weights)" if shared else "")
         return out
+
+    def _pieces(self, kind: str, requests: list, chunk: list[int], weights: list) -> tuple[list, int]:
+        """How one chunk of cache misses runs: ``([(indices, row plan or None), ...], routing groups)``.
+
+        One HFLM call with per-row weights when the chunk's requests are routed differently and a
+        row plan exists; else one call per distinct weight vector (each no longer than the chunk).
+        """
+        groups: dict[str, list[int]] = {}
+        for i in chunk:
+            groups.setdefault(json.dumps(sorted(weights[i].items())), []).append(i)
+        if len(groups) > 1 and self.per_row_batches:
+            planner = plan_generation if kind == "generate_until" else plan_loglikelihood
+            plan = planner(self, [requests[i] for i in chunk], [weights[i] for i in chunk], stack_ids(self.model))
+            if plan is not None:
+                return [(chunk, plan)], len(groups)
+        return [(g, None) for g in groups.values()], len(groups)
+
+    def _compute(self, requests: list, piece: list[int], plan: RowPlan | None, weights: list, compute,
+                 disable_tqdm: bool) -> list:
+        """HFLM's results for ``requests[piece]``: under the row plan, or all at ``weights[piece[0]]``."""
+        reqs, quiet = [requests[i] for i in piece], disable_tqdm or not self.request_bars
+        if plan is None:
+            with weighted(self.model, weights[piece[0]]):
+                return compute(reqs, quiet)
+        self._row_plan = plan  # one HFLM call: every batch carries its rows' own weights
+        try:
+            with weighted(self.model, {}):
+                return compute(reqs, quiet)
+        finally:
+            self._row_plan = None
+
+    def _store(self, kind: str, idx: list[int], keys: list[str], idents: list[str], weights: list, out: list,
+               encode) -> None:
+        """Write the computed results ``out[idx]`` to the score cache (present keys are kept)."""
+        if self.catalog is None or not idx:
+            return
+        rows = pd.DataFrame({"key": [keys[i] for i in idx], "kind": kind, "value": [encode(out[i]) for i in idx],
+                             "identity": [idents[i] for i in idx]})
+        self.catalog.record_eval_scores(rows.drop_duplicates("key"),
+                                        models={idents[i]: self.depends(weights[i]) for i in idx})
+        self.writes += 1
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         """HFLM's forward; under a row plan each row runs with its own request's stack weights."""
+        self.forwards += 1
         if self._row_plan is None:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         with row_weights(self.model, self._row_plan.stack_ids, self._row_plan.weights(inps)):
@@ -208,6 +255,7 @@ class BrainstacksLM(HFLM):
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         """HFLM's greedy generation; under a row plan each row keeps its request's weights for every step."""
+        self.forwards += 1
         if self._row_plan is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         w = self._row_plan.weights(context, generation_kwargs.get("attention_mask"))

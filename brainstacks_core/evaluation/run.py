@@ -40,6 +40,22 @@ from brainstacks_core.training.trained_run import load_base_only, load_run
 log = logging.getLogger(__name__)
 
 
+def mode_lm(model, tokenizer, cfg: EvalConfig, mode: str, *, base_fingerprint: str,
+            stack_versions: Mapping[str, str], router: Router | None = None,
+            domain_stacks: Mapping[str, Sequence[str]] | None = None, catalog=None,
+            request_bars: bool = False) -> BrainstacksLM:
+    """The harness model of one mode, as every evaluation path builds it (the one-process evaluation and
+    the fan-out's shards: their requests, and so their cache keys, are the same).
+
+    ``cfg`` is the protocol's settings (:func:`~brainstacks_core.evaluation.protocol.protocol_config`):
+    batch size, max length, and ``flush_forwards`` (K: scores are written every K forwards).
+    """
+    return BrainstacksLM(model, tokenizer, mode=mode, base_fingerprint=base_fingerprint,
+                         stack_versions=stack_versions, router=router if mode == "routed" else None,
+                         domain_stacks=domain_stacks, catalog=catalog, batch_size=cfg.batch_size,
+                         max_length=cfg.max_length, request_bars=request_bars, flush_forwards=cfg.flush_forwards)
+
+
 def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_name: str, store: Path,
                    data_dir: Path, base_fingerprint: str, stack_versions: Mapping[str, str],
                    domain_stacks: Mapping[str, Sequence[str]] | None = None, router: Router | None = None,
@@ -104,10 +120,8 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, *, profile_name: str, run_
         # re-seeded before each evaluate so every mode gets the same few-shot contexts
         task_dicts = {spec.name: get_task_dict([spec.config], manager) for spec in specs}
         for mode in modes:
-            lm = BrainstacksLM(model, tokenizer, mode=mode, base_fingerprint=base_fingerprint,
-                               stack_versions=stack_versions, router=router if mode == "routed" else None,
-                               domain_stacks=domain_stacks, catalog=catalog, batch_size=cfg.batch_size,
-                               max_length=cfg.max_length, request_bars=not progress)
+            lm = mode_lm(model, tokenizer, cfg, mode, base_fingerprint=base_fingerprint, stack_versions=stack_versions,
+                         router=router, domain_stacks=domain_stacks, catalog=catalog, request_bars=not progress)
             identities[mode] = lm.mode_identity()
             for spec in specs:
                 bar.set_postfix_str(f"{mode}/{spec.name}")
@@ -174,6 +188,56 @@ def combined(outs: Mapping[str, dict]) -> dict:
             "plots": [o["plot"] for o in outs.values() if o.get("plot")]}
 
 
+def eval_plan(cfg: EvalConfig, modes: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+              protocols: Sequence[str] | None = None) -> dict[str, tuple[list[str], list[str]]]:
+    """``{protocol: (modes, tasks)}`` of one evaluation: ``protocols`` (default ``eval.protocols``), each with
+    its own modes and tasks unless ``modes`` / ``tasks`` override them; protocols without tasks left out.
+
+    Raises:
+        ValueError: an unknown protocol, mode or task (named).
+    """
+    protocols = list(dict.fromkeys(protocols or cfg.protocols))
+    P.check_protocols(protocols)
+    plan = {}
+    for p in protocols:
+        scored = P.protocol_config(cfg, p)
+        plan[p] = (list(modes or scored.modes), list(tasks or scored.tasks))
+        check_request(*plan[p])
+    return {p: mt for p, mt in plan.items() if mt[1]}
+
+
+def resolve_data_dir(setup: EvalSetup) -> Path:
+    """``eval.data_dir``, a relative path resolved against the repository root (as data sources are)."""
+    cfg, ctx = setup.eval, setup.routing.run.context
+    return cfg.data_dir if cfg.data_dir.is_absolute() else (ctx.repo_root / cfg.data_dir).resolve()
+
+
+def load_for_eval(setup: EvalSetup, run_name: str, catalog, every_mode: set[str],
+                  router: Router | None = None) -> tuple[dict, Router | None, str]:
+    """The run to score (:func:`~brainstacks_core.training.trained_run.load_run`; the base alone before any
+    training when only ``base`` mode is asked for) and its router: ``(run, router or None, why not)``.
+
+    Raises:
+        FileNotFoundError: the run has not trained and a mode other than ``base`` is asked for.
+    """
+    from brainstacks_core.training.run import current_run_dir
+
+    train = setup.routing.run
+    try:
+        current_run_dir(train.context, run_name)
+        trained = True
+    except FileNotFoundError:
+        if every_mode != {"base"}:
+            raise
+        log.info("eval: run %s has not trained; base mode scores the base alone", run_name)
+        trained = False
+    run = load_run(train, run_name, catalog) if trained else load_base_only(train, catalog)
+    reason = ""
+    if "routed" in every_mode and router is None:
+        router, reason = run_router(setup.routing, run_name, run, catalog)
+    return run, router, reason
+
+
 def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, modes: Sequence[str] | None = None,
                      router: Router | None = None, tasks: Sequence[str] | None = None, limit: int | None = None,
                      run_ids: dict | None = None, progress: bool = True,
@@ -198,37 +262,16 @@ def evaluate_profile(setup: EvalSetup, run_name: str = "main", catalog=None, mod
         ValueError: an unknown mode, task or protocol (named), before any model is loaded.
         FileNotFoundError: the run has not trained (names the command), or a benchmark file is missing.
     """
-    from brainstacks_core.training.run import current_run_dir
-
-    cfg, train = setup.eval, setup.routing.run
-    ctx = train.context
-    protocols = list(dict.fromkeys(protocols or cfg.protocols))
-    P.check_protocols(protocols)
-    plan = {}
-    for p in protocols:
-        scored = P.protocol_config(cfg, p)
-        plan[p] = (list(modes or scored.modes), list(tasks or scored.tasks))
-        check_request(*plan[p])
-    plan = {p: mt for p, mt in plan.items() if mt[1]}
+    cfg, ctx = setup.eval, setup.routing.run.context
+    plan = eval_plan(cfg, modes, tasks, protocols)
     if not plan:
-        log.info("eval: profile %s lists no tasks for %s; nothing to do", ctx.name, ", ".join(protocols))
+        log.info("eval: profile %s lists no tasks for %s; nothing to do", ctx.name,
+                 ", ".join(protocols or cfg.protocols))
         return {"protocol": None, "version": None, "markdown": "", "plot": None, "plots": [], "results": None,
                 "summary": {}, "comparisons": [], "computed": 0, "reused": 0, "per_mode": {}, "protocols": {},
                 "skipped": {"all": "eval.tasks is empty"}}
-    every_mode = {m for ms, _ in plan.values() for m in ms}
-    data_dir = cfg.data_dir if cfg.data_dir.is_absolute() else (ctx.repo_root / cfg.data_dir).resolve()
-    try:
-        current_run_dir(ctx, run_name)
-        trained = True
-    except FileNotFoundError:
-        if every_mode != {"base"}:
-            raise
-        log.info("eval: run %s has not trained; base mode scores the base alone", run_name)
-        trained = False
-    run = load_run(train, run_name, catalog) if trained else load_base_only(train, catalog)
-    reason = ""
-    if "routed" in every_mode and router is None:
-        router, reason = run_router(setup.routing, run_name, run, catalog)
+    data_dir = resolve_data_dir(setup)
+    run, router, reason = load_for_eval(setup, run_name, catalog, {m for ms, _ in plan.values() for m in ms}, router)
     outs = {}
     for p, (ms, ts) in plan.items():
         outs[p] = evaluate_model(run["model"], run["tokenizer"], cfg, profile_name=ctx.name, run_name=run_name,

@@ -74,9 +74,10 @@ class RouterConfig(BaseModel):
                                                     "tasks on a Dask cluster (prefect-dask), each loading the base "
                                                     "once; 1: no fan-out (in the routing task); 0: one per worker "
                                                     "of the cluster.")
-    dask_address: str | None = Field(None, description="Oracle fan-out: the Dask scheduler (tcp://host:8786) whose "
-                                                       "workers run the shards ($BRAINSTACKS_DASK_ADDRESS wins); "
-                                                       "None: a local cluster of oracle_shards worker processes.")
+    dask_address: str | None = Field(None, description="Oracle and evaluation fan-out: the Dask scheduler "
+                                                       "(tcp://host:8786) whose workers run the shards "
+                                                       "($BRAINSTACKS_DASK_ADDRESS wins); None: a local cluster "
+                                                       "of one worker process per shard.")
     exhaustive_sample: int = Field(20, ge=0, description="Oracle: prompts also searched exhaustively over all "
                                                          "2^D combinations, to report the greedy search's regret.")
     prefix_seeds: bool = Field(True, description="Oracle: also try every curriculum prefix (chat, chat+code, ...) as "
