@@ -32,8 +32,8 @@ from brainstacks_core.lineage.context import StoreContext
 from brainstacks_core.lineage.migrate import migrate_catalog
 from brainstacks_core.lineage.publisher import PathPublisher
 from brainstacks_core.lineage.store_sync import blob_store, publish_pointer
-from brainstacks_core.routing.run import POINTER_KIND as ROUTING_KIND
-from brainstacks_core.routing.run import RESULT_FILE, routing_dir
+from brainstacks_core.routing.run_inputs import POINTER_KIND as ROUTING_KIND
+from brainstacks_core.routing.run_inputs import RESULT_FILE, routing_dir
 from brainstacks_core.training.published_run import publish_run
 
 log = logging.getLogger(__name__)

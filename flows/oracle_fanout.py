@@ -45,7 +45,7 @@ def run_oracle_fanout(profile: Profile, run_name: str = "main", config_path: str
         The shards' counts, or None when there was nothing to fan out (``oracle_shards: 1``, or the
         routing of this run is already current: the routing task then loads no model at all).
     """
-    from brainstacks_core.routing.run import routing_is_current
+    from brainstacks_core.routing.run_inputs import routing_is_current
 
     cfg = profile.router
     if cfg.oracle_shards == 1 or not cfg.enabled or routing_is_current(profile.routing_setup, run_name):

@@ -171,7 +171,7 @@ def evaluation_is_current(setup: EvalSetup, run_name: str, catalog, modes: Seque
     current once a router exists, even a stale one): the shards then find their scores cached.
     """
     from brainstacks_core.routing.router import router_uri
-    from brainstacks_core.routing.run import run_pointer
+    from brainstacks_core.routing.run_inputs import run_pointer
 
     if catalog is None:
         return False

@@ -33,7 +33,7 @@ from brainstacks_core.lineage.versioning import content_hash
 from brainstacks_core.routing.config import RoutingSetup
 from brainstacks_core.routing.oracle import discover, exhaustive_indices
 from brainstacks_core.routing.pair_loss import answerable
-from brainstacks_core.routing.run import oracle_pairs, routed_test_rows, run_pointer
+from brainstacks_core.routing.run_inputs import oracle_pairs, routed_test_rows, run_pointer
 
 log = logging.getLogger(__name__)
 
