@@ -61,3 +61,20 @@ def new_catalog(request, tmp_path):
     url = request.getfixturevalue("pg_server").url
     schema = "bs_t_" + os.urandom(6).hex()
     return lambda: Catalog(tmp_path / "unused.duckdb", url=url, pg_schema=schema)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (tests/s3_server.py), one per test module."""
+    from s3_server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """:func:`s3` with its ``AWS_*`` variables set for the test."""
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    return s3

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from dask_kill import kill_busy_worker_when
 from eval_helpers import VERSIONS, stacked
 from lm_eval.api.model import LM
 from test_eval_cache import _gsm8k_files
@@ -234,10 +231,6 @@ def test_shards_fill_the_cache_and_the_parent_computes_nothing(trained):
     assert evaluation_is_current(setup, "main", cat)
 
 
-def _worker_pids(client) -> dict[str, int]:
-    return client.run(os.getpid)
-
-
 @pytest.mark.slow
 def test_evaluate_flow_fans_out_on_dask_and_survives_a_killed_worker(trained, harness, monkeypatch):
     from distributed import Client, LocalCluster
@@ -255,22 +248,8 @@ def test_evaluate_flow_fans_out_on_dask_and_survives_a_killed_worker(trained, ha
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         monkeypatch.setenv("BRAINSTACKS_DASK_ADDRESS", cluster.scheduler_address)
-        killed: dict = {}
-
-        def kill_mid_eval() -> None:  # SIGKILL one worker once the shards have flushed some scores
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                n = len(_keys(cat)) - len(before)
-                busy = [w for w, tasks in client.processing().items() if tasks]
-                if 0 < n < len(ref_keys) and busy:
-                    pid = _worker_pids(client)[busy[0]]
-                    killed.update(pid=pid, rows_at_kill=n)
-                    os.kill(pid, signal.SIGKILL)
-                    return
-                time.sleep(0.2)
-
-        killer = threading.Thread(target=kill_mid_eval, daemon=True)
-        killer.start()
+        killer, killed = kill_busy_worker_when(client, lambda: len(_keys(cat)) - len(before), len(ref_keys),
+                                               poll_s=0.2)
         out = evaluate(config_path=str(cfg), artifact_root=str(tmp / "art"))
         killer.join(timeout=5)
 

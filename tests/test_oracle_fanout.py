@@ -3,11 +3,7 @@ computes nothing; a worker killed mid-oracle loses at most K forwards and leaves
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +15,7 @@ from brainstacks_core.lineage.catalog import Catalog
 from brainstacks_core.profile import load_profile
 from brainstacks_core.routing.oracle_shards import run_oracle_shard, shard_of, shard_rows
 from brainstacks_core.training.run import train_profile
+from dask_kill import kill_busy_worker_when
 from test_route_flow import _profile
 
 
@@ -82,10 +79,6 @@ def test_shards_fill_the_cache_and_the_parent_computes_nothing(tmp_path):
     assert out["summary"]["oracle"]["forwards"] == 0 and out["summary"]["oracle"]["computed"] == 0
 
 
-def _worker_pids(client) -> dict[str, int]:
-    return client.run(os.getpid)
-
-
 @pytest.mark.slow
 def test_fanout_on_dask_survives_a_killed_worker(tmp_path, monkeypatch):
     from distributed import Client, LocalCluster
@@ -102,22 +95,7 @@ def test_fanout_on_dask_survives_a_killed_worker(tmp_path, monkeypatch):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         monkeypatch.setenv("BRAINSTACKS_DASK_ADDRESS", cluster.scheduler_address)
-        killed: dict = {}
-
-        def kill_mid_oracle() -> None:  # SIGKILL one worker once the shards have flushed some rows
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                n = len(_keys(cat)) - before
-                busy = [w for w, tasks in client.processing().items() if tasks]
-                if 0 < n < expected and busy:
-                    pid = _worker_pids(client)[busy[0]]
-                    killed.update(pid=pid, rows_at_kill=n)
-                    os.kill(pid, signal.SIGKILL)
-                    return
-                time.sleep(0.3)
-
-        killer = threading.Thread(target=kill_mid_oracle, daemon=True)
-        killer.start()
+        killer, killed = kill_busy_worker_when(client, lambda: len(_keys(cat)) - before, expected)
         out = train_router(config_path=str(cfg), artifact_root=str(tmp_path / "art"))
         killer.join(timeout=5)
 

@@ -13,22 +13,9 @@ import pytest
 import yaml
 
 from brainstacks_core.files import sha256_file
-from brainstacks_core.lineage.blob_store import BlobIntegrityError, BlobStore, StoreUnreachableError
+from brainstacks_core.lineage.blob_store import BlobIntegrityError, BlobStore
 from brainstacks_core.lineage.storage_config import RemoteStore
-from s3_server import S3Server, free_port
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with S3Server() as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
-    return s3
+from s3_server import free_port
 
 
 @pytest.fixture(params=["s3", "file"])

@@ -12,23 +12,8 @@ import hashlib
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
-from s3_server import S3Server
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with S3Server() as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
-    return s3
 
 
 def _profile(root: Path, artifact_root: str | None, name: str = "moved") -> Path:
