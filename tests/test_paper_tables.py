@@ -9,32 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from brainstacks_core.files import png_is_current, png_text
+from test_training_run import _mini_profile as training_mini_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mini_profile(tmp_path: Path) -> Path:
-    """The demo profile cut down to two tiny domains (as tests/test_training_run.py), no RL, two rounds."""
-    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    raw["name"] = "mini"
-    raw["data"]["domains"] = ["chat", "math"]
-    raw["data"]["sources"] = {"chat": [{"kind": "generated", "generator": "chat", "rows": 90}],
-                              "math": [{"kind": "generated", "generator": "math", "rows": 120}]}
-    raw["data"]["max_rows_per_domain"] = 120
-    raw["base"]["tiny"].update(vocab_size=512, hidden_size=32, intermediate_size=64, pretrain_steps=5,
-                               pretrain_batch_size=4, seq_len=64)
-    raw["moe"].update(rank=4)
-    raw["training"].update(max_rounds=2, basis={"k": 4}, eval_rows=16, null_space_val_rows=16, rl={},
-                           sft={"max_steps": 6, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.003,
-                                "warmup_steps": 0, "max_length": 96})
-    (tmp_path / "configs").mkdir()
-    path = tmp_path / "configs" / "mini.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """tests/test_training_run.py's two tiny domains, no RL, two rounds."""
+    return training_mini_profile(tmp_path, max_rounds=2, rl={})
 
 
 def _eval_doc(store: Path) -> dict:

@@ -17,7 +17,8 @@ from brainstacks_core.training.run import train_profile
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _mini_profile(tmp_path: Path) -> Path:
+def _mini_profile(tmp_path: Path, **training) -> Path:
+    """The demo profile cut down to two tiny domains, one round; ``training`` overrides ``training:`` keys."""
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     raw["name"] = "mini"
     raw["data"]["domains"] = ["chat", "math"]
@@ -30,6 +31,7 @@ def _mini_profile(tmp_path: Path) -> Path:
     raw["training"].update(max_rounds=1, basis={"k": 4}, eval_rows=16, null_space_val_rows=16,
                            sft={"max_steps": 6, "eval_steps": 3, "batch_size": 8, "learning_rate": 0.003,
                                 "warmup_steps": 0, "max_length": 96})
+    raw["training"].update(training)
     cfg_dir = tmp_path / "configs"
     cfg_dir.mkdir()
     path = cfg_dir / "mini.yaml"
